@@ -1,0 +1,56 @@
+# Two commands do everything on a fresh machine:
+#   make train   set up, then train the default job (Fashion-MNIST, fused LARS, CPU)
+#   make test    set up, then run the tests
+# Set-up = Debian packages (Open MPI, Fashion-MNIST), .venv with pinned deps,
+# Horovod built from source, and this package's extension (CUDA when nvcc is present).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export CUDA_HOME ?= $(shell [ -d /usr/local/cuda/bin ] && echo /usr/local/cuda)
+export MAX_JOBS ?= 2
+
+SYSTEM := $(VENV)/.system-packages
+DEPS := $(VENV)/.deps-installed
+HOROVOD := $(VENV)/.horovod-installed
+BUILT := $(VENV)/.extension-built
+CSRC := $(shell find csrc -type f)
+
+.PHONY: setup test train bench convergence gpu-check clean
+
+setup: $(BUILT) $(HOROVOD)
+
+$(SYSTEM): scripts/install_system.sh
+	bash scripts/install_system.sh
+	@mkdir -p $(VENV) && touch $@
+
+$(DEPS): requirements.txt $(SYSTEM)
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements.txt
+	touch $@
+
+$(BUILT): $(DEPS) setup.py $(CSRC)
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+$(HOROVOD): $(DEPS) scripts/install_horovod.sh
+	bash scripts/install_horovod.sh $(PY)
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+train: setup
+	$(PY) train/imagenet.py --dataset fashion-mnist --model cifar_resnet20 --base-op lars \
+		--bn-bias-separately --batch-size 1024 --epochs 4 --base-lr 2.0 --warmup-epochs 1 \
+		--wd 5e-4 --log-dir runs/fashion-mnist --dist none
+
+bench: setup
+	$(PY) benchmarks/bench_step.py
+
+convergence: setup
+	$(PY) benchmarks/convergence.py
+
+clean:
+	rm -rf build *.egg-info lars_cuda/*.so

@@ -1,0 +1,363 @@
+// CUDA implementation of lars_cuda::fused_lars_: the whole tensor list in one
+// cooperative launch.
+//
+// Phases, separated by grid-wide barriers:
+//   1. norms   — each block reduces fixed chunks of (p, g) to two partial sums;
+//   2. ratios  — one thread per tensor sums its chunks' partials in chunk order
+//                (double) and stores step = lr * trust_ratio;
+//   3. update  — every element, with its tensor's step.
+// The chunking and every reduction order are fixed, so a step is bit-for-bit
+// reproducible run to run. Where a cooperative launch is impossible the three
+// phases run as three ordinary launches on the same stream
+// (torch.ops.lars_cuda.last_cuda_launch() tells which ran). Without LARS
+// (lars=False) phases 1–2 are skipped and one ordinary launch suffices.
+//
+// The tensor table (pointers, sizes, chunk list) and the workspace live in one
+// device buffer that is cached per parameter list, so a steady-state step does
+// no host-to-device copy. AMP: grads are divided by *grad_scale inside the
+// kernel, and a nonzero *found_inf makes every block return before writing.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGraphsUtils.cuh>
+#include <c10/cuda/CUDAGuard.h>
+#include <cooperative_groups.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "../lars_op.h"
+
+namespace cg = cooperative_groups;
+
+namespace lars_cuda {
+namespace {
+
+constexpr int kThreads = 512;
+constexpr int64_t kChunk = 65536;  // elements per norm partial: the unit of determinism
+constexpr int kPhaseNorms = 1, kPhaseRatios = 2, kPhaseUpdate = 4, kGridSync = 8;
+
+struct TensorRow {
+  void* p;
+  const void* g;
+  void* m;  // nullptr without momentum
+  int64_t first_chunk;
+  int64_t n_chunks;
+};
+
+struct ChunkRow {
+  int64_t tensor;
+  int64_t begin;
+  int64_t end;
+};
+
+struct DeviceTable {
+  const TensorRow* tensors;
+  const ChunkRow* chunks;
+  float2* partials;  // per chunk: (sum p^2, sum g^2)
+  float* steps;      // per tensor: lr * r
+  int64_t n_tensors;
+  int64_t n_chunks;
+};
+
+struct LrArg {
+  float value;      // used when ptr is null
+  const void* ptr;  // a device scalar, float32 or float64
+  bool is_double;
+};
+
+__device__ __forceinline__ float read_lr(const LrArg& lr) {
+  if (lr.ptr == nullptr) return lr.value;
+  return lr.is_double ? static_cast<float>(*static_cast<const double*>(lr.ptr)) : *static_cast<const float*>(lr.ptr);
+}
+
+// Block-wide sum of two values in a fixed order; the result is valid in thread 0.
+__device__ __forceinline__ float2 block_sum2(float a, float b, float2* smem) {
+  for (int o = 16; o > 0; o >>= 1) {
+    a += __shfl_down_sync(0xffffffffu, a, o);
+    b += __shfl_down_sync(0xffffffffu, b, o);
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) smem[warp] = make_float2(a, b);
+  __syncthreads();
+  float2 r = make_float2(0.f, 0.f);
+  if (warp == 0) {
+    const float2 v = lane < static_cast<int>(blockDim.x / 32) ? smem[lane] : make_float2(0.f, 0.f);
+    a = v.x;
+    b = v.y;
+    for (int o = 16; o > 0; o >>= 1) {
+      a += __shfl_down_sync(0xffffffffu, a, o);
+      b += __shfl_down_sync(0xffffffffu, b, o);
+    }
+    r = make_float2(a, b);
+  }
+  __syncthreads();  // smem is reused by the next chunk
+  return r;
+}
+
+template <typename P, typename G>
+__global__ void __launch_bounds__(kThreads)
+    lars_kernel(DeviceTable tab, LarsHyper h, LrArg lr, const float* grad_scale, const float* found_inf,
+                int phases) {
+  // Every block reads the same flag, so either all return or none does (no
+  // block is left waiting at a grid barrier).
+  if (found_inf != nullptr && *found_inf != 0.f) return;
+  const float inv_scale = grad_scale != nullptr ? 1.f / *grad_scale : 1.f;
+  __shared__ float2 smem[kThreads / 32];
+
+  if (phases & kPhaseNorms) {
+    for (int64_t c = blockIdx.x; c < tab.n_chunks; c += gridDim.x) {
+      const ChunkRow ch = tab.chunks[c];
+      const TensorRow tr = tab.tensors[ch.tensor];
+      const P* p = static_cast<const P*>(tr.p);
+      const G* g = static_cast<const G*>(tr.g);
+      float sp = 0.f, sg = 0.f;
+      for (int64_t i = ch.begin + threadIdx.x; i < ch.end; i += blockDim.x) {
+        const float a = static_cast<float>(p[i]);
+        const float b = static_cast<float>(g[i]);
+        sp += a * a;
+        sg += b * b;
+      }
+      const float2 s = block_sum2(sp, sg, smem);
+      if (threadIdx.x == 0) tab.partials[c] = s;
+    }
+  }
+  if (phases & kGridSync) cg::this_grid().sync();
+
+  if (phases & kPhaseRatios) {
+    const float lr_v = read_lr(lr);
+    for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < tab.n_tensors;
+         t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      const TensorRow tr = tab.tensors[t];
+      double sp = 0.0, sg = 0.0;
+      for (int64_t c = tr.first_chunk; c < tr.first_chunk + tr.n_chunks; ++c) {
+        sp += tab.partials[c].x;
+        sg += tab.partials[c].y;
+      }
+      const float w = static_cast<float>(sqrt(sp));
+      const float n = static_cast<float>(sqrt(sg)) * inv_scale;
+      tab.steps[t] = lr_v * trust_ratio(w, n, h);
+    }
+  }
+  if (phases & kGridSync) cg::this_grid().sync();
+
+  if (phases & kPhaseUpdate) {
+    const float lr_v = read_lr(lr);
+    const ElementCoeffs<float> coeffs(h);
+    for (int64_t c = blockIdx.x; c < tab.n_chunks; c += gridDim.x) {
+      const ChunkRow ch = tab.chunks[c];
+      const TensorRow tr = tab.tensors[ch.tensor];
+      const float step = h.lars ? tab.steps[ch.tensor] : lr_v;
+      P* p = static_cast<P*>(tr.p);
+      const G* g = static_cast<const G*>(tr.g);
+      P* m = static_cast<P*>(tr.m);
+      for (int64_t i = ch.begin + threadIdx.x; i < ch.end; i += blockDim.x) {
+        float b = m != nullptr ? static_cast<float>(m[i]) : 0.f;
+        const float out = lars_element<float>(static_cast<float>(p[i]), static_cast<float>(g[i]) * inv_scale, b,
+                                              step, coeffs, ClampNan{});
+        p[i] = static_cast<P>(out);
+        if (m != nullptr) m[i] = static_cast<P>(b);
+      }
+    }
+  }
+}
+
+// ---- the cached tensor table ------------------------------------------------
+
+struct CachedTable {
+  std::vector<int64_t> key;
+  at::Tensor storage;  // device bytes: rows, chunks, partials, steps
+  DeviceTable table;
+  bool used_in_graph = false;  // a captured graph holds its pointers: never evict
+};
+
+constexpr size_t kMaxCachedTables = 16;
+
+std::mutex& cache_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+std::vector<CachedTable>& cache() {
+  static std::vector<CachedTable> c;
+  return c;
+}
+
+int64_t align16(int64_t x) { return (x + 15) / 16 * 16; }
+
+std::vector<int64_t> table_key(at::TensorList params, at::TensorList grads, at::TensorList bufs) {
+  std::vector<int64_t> key;
+  key.reserve(4 * params.size() + 3);
+  key.push_back(params[0].get_device());
+  key.push_back(static_cast<int64_t>(params[0].scalar_type()) * 64 + static_cast<int64_t>(grads[0].scalar_type()));
+  key.push_back(bufs.empty() ? 0 : 1);
+  for (size_t i = 0; i < params.size(); ++i) {
+    key.push_back(reinterpret_cast<int64_t>(params[i].data_ptr()));
+    key.push_back(reinterpret_cast<int64_t>(grads[i].data_ptr()));
+    key.push_back(bufs.empty() ? 0 : reinterpret_cast<int64_t>(bufs[i].data_ptr()));
+    key.push_back(params[i].numel());
+  }
+  return key;
+}
+
+CachedTable build_table(std::vector<int64_t> key, at::TensorList params, at::TensorList grads,
+                        at::TensorList bufs) {
+  const int64_t n_tensors = static_cast<int64_t>(params.size());
+  std::vector<TensorRow> rows(n_tensors);
+  std::vector<ChunkRow> chunks;
+  for (int64_t t = 0; t < n_tensors; ++t) {
+    const int64_t n = params[t].numel();
+    rows[t] = {params[t].data_ptr(), grads[t].data_ptr(), bufs.empty() ? nullptr : bufs[t].data_ptr(),
+               static_cast<int64_t>(chunks.size()), 0};
+    for (int64_t s = 0; s < n; s += kChunk) chunks.push_back({t, s, std::min(n, s + kChunk)});
+    rows[t].n_chunks = static_cast<int64_t>(chunks.size()) - rows[t].first_chunk;
+  }
+  const int64_t n_chunks = static_cast<int64_t>(chunks.size());
+  const int64_t off_chunks = align16(n_tensors * sizeof(TensorRow));
+  const int64_t off_partials = off_chunks + align16(n_chunks * sizeof(ChunkRow));
+  const int64_t off_steps = off_partials + align16(n_chunks * sizeof(float2));
+  const int64_t bytes = off_steps + align16(n_tensors * sizeof(float));
+
+  at::Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  uint8_t* h = host.data_ptr<uint8_t>();
+  std::memcpy(h, rows.data(), n_tensors * sizeof(TensorRow));
+  std::memcpy(h + off_chunks, chunks.data(), n_chunks * sizeof(ChunkRow));
+  at::Tensor dev = at::empty({bytes}, params[0].options().dtype(at::kByte));
+  // Asynchronous from pinned memory; the host allocator keeps `host` alive until the copy ran.
+  dev.copy_(host, /*non_blocking=*/true);
+
+  uint8_t* d = dev.data_ptr<uint8_t>();
+  CachedTable entry;
+  entry.key = std::move(key);
+  entry.storage = dev;
+  entry.table = {reinterpret_cast<const TensorRow*>(d), reinterpret_cast<const ChunkRow*>(d + off_chunks),
+                 reinterpret_cast<float2*>(d + off_partials), reinterpret_cast<float*>(d + off_steps), n_tensors,
+                 n_chunks};
+  return entry;
+}
+
+DeviceTable get_table(at::TensorList params, at::TensorList grads, at::TensorList bufs) {
+  std::vector<int64_t> key = table_key(params, grads, bufs);
+  const bool capturing = at::cuda::currentStreamCaptureStatus() != at::cuda::CaptureStatus::None;
+  std::lock_guard<std::mutex> lock(cache_mutex());
+  auto& entries = cache();
+  for (auto& e : entries) {
+    if (e.key == key) {
+      e.used_in_graph |= capturing;
+      return e.table;
+    }
+  }
+  TORCH_CHECK(!capturing,
+              "fused_lars_: this parameter list was never stepped outside CUDA graph capture; run one step "
+              "(e.g. a warm-up iteration) before capturing, so its tensor table is built on the device first");
+  if (entries.size() >= kMaxCachedTables) {
+    entries.erase(std::remove_if(entries.begin(), entries.end(), [](const CachedTable& e) { return !e.used_in_graph; }),
+                  entries.end());
+  }
+  entries.push_back(build_table(std::move(key), params, grads, bufs));
+  return entries.back().table;
+}
+
+// ---- launch -----------------------------------------------------------------
+
+template <typename P, typename G>
+int cooperative_grid(int device) {
+  // Blocks that can be co-resident, per device; 0 when cooperative launch is unsupported.
+  static std::mutex mu;
+  static std::vector<int> per_device;
+  std::lock_guard<std::mutex> lock(mu);
+  if (per_device.size() <= static_cast<size_t>(device)) per_device.resize(device + 1, -1);
+  if (per_device[device] < 0) {
+    int coop = 0, sms = 0, per_sm = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, lars_kernel<P, G>, kThreads, 0));
+    per_device[device] = coop ? sms * per_sm : 0;
+  }
+  return per_device[device];
+}
+
+template <typename P, typename G>
+void launch(const DeviceTable& tab, const LarsHyper& h, const LrArg& lr, const float* grad_scale,
+            const float* found_inf, int device) {
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(tab.n_chunks, 4LL * sms));
+  if (!h.lars) {
+    lars_kernel<P, G><<<static_cast<unsigned>(wanted), kThreads, 0, stream>>>(tab, h, lr, grad_scale, found_inf,
+                                                                               kPhaseUpdate);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    set_last_cuda_launch("single");
+    return;
+  }
+  const int coop_max = cooperative_grid<P, G>(device);
+  if (coop_max > 0) {
+    const unsigned grid = static_cast<unsigned>(std::min<int64_t>(wanted, coop_max));
+    int phases = kPhaseNorms | kPhaseRatios | kPhaseUpdate | kGridSync;
+    DeviceTable tab_arg = tab;
+    LarsHyper h_arg = h;
+    LrArg lr_arg = lr;
+    void* args[] = {&tab_arg, &h_arg, &lr_arg, &grad_scale, &found_inf, &phases};
+    C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(lars_kernel<P, G>), dim3(grid),
+                                               dim3(kThreads), args, 0, stream));
+    set_last_cuda_launch("cooperative");
+    return;
+  }
+  for (int phase : {kPhaseNorms, kPhaseRatios, kPhaseUpdate}) {
+    lars_kernel<P, G><<<static_cast<unsigned>(wanted), kThreads, 0, stream>>>(tab, h, lr, grad_scale, found_inf,
+                                                                               phase);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  set_last_cuda_launch("three-kernel");
+}
+
+const float* float_ptr_or_null(const std::optional<at::Tensor>& t, std::vector<at::Tensor>& keep) {
+  if (!t.has_value()) return nullptr;
+  if (t->scalar_type() == at::kFloat) return t->const_data_ptr<float>();
+  keep.push_back(t->to(at::kFloat));
+  return keep.back().const_data_ptr<float>();
+}
+
+void fused_lars_cuda(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, double lr,
+                     const std::optional<at::Tensor>& lr_tensor, double momentum, double weight_decay,
+                     double eeta, double epsilon, bool lars, bool nesterov, std::optional<double> trust_clip,
+                     std::optional<double> update_clip, const std::optional<at::Tensor>& grad_scale,
+                     const std::optional<at::Tensor>& found_inf) {
+  check_fused_lars_args(params, grads, momentum_buffers, momentum, weight_decay, eeta, epsilon, trust_clip,
+                        update_clip, lr_tensor, grad_scale, found_inf);
+  if (params.empty()) return;
+  const c10::cuda::CUDAGuard guard(params[0].device());
+  const LarsHyper h = make_hyper(momentum, weight_decay, eeta, epsilon, lars, nesterov, trust_clip, update_clip);
+
+  LrArg lr_arg{static_cast<float>(lr), nullptr, false};
+  if (lr_tensor.has_value()) {
+    if (lr_tensor->is_cpu()) {
+      lr_arg.value = static_cast<float>(lr_tensor->item<double>());  // a host value: no device sync
+    } else {
+      lr_arg.ptr = lr_tensor->const_data_ptr();
+      lr_arg.is_double = lr_tensor->scalar_type() == at::kDouble;
+    }
+  }
+  std::vector<at::Tensor> keep;
+  const float* scale_ptr = float_ptr_or_null(grad_scale, keep);
+  const float* inf_ptr = float_ptr_or_null(found_inf, keep);
+
+  const DeviceTable tab = get_table(params, grads, momentum_buffers);
+  if (tab.n_chunks == 0) return;  // only zero-size tensors
+  const int device = params[0].get_device();
+  dispatch_lars_type(params[0].scalar_type(), "params", [&](auto p_tag) {
+    using P = decltype(p_tag);
+    dispatch_lars_type(grads[0].scalar_type(), "grads", [&](auto g_tag) {
+      using G = decltype(g_tag);
+      launch<P, G>(tab, h, lr_arg, scale_ptr, inf_ptr, device);
+    });
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lars_cuda, CUDA, m) { m.impl("fused_lars_", &fused_lars_cuda); }
+
+}  // namespace lars_cuda

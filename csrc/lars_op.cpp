@@ -1,0 +1,139 @@
+// The op's schema, its shared argument checks, and the Python module stub that
+// lets `import lars_cuda._C` load the library (and so register the ops).
+#include <Python.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <string>
+#include <unordered_set>
+
+#include "lars_op.h"
+
+namespace lars_cuda {
+
+namespace {
+
+bool is_lars_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+
+void check_scalar_tensor(const std::optional<at::Tensor>& t, const char* name, const at::Device& device,
+                         bool allow_cpu) {
+  if (!t.has_value()) return;
+  TORCH_CHECK_VALUE(t->numel() == 1, "fused_lars_: ", name, " must hold exactly one element, got shape ",
+                    t->sizes());
+  TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat || t->scalar_type() == at::kDouble, "fused_lars_: ", name,
+                   " must be float32 or float64, got ", t->scalar_type());
+  TORCH_CHECK_VALUE(t->device() == device || (allow_cpu && t->device().is_cpu()), "fused_lars_: ", name,
+                    " is on ", t->device(), " but the params are on ", device);
+}
+
+}  // namespace
+
+void check_fused_lars_args(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                           double momentum, double weight_decay, double eeta, double epsilon,
+                           std::optional<double> trust_clip, std::optional<double> update_clip,
+                           const std::optional<at::Tensor>& lr_tensor,
+                           const std::optional<at::Tensor>& grad_scale,
+                           const std::optional<at::Tensor>& found_inf) {
+  TORCH_CHECK_VALUE(params.size() == grads.size(), "fused_lars_: got ", params.size(), " params but ",
+                    grads.size(), " grads");
+  const bool has_momentum = momentum != 0.0;
+  TORCH_CHECK_VALUE(momentum_buffers.size() == (has_momentum ? params.size() : 0), "fused_lars_: expected ",
+                    has_momentum ? params.size() : 0, " momentum buffers (momentum=", momentum, "), got ",
+                    momentum_buffers.size());
+  TORCH_CHECK_VALUE(std::isfinite(momentum) && momentum >= 0.0, "fused_lars_: invalid momentum ", momentum);
+  TORCH_CHECK_VALUE(std::isfinite(weight_decay) && weight_decay >= 0.0, "fused_lars_: invalid weight_decay ",
+                    weight_decay);
+  TORCH_CHECK_VALUE(eeta > 0.0 && eeta <= 1.0, "fused_lars_: eeta must be in (0, 1], got ", eeta);
+  TORCH_CHECK_VALUE(std::isfinite(epsilon) && epsilon >= 0.0, "fused_lars_: invalid epsilon ", epsilon);
+  TORCH_CHECK_VALUE(!trust_clip.has_value() || *trust_clip >= 0.0, "fused_lars_: invalid trust_clip ",
+                    *trust_clip);
+  TORCH_CHECK_VALUE(!update_clip.has_value() || *update_clip >= 0.0, "fused_lars_: invalid update_clip ",
+                    *update_clip);
+  if (params.empty()) return;
+
+  const at::Device device = params[0].device();
+  const at::ScalarType p_type = params[0].scalar_type();
+  const at::ScalarType g_type = grads[0].scalar_type();
+  std::unordered_set<const void*> seen;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& p = params[i];
+    const at::Tensor& g = grads[i];
+    TORCH_CHECK_TYPE(!p.is_sparse() && !g.is_sparse(), "fused_lars_: sparse tensors are not supported (param ",
+                     i, ")");
+    TORCH_CHECK_TYPE(is_lars_float(p.scalar_type()), "fused_lars_: param ", i,
+                     " must be float32, float16 or bfloat16, got ", p.scalar_type());
+    TORCH_CHECK_TYPE(is_lars_float(g.scalar_type()), "fused_lars_: grad ", i,
+                     " must be float32, float16 or bfloat16, got ", g.scalar_type());
+    TORCH_CHECK_TYPE(p.scalar_type() == p_type && g.scalar_type() == g_type, "fused_lars_: one call takes one ",
+                     "(param dtype, grad dtype) pair; param ", i, " is (", p.scalar_type(), ", ", g.scalar_type(),
+                     ") but param 0 is (", p_type, ", ", g_type, ")");
+    TORCH_CHECK_VALUE(p.device() == device && g.device() == device, "fused_lars_: all tensors must be on one ",
+                      "device; param 0 is on ", device, ", param ", i, " on ", p.device(), " with its grad on ",
+                      g.device());
+    TORCH_CHECK_VALUE(p.sizes() == g.sizes(), "fused_lars_: param ", i, " has shape ", p.sizes(),
+                      " but its grad has shape ", g.sizes());
+    TORCH_CHECK_VALUE(p.is_non_overlapping_and_dense() && p.strides() == g.strides(), "fused_lars_: param ", i,
+                      " and its grad must be dense with equal strides (param strides ", p.strides(),
+                      ", grad strides ", g.strides(), ")");
+    TORCH_CHECK_VALUE(seen.insert(p.data_ptr()).second || p.numel() == 0, "fused_lars_: param ", i,
+                      " appears twice in one call");
+    if (has_momentum) {
+      const at::Tensor& m = momentum_buffers[i];
+      TORCH_CHECK_TYPE(m.scalar_type() == p.scalar_type(), "fused_lars_: momentum buffer ", i, " is ",
+                       m.scalar_type(), " but its param is ", p.scalar_type());
+      TORCH_CHECK_VALUE(m.device() == device && m.sizes() == p.sizes() && m.strides() == p.strides(),
+                        "fused_lars_: momentum buffer ", i, " must match its param's device, shape and strides");
+    }
+  }
+  // Host scalars are fine on CPU; on CUDA a CPU lr is read once on the host.
+  check_scalar_tensor(lr_tensor, "lr", device, /*allow_cpu=*/true);
+  check_scalar_tensor(grad_scale, "grad_scale", device, /*allow_cpu=*/device.is_cpu());
+  check_scalar_tensor(found_inf, "found_inf", device, /*allow_cpu=*/device.is_cpu());
+}
+
+namespace {
+std::string& last_launch_storage() {
+  static std::string kind = "none";
+  return kind;
+}
+}  // namespace
+
+void set_last_cuda_launch(const char* kind) { last_launch_storage() = kind; }
+std::string last_cuda_launch() { return last_launch_storage(); }
+
+LarsHyper make_hyper(double momentum, double weight_decay, double eeta, double epsilon, bool lars,
+                     bool nesterov, std::optional<double> trust_clip, std::optional<double> update_clip) {
+  LarsHyper h;
+  h.momentum = static_cast<float>(momentum);
+  h.weight_decay = static_cast<float>(weight_decay);
+  h.eeta = static_cast<float>(eeta);
+  h.epsilon = static_cast<float>(epsilon);
+  h.lars = lars;
+  h.nesterov = nesterov;
+  h.has_trust_clip = trust_clip.has_value();
+  h.trust_clip = static_cast<float>(trust_clip.value_or(0.0));
+  h.has_update_clip = update_clip.has_value();
+  h.update_clip = static_cast<float>(update_clip.value_or(0.0));
+  return h;
+}
+
+TORCH_LIBRARY(lars_cuda, m) {
+  m.def(
+      "fused_lars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, float lr, "
+      "Tensor? lr_tensor, float momentum, float weight_decay, float eeta, float epsilon, bool lars, "
+      "bool nesterov, float? trust_clip, float? update_clip, Tensor? grad_scale, Tensor? found_inf) -> ()");
+  // Which CUDA launch path the last CUDA call took: "cooperative", "three-kernel" or "none".
+  m.def("last_cuda_launch() -> str", [] { return last_cuda_launch(); });
+}
+
+}  // namespace lars_cuda
+
+extern "C" {
+// `import lars_cuda._C` loads this library, which runs the registrations above.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}

@@ -1,0 +1,43 @@
+// What the CPU and CUDA implementations of lars_cuda::fused_lars_ share:
+// argument checks (so both reject the same inputs with the same message),
+// hyper-parameter packing and dtype dispatch.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Optional.h>
+
+#include <string>
+
+#include "lars.h"
+
+namespace lars_cuda {
+
+// Checks lists, devices, dtypes and layouts; throws ValueError/TypeError
+// (TORCH_CHECK_VALUE / TORCH_CHECK_TYPE) before anything is written.
+void check_fused_lars_args(
+    at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+    double momentum, double weight_decay, double eeta, double epsilon,
+    std::optional<double> trust_clip, std::optional<double> update_clip,
+    const std::optional<at::Tensor>& lr_tensor,
+    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf);
+
+LarsHyper make_hyper(double momentum, double weight_decay, double eeta, double epsilon, bool lars,
+                     bool nesterov, std::optional<double> trust_clip, std::optional<double> update_clip);
+
+// Which launch path the CUDA implementation took last (reported to Python).
+void set_last_cuda_launch(const char* kind);
+std::string last_cuda_launch();
+
+// Calls f(P{}) for the supported floating types; the math is float32 for all.
+template <typename F>
+void dispatch_lars_type(at::ScalarType t, const char* what, F&& f) {
+  switch (t) {
+    case at::kFloat: f(float{}); break;
+    case at::kHalf: f(at::Half{}); break;
+    case at::kBFloat16: f(at::BFloat16{}); break;
+    default:
+      TORCH_CHECK_TYPE(false, "fused_lars_: ", what, " must be float32, float16 or bfloat16, got ", t);
+  }
+}
+
+}  // namespace lars_cuda

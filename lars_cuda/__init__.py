@@ -1,0 +1,22 @@
+"""lars_cuda: the LARS optimizer (You, Gitman & Ginsburg 2017) for PyTorch, exact
+to the seed project and fused into one multi-tensor kernel on CPU and CUDA.
+
+    from lars_cuda import Lars, create_optimizer_lars, PolynomialWarmup
+"""
+
+from .grouping import create_optimizer_lars, is_norm_layer, split_lars_parameters
+from .optimizer import Lars, UnsupportedTensorError
+from .ops import has_fused
+from .scheduler import PolynomialWarmup, polynomial_warmup_lr
+
+__all__ = [
+    "Lars",
+    "PolynomialWarmup",
+    "UnsupportedTensorError",
+    "create_optimizer_lars",
+    "has_fused",
+    "is_norm_layer",
+    "polynomial_warmup_lr",
+    "split_lars_parameters",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,81 @@
+"""The compiled ops: loading ``lars_cuda._C``, their fake (meta) implementations
+for ``torch.compile``, and which devices they serve."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+try:
+    from . import _C  # noqa: F401  (loading the library registers torch.ops.lars_cuda.*)
+
+    EXTENSION_ERROR: Optional[BaseException] = None
+except ImportError as exc:  # a source checkout that was never built
+    _C = None
+    EXTENSION_ERROR = exc
+
+__all__ = ["fused_lars_", "has_fused", "last_cuda_launch", "EXTENSION_ERROR"]
+
+
+def has_fused(device: torch.device | str) -> bool:
+    """Whether the compiled kernel serves tensors on ``device``."""
+    if _C is None:
+        return False
+    device = torch.device(device)
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        return torch._C._dispatch_has_kernel_for_dispatch_key("lars_cuda::fused_lars_", "CUDA")
+    return False
+
+
+def _require_extension() -> None:
+    if _C is None:
+        raise RuntimeError(
+            "lars_cuda was installed without its compiled extension, so fused=True is unavailable "
+            f"({EXTENSION_ERROR}); rebuild with `pip install --no-build-isolation -e .`"
+        )
+
+
+def fused_lars_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    lr: float,
+    lr_tensor: Optional[Tensor],
+    momentum: float,
+    weight_decay: float,
+    eeta: float,
+    epsilon: float,
+    lars: bool,
+    nesterov: bool,
+    trust_clip: Optional[float],
+    update_clip: Optional[float],
+    grad_scale: Optional[Tensor] = None,
+    found_inf: Optional[Tensor] = None,
+) -> None:
+    """One LARS step over lists of tensors on one device, in place."""
+    _require_extension()
+    torch.ops.lars_cuda.fused_lars_(
+        params, grads, momentum_buffers, lr, lr_tensor, momentum, weight_decay, eeta, epsilon,
+        lars, nesterov, trust_clip, update_clip, grad_scale, found_inf,
+    )
+
+
+def last_cuda_launch() -> str:
+    """'cooperative', 'three-kernel', 'single' (lars=False) or 'none': the path of the last CUDA call."""
+    _require_extension()
+    return torch.ops.lars_cuda.last_cuda_launch()
+
+
+if _C is not None:
+
+    @torch.library.register_fake("lars_cuda::fused_lars_")
+    def _fused_lars_fake(params, grads, momentum_buffers, lr, lr_tensor, momentum, weight_decay, eeta,
+                         epsilon, lars, nesterov, trust_clip, update_clip, grad_scale, found_inf):
+        # In-place on params and buffers, no outputs: shapes and dtypes are unchanged.
+        if len(params) != len(grads):
+            raise ValueError(f"fused_lars_: got {len(params)} params but {len(grads)} grads")
+        return None

@@ -1,0 +1,292 @@
+"""``Lars``: the optimizer class. It validates, gathers each group's tensors and
+state, picks a path and hands the lists to :mod:`lars_cuda.functional`."""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Any, Callable, Iterable, Optional, Union
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import ops
+from .functional import lars
+
+__all__ = ["Lars", "UnsupportedTensorError"]
+
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class UnsupportedTensorError(TypeError, RuntimeError):
+    """A parameter or gradient the optimizer cannot step (sparse, complex, integer).
+
+    A ``TypeError`` by nature; also a ``RuntimeError`` because that is what
+    ``torch.optim`` raises for sparse gradients."""
+
+
+class Lars(Optimizer):
+    r"""Layer-wise Adaptive Rate Scaling (You, Gitman & Ginsburg, 2017), as the
+    seed project computes it (``shared/spec/lars-semantics.md`` §1).
+
+    For each parameter :math:`p` with gradient :math:`g` in a group with
+    ``lars=True``:
+
+    .. math::
+        r = \mathrm{clamp}\Big(\frac{\eta\,\lVert p\rVert}{\lVert g\rVert + \beta\lVert p\rVert + \epsilon}, 0, 50\Big)
+        \ \text{(1 if either norm is 0)},\qquad d = \mathrm{clamp}(g + \beta p, -10, 10)
+
+    and with ``lars=False``: :math:`r = 1`, :math:`d = \mathrm{clamp}(g, -10, 10)` (no
+    weight decay). Then :math:`b \leftarrow \mu b + d` (:math:`b = d` on the first
+    step), :math:`u = b` (Nesterov: :math:`d + \mu b`), :math:`p \leftarrow p - \mathrm{lr}\,r\,u`.
+    All arithmetic is float32 for float16/bfloat16 tensors; results are rounded once.
+
+    Args:
+        params: parameters or parameter groups (groups may set ``lars``, and override
+            any keyword below).
+        lr: learning rate, a float or a one-element tensor (updated in place by
+            schedulers; a CUDA tensor keeps the fused/foreach step free of host syncs).
+        momentum: :math:`\mu`, no dampening. 0 keeps no state.
+        eeta: trust coefficient :math:`\eta`, in (0, 1].
+        weight_decay: :math:`\beta`; enters the trust ratio and ``d`` when ``lars=True``.
+        epsilon: :math:`\epsilon` in the trust ratio's denominator.
+        nesterov: Nesterov momentum.
+        trust_clip: upper bound of the trust ratio (seed: 50); ``None`` disables.
+        update_clip: element-wise bound of ``d`` (seed: 10); ``None`` disables.
+        foreach: ``True`` for the ``torch._foreach_*`` path (no host synchronisation).
+        fused: ``True`` for the compiled multi-tensor kernel (CPU and CUDA), which also
+            takes ``GradScaler``'s scale and inf flag on the device.
+            ``foreach=False, fused=False`` runs the per-parameter reference loop;
+            ``None`` picks the fused kernel where it is built, else foreach.
+
+    The state key ``momentum_buffer`` has ``torch.optim.SGD``'s meaning (lr and r
+    stay outside the buffer), so an SGD state dict loads into ``Lars``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Union[Tensor, dict[str, Any]]],
+        lr: Union[float, Tensor],
+        momentum: float = 0,
+        eeta: float = 1e-3,
+        weight_decay: float = 0,
+        epsilon: float = 0.0,
+        *,
+        nesterov: bool = False,
+        trust_clip: Optional[float] = 50.0,
+        update_clip: Optional[float] = 10.0,
+        foreach: Optional[bool] = None,
+        fused: Optional[bool] = None,
+    ):
+        defaults = dict(
+            lr=lr, momentum=momentum, eeta=eeta, weight_decay=weight_decay, epsilon=epsilon, lars=True,
+            nesterov=nesterov, trust_clip=trust_clip, update_clip=update_clip, foreach=foreach, fused=fused,
+        )
+        _check_hyperparameters(defaults, read_tensor_lr=True)
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
+        _check_hyperparameters(merged, read_tensor_lr=True)
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        for p in params:
+            if isinstance(p, Tensor):
+                _check_param_dtype(p)
+        super().add_param_group({**param_group, "params": params})
+        if merged["fused"]:
+            for device in {p.device for p in params}:
+                if not ops.has_fused(device):
+                    self.param_groups.pop()
+                    raise RuntimeError(
+                        f"fused=True: the lars_cuda kernel is not built for {device} "
+                        f"({ops.EXTENSION_ERROR or 'no kernel for this device type'})"
+                    )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Also completes groups loaded from another optimizer's state dict (torch.optim.SGD's).
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+            group.setdefault("lars", True)
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        # GradScaler then hands us grad_scale/found_inf instead of unscaling on the host;
+        # only the fused kernel consumes them, so every group must take that path.
+        return all(self._path(g, _group_params(g)) == "fused" for g in self.param_groups)
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale: Optional[Tensor] = getattr(self, "grad_scale", None)
+        found_inf: Optional[Tensor] = getattr(self, "found_inf", None)
+
+        # Check everything before touching anything: a bad input leaves the state as it was.
+        plans = []
+        for group in self.param_groups:
+            _check_hyperparameters(group, read_tensor_lr=False)
+            params, grads, bufs = self._gather(group)
+            path = self._path(group, params)
+            _check_path(path, params, grads, bufs, group)
+            if path != "fused" and (grad_scale is not None or found_inf is not None):
+                raise RuntimeError(
+                    "grad_scale/found_inf were given but a group does not run the fused kernel; "
+                    "use fused=True or let GradScaler unscale the gradients"
+                )
+            plans.append((group, params, grads, bufs, path))
+
+        for group, params, grads, bufs, path in plans:
+            lars(
+                params, grads, bufs,
+                lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"],
+                eeta=group["eeta"], epsilon=group["epsilon"], lars=group["lars"], nesterov=group["nesterov"],
+                trust_clip=group["trust_clip"], update_clip=group["update_clip"],
+                foreach=path == "foreach", fused=path == "fused",
+                grad_scale=grad_scale, found_inf=found_inf,
+            )
+            if group["momentum"] != 0:
+                for p, buf in zip(params, bufs):
+                    self.state[p]["momentum_buffer"] = buf
+        return loss
+
+    def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[Optional[Tensor]]]:
+        params, grads, bufs = [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise UnsupportedTensorError("Lars does not support sparse gradients")
+            _check_param_dtype(p)
+            if p.grad.shape != p.shape:
+                raise ValueError(f"gradient of shape {tuple(p.grad.shape)} for a parameter of shape {tuple(p.shape)}")
+            params.append(p)
+            grads.append(p.grad)
+            if group["momentum"] != 0:
+                bufs.append(self.state[p].get("momentum_buffer") if p in self.state else None)
+        return params, grads, bufs
+
+    @staticmethod
+    def _path(group: dict[str, Any], params: list[Tensor]) -> str:
+        fused, foreach = group["fused"], group["foreach"]
+        if fused:
+            return "fused"
+        if foreach:
+            return "foreach"
+        devices = {p.device for p in params}
+        one_device = len(devices) <= 1
+        if fused is None and one_device and all(p.dtype in _KERNEL_DTYPES for p in params):
+            if not params or ops.has_fused(next(iter(devices))):
+                return "fused"
+        if foreach is None and one_device:
+            return "foreach"
+        return "single"
+
+
+def _group_params(group: dict[str, Any]) -> list[Tensor]:
+    return [p for p in group["params"] if p.grad is not None]
+
+
+def _check_param_dtype(p: Tensor) -> None:
+    if p.is_complex():
+        raise UnsupportedTensorError(f"Lars does not support complex parameters (got {p.dtype})")
+    if not p.is_floating_point():
+        raise UnsupportedTensorError(f"Lars steps floating-point parameters only (got {p.dtype})")
+
+
+def _check_path(path: str, params, grads, bufs, group) -> None:
+    """What a path needs of its tensors, checked before any of them is written."""
+    for i, p in enumerate(params):
+        buf = bufs[i] if bufs else None
+        if buf is not None and (buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device):
+            raise ValueError(
+                f"momentum_buffer of shape {tuple(buf.shape)}, {buf.dtype} on {buf.device} does not match its "
+                f"param ({tuple(p.shape)}, {p.dtype}, {p.device})"
+            )
+    if path == "single" or not params:
+        return
+    devices = {p.device for p in params} | {g.device for g in grads}
+    if len(devices) > 1:
+        raise ValueError(
+            f"foreach/fused Lars steps one device per param group, got {sorted(map(str, devices))}; "
+            "put each device's params in its own group or use foreach=False, fused=False"
+        )
+    if isinstance(group["lr"], Tensor) and group["lr"].device not in (params[0].device, torch.device("cpu")):
+        raise ValueError(f"lr tensor is on {group['lr'].device} but the params are on {params[0].device}")
+    if path == "fused":
+        for p, g in zip(params, grads):
+            if p.dtype not in _KERNEL_DTYPES or g.dtype not in _KERNEL_DTYPES:
+                raise UnsupportedTensorError(
+                    f"fused Lars takes float32, float16 and bfloat16 tensors, got {p.dtype}/{g.dtype}; "
+                    "use foreach=True for others"
+                )
+            if not is_non_overlapping_and_dense(p):
+                raise ValueError(f"fused Lars needs dense parameters; got one with strides {p.stride()}")
+
+
+def is_non_overlapping_and_dense(t: Tensor) -> bool:
+    """True when the elements fill one block of memory exactly once (any dim order)."""
+    if t.numel() == 0:
+        return True
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _is_real_number(x: Any) -> bool:
+    return isinstance(x, Real) and not isinstance(x, bool)
+
+
+def _check_hyperparameters(group: dict[str, Any], *, read_tensor_lr: bool) -> None:
+    """Raises ValueError/TypeError naming the first invalid hyper-parameter."""
+    lr = group["lr"]
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"a tensor lr must hold one element, got shape {tuple(lr.shape)}")
+        if not lr.is_floating_point():
+            raise TypeError(f"a tensor lr must be floating point, got {lr.dtype}")
+        # Reading a CUDA tensor would synchronise, so a step only checks floats.
+        if read_tensor_lr and not (math.isfinite(lr.item()) and lr.item() >= 0):
+            raise ValueError(f"Invalid learning rate: {lr.item()}")
+    elif not _is_real_number(lr):
+        raise TypeError(f"lr must be a float or a one-element tensor, got {type(lr).__name__}")
+    elif not (math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"Invalid learning rate: {lr}")
+
+    for name in ("momentum", "weight_decay", "epsilon"):
+        value = group[name]
+        if not _is_real_number(value):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"Invalid {name} value: {value}")
+    eeta = group["eeta"]
+    if not _is_real_number(eeta):
+        raise TypeError(f"eeta must be a real number, got {type(eeta).__name__}")
+    if not 0 < eeta <= 1:
+        raise ValueError(f"Invalid eeta (trust coefficient) value: {eeta}; it must lie in (0, 1]")
+    for name in ("trust_clip", "update_clip"):
+        value = group[name]
+        if value is None:
+            continue
+        if not _is_real_number(value):
+            raise TypeError(f"{name} must be a real number or None, got {type(value).__name__}")
+        if not (value >= 0 and not math.isnan(value)):
+            raise ValueError(f"Invalid {name} value: {value}")
+    for name in ("lars", "nesterov"):
+        if not isinstance(group[name], bool):
+            raise TypeError(f"{name} must be a bool, got {type(group[name]).__name__}")
+    for name in ("foreach", "fused"):
+        if group[name] is not None and not isinstance(group[name], bool):
+            raise TypeError(f"{name} must be None or a bool, got {type(group[name]).__name__}")
+    if group["foreach"] and group["fused"]:
+        raise ValueError("foreach and fused cannot both be True")
+    if group["nesterov"] and group["momentum"] == 0:
+        raise ValueError("Nesterov momentum requires a nonzero momentum")

@@ -1,0 +1,139 @@
+"""Bad input raises a clear exception and leaves params and state as they were."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lars_cuda import Lars, UnsupportedTensorError
+
+
+def make_param(n=4):
+    return torch.nn.Parameter(torch.ones(n))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(lr=-0.1), "learning rate"),
+        (dict(lr=math.nan), "learning rate"),
+        (dict(lr=torch.tensor(-1.0)), "learning rate"),
+        (dict(lr=0.1, momentum=-0.9), "momentum"),
+        (dict(lr=0.1, weight_decay=-1e-4), "weight_decay"),
+        (dict(lr=0.1, eeta=0.0), "eeta"),
+        (dict(lr=0.1, eeta=1.5), "eeta"),
+        (dict(lr=0.1, eeta=-1e-3), "eeta"),
+        (dict(lr=0.1, epsilon=-1e-8), "epsilon"),
+        (dict(lr=0.1, nesterov=True), "Nesterov"),
+        (dict(lr=0.1, trust_clip=-1.0), "trust_clip"),
+        (dict(lr=0.1, update_clip=-1.0), "update_clip"),
+        (dict(lr=0.1, foreach=True, fused=True), "foreach and fused"),
+        (dict(lr=torch.ones(2)), "one element"),
+    ],
+)
+def test_invalid_hyperparameters_raise_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Lars([make_param()], **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr="0.1"), dict(lr=0.1, momentum="0.9"), dict(lr=0.1, fused="yes")])
+def test_wrong_types_raise_type_error(kwargs):
+    with pytest.raises(TypeError):
+        Lars([make_param()], **kwargs)
+
+
+def test_invalid_group_override_raises():
+    with pytest.raises(ValueError, match="eeta"):
+        Lars([dict(params=[make_param()], eeta=2.0)], lr=0.1)
+
+
+def test_param_in_two_groups_raises():
+    p = make_param()
+    with pytest.raises(ValueError, match="more than one"):
+        Lars([dict(params=[p]), dict(params=[p])], lr=0.1)
+
+
+def test_complex_params_raise_type_error():
+    with pytest.raises(TypeError, match="complex"):
+        Lars([torch.nn.Parameter(torch.ones(2, dtype=torch.complex64))], lr=0.1)
+
+
+def _snapshot(opt, params):
+    return [p.detach().clone() for p in params], {
+        id(p): {k: v.clone() for k, v in opt.state[p].items()} for p in params if p in opt.state
+    }
+
+
+def _assert_unchanged(opt, params, snap):
+    values, state = snap
+    for p, v in zip(params, values):
+        assert torch.equal(p.detach(), v)
+    for p in params:
+        if id(p) in state:
+            for k, v in state[id(p)].items():
+                assert torch.equal(opt.state[p][k], v)
+
+
+def test_sparse_gradient_raises_and_changes_nothing(path):
+    a, b = make_param(), make_param()
+    opt = Lars([dict(params=[a]), dict(params=[b])], lr=0.1, momentum=0.9, **path)
+    a.grad, b.grad = torch.ones(4), torch.ones(4)
+    opt.step()
+    snap = _snapshot(opt, [a, b])
+    a.grad = torch.ones(4)
+    b.grad = torch.ones(4).to_sparse()
+    with pytest.raises(UnsupportedTensorError, match="sparse"):
+        opt.step()
+    _assert_unchanged(opt, [a, b], snap)
+
+
+def test_hyperparameter_broken_after_construction_raises_at_step_and_changes_nothing(path):
+    a, b = make_param(), make_param()
+    opt = Lars([dict(params=[a]), dict(params=[b])], lr=0.1, momentum=0.9, **path)
+    a.grad, b.grad = torch.ones(4), torch.ones(4)
+    snap = _snapshot(opt, [a, b])
+    opt.param_groups[1]["lr"] = -1.0
+    with pytest.raises(ValueError, match="learning rate"):
+        opt.step()
+    _assert_unchanged(opt, [a, b], snap)
+
+
+def test_params_on_two_devices_in_one_fused_group_raise():
+    # 'meta' is a second device available everywhere; the check runs before any kernel.
+    a = make_param()
+    b = torch.nn.Parameter(torch.ones(4, device="meta"))
+    opt = Lars([a, b], lr=0.1, foreach=True)
+    a.grad = torch.ones(4)
+    b.grad = torch.ones(4, device="meta")
+    with pytest.raises(ValueError, match="one device"):
+        opt.step()
+    assert torch.equal(a.detach(), torch.ones(4))
+
+
+def test_mismatched_momentum_buffer_raises_and_changes_nothing(path):
+    a = make_param()
+    opt = Lars([a], lr=0.1, momentum=0.9, **path)
+    opt.state[a]["momentum_buffer"] = torch.ones(3)
+    a.grad = torch.ones(4)
+    with pytest.raises(ValueError, match="momentum_buffer"):
+        opt.step()
+    assert torch.equal(a.detach(), torch.ones(4))
+
+
+def test_integer_params_raise_type_error():
+    with pytest.raises(TypeError, match="floating"):
+        Lars([torch.ones(2, dtype=torch.int64)], lr=0.1)
+
+
+def test_float64_params_are_stepped_by_foreach_and_refused_by_fused():
+    p = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    p.grad = torch.ones(3, dtype=torch.float64)
+    Lars([p], lr=0.1).step()  # the default path picks one that takes float64
+    assert not torch.equal(p.detach(), torch.ones(3, dtype=torch.float64))
+    opt = Lars([p], lr=0.1, fused=True)
+    before = p.detach().clone()
+    with pytest.raises(TypeError, match="float32, float16 and bfloat16"):
+        opt.step()
+    assert torch.equal(p.detach(), before)
