@@ -42,7 +42,7 @@ def _cuda_library_includes() -> list[str]:
 
 def _extension():
     cpp = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3"]
+    cxx = ["-O3", "-fopenmp"]
     if _want_cuda():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
@@ -51,8 +51,9 @@ def _extension():
             cpp + sorted(glob.glob("csrc/cuda/*.cu")),
             include_dirs=_cuda_library_includes(),
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
+            extra_link_args=["-fopenmp"],
         )
-    return CppExtension("lars_cuda._C", cpp, extra_compile_args={"cxx": cxx})
+    return CppExtension("lars_cuda._C", cpp, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
 
 
 setup(

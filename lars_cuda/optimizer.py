@@ -19,6 +19,17 @@ __all__ = ["Lars", "UnsupportedTensorError"]
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+class _Required:
+    """Default of ``lr``: required unless every param group brings its own (as
+    Horovod's DistributedOptimizer does when it re-creates the optimizer)."""
+
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+required = _Required()
+
+
 class UnsupportedTensorError(TypeError, RuntimeError):
     """A parameter or gradient the optimizer cannot step (sparse, complex, integer).
 
@@ -67,7 +78,7 @@ class Lars(Optimizer):
     def __init__(
         self,
         params: Iterable[Union[Tensor, dict[str, Any]]],
-        lr: Union[float, Tensor],
+        lr: Union[float, Tensor] = required,
         momentum: float = 0,
         eeta: float = 1e-3,
         weight_decay: float = 0,
@@ -83,7 +94,8 @@ class Lars(Optimizer):
             lr=lr, momentum=momentum, eeta=eeta, weight_decay=weight_decay, epsilon=epsilon, lars=True,
             nesterov=nesterov, trust_clip=trust_clip, update_clip=update_clip, foreach=foreach, fused=fused,
         )
-        _check_hyperparameters(defaults, read_tensor_lr=True)
+        if lr is not required:
+            _check_hyperparameters(defaults, read_tensor_lr=True)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -154,6 +166,25 @@ class Lars(Optimizer):
                 for p, buf in zip(params, bufs):
                     self.state[p]["momentum_buffer"] = buf
         return loss
+
+    @torch.no_grad()
+    def trust_ratios(self) -> Tensor:
+        """The trust ratio r the next step would give each LARS parameter (one with a
+        grad, in a ``lars=True`` group), from the current weights and gradients, as one
+        float32 CPU tensor in group order. For monitoring (e.g. TensorBoard histograms)."""
+        ratios = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not group["lars"] or not params:
+                continue
+            w = torch.stack([torch.linalg.vector_norm(p.detach().float()).cpu() for p in params])
+            n = torch.stack([torch.linalg.vector_norm(p.grad.detach().float()).cpu() for p in params])
+            r = group["eeta"] * w / (n + group["weight_decay"] * w + group["epsilon"])
+            r = torch.where((w > 0) & (n > 0), r, torch.ones_like(r))
+            if group["trust_clip"] is not None:
+                r = r.clamp(0.0, group["trust_clip"])
+            ratios.append(r)
+        return torch.cat(ratios) if ratios else torch.empty(0)
 
     def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[Optional[Tensor]]]:
         params, grads, bufs = [], [], []
@@ -248,6 +279,8 @@ def _is_real_number(x: Any) -> bool:
 def _check_hyperparameters(group: dict[str, Any], *, read_tensor_lr: bool) -> None:
     """Raises ValueError/TypeError naming the first invalid hyper-parameter."""
     lr = group["lr"]
+    if lr is required:
+        raise TypeError("Lars needs a learning rate: pass lr=... (or give every param group an 'lr')")
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
             raise ValueError(f"a tensor lr must hold one element, got shape {tuple(lr.shape)}")

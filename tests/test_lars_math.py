@@ -253,3 +253,12 @@ def test_all_paths_agree_over_many_steps_on_a_small_model():
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(results[2], results[0], rtol=1e-4, atol=1e-5)
+
+
+def test_trust_ratios_report_what_the_next_step_uses():
+    p = torch.nn.Parameter(torch.full((4,), 3.0))  # ||p|| = 6
+    q = torch.nn.Parameter(torch.ones(2))
+    opt = Lars([dict(params=[p]), dict(params=[q], lars=False)], lr=1.0, eeta=0.1, weight_decay=0.5)
+    p.grad = torch.full((4,), 1.0)  # ||g|| = 2
+    q.grad = torch.ones(2)
+    torch.testing.assert_close(opt.trust_ratios(), torch.tensor([0.1 * 6 / (2 + 0.5 * 6)]))

@@ -1,0 +1,176 @@
+"""Data sets and samplers for the trainer.
+
+* ImageFolder (the seed's ImageNet layout) through torchvision and PIL, with the
+  seed's transforms.
+* Fashion-MNIST from Debian's ``dataset-fashion-mnist`` IDX files (no download).
+* Synthetic ImageNet-shaped tensors, for throughput.
+* Samplers: the training split is torch's DistributedSampler (every rank sees a
+  disjoint shard of one seeded permutation); validation splits the indices
+  without padding, so each image is counted exactly once across ranks.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import struct
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+class DataError(RuntimeError):
+    """A data directory or file the trainer cannot use; the message says why."""
+
+
+# ---- Fashion-MNIST ------------------------------------------------------------
+
+def _read_idx(path: str) -> np.ndarray:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes")
+    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if array.size != math.prod(shape):
+        raise DataError(f"{path} is truncated: {array.size} bytes of data for shape {shape}")
+    return array.reshape(shape)
+
+
+def _find_idx(root: str, stem: str) -> str:
+    for name in (stem + ".gz", stem):
+        path = os.path.join(root, name)
+        if os.path.exists(path):
+            return path
+    raise DataError(
+        f"Fashion-MNIST file {stem}(.gz) not found in {root}. Install Debian's package: "
+        "apt-get install dataset-fashion-mnist (the project's set-up does this), or pass --data-dir"
+    )
+
+
+class FashionMNIST(Dataset):
+    """The whole split as one normalised float tensor (47 MB for 60k images)."""
+
+    def __init__(self, root: str = FASHION_MNIST_DIR, train: bool = True):
+        prefix = "train" if train else "t10k"
+        images = _read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))
+        labels = _read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte"))
+        if len(images) != len(labels):
+            raise DataError(f"{root}: {len(images)} images but {len(labels)} labels")
+        x = torch.from_numpy(images.copy()).float().div_(255).unsqueeze(1)
+        self.images = (x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+        self.labels = torch.from_numpy(labels.astype(np.int64))
+        self.classes = [str(i) for i in range(10)]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], self.labels[i]
+
+
+# ---- ImageFolder ----------------------------------------------------------------
+
+def image_folder(path: Optional[str], train: bool, flag: str):
+    from torchvision import datasets, transforms
+
+    if not path:
+        raise DataError(f"{flag} is required for --dataset imagefolder")
+    if not os.path.isdir(path):
+        raise DataError(f"{flag} {path!r} does not exist or is not a directory")
+    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    if train:
+        tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+                                 transforms.ToTensor(), normalize])
+    else:
+        tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                                 normalize])
+    try:
+        return datasets.ImageFolder(path, transform=tf)
+    except (FileNotFoundError, RuntimeError) as exc:  # no class folders / no images
+        raise DataError(f"{flag} {path!r} holds no images in class sub-folders: {exc}") from exc
+
+
+# ---- synthetic ---------------------------------------------------------------------
+
+class Synthetic(Dataset):
+    """ImageNet-shaped random images; one fixed tensor per index, cheap to serve."""
+
+    def __init__(self, size: int, shape=(3, 224, 224), num_classes: int = 1000, seed: int = 0):
+        gen = torch.Generator().manual_seed(seed)
+        self.size = size
+        self.base = torch.randn(shape, generator=gen)
+        self.labels = torch.randint(0, num_classes, (size,), generator=gen)
+        self.classes = [str(i) for i in range(num_classes)]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int):
+        return self.base, self.labels[i]
+
+
+# ---- samplers and loaders ----------------------------------------------------------
+
+class ExactShardSampler(Sampler[int]):
+    """Indices rank, rank+N, rank+2N, ...: every index on exactly one rank, no padding."""
+
+    def __init__(self, length: int, rank: int, size: int):
+        self.indices = list(range(rank, length, size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def build_datasets(args):
+    """(train set, val set, input channels, number of classes)."""
+    if args.dataset == "fashion-mnist":
+        root = args.data_dir or FASHION_MNIST_DIR
+        train, val, channels, classes = FashionMNIST(root, True), FashionMNIST(root, False), 1, 10
+    elif args.synthetic:
+        train = Synthetic(args.synthetic_size, seed=args.seed)
+        val = Synthetic(max(args.synthetic_size // 10, 1), seed=args.seed + 1)
+        channels, classes = 3, 1000
+    elif args.dataset == "imagefolder":
+        train = image_folder(args.train_dir, True, "--train-dir")
+        val = image_folder(args.val_dir, False, "--val-dir")
+        channels, classes = 3, len(train.classes)
+    else:
+        raise ValueError(f"unknown --dataset {args.dataset!r}")
+    if args.train_subset:
+        train = Subset(train, range(min(args.train_subset, len(train))))
+    if args.val_subset:
+        val = Subset(val, range(min(args.val_subset, len(val))))
+    if len(train) == 0 or len(val) == 0:
+        raise DataError("the training or validation set is empty")
+    return train, val, channels, classes
+
+
+def build_loaders(train_set, val_set, args, rank: int, size: int, pin_memory: bool):
+    """Train loader batches are batch_size * B per rank (split into B chunks by the
+    trainer); drop_last keeps every step's global batch the same size."""
+    train_sampler = DistributedSampler(train_set, num_replicas=size, rank=rank, shuffle=True, seed=args.seed,
+                                       drop_last=True)
+    per_rank = args.batch_size * args.batches_per_allreduce
+    if len(train_sampler) < per_rank:
+        raise DataError(
+            f"each rank's share of the training set ({len(train_sampler)} images) is smaller than one batch "
+            f"({per_rank}); lower --batch-size or --batches-per-allreduce"
+        )
+    workers = dict(num_workers=args.workers, persistent_workers=args.workers > 0, pin_memory=pin_memory)
+    train_loader = DataLoader(train_set, batch_size=per_rank, sampler=train_sampler, drop_last=True, **workers)
+    val_loader = DataLoader(val_set, batch_size=args.val_batch_size,
+                            sampler=ExactShardSampler(len(val_set), rank, size), **workers)
+    return train_loader, train_sampler, val_loader
