@@ -126,6 +126,8 @@ TORCH_LIBRARY(lars_cuda, m) {
       "bool nesterov, float? trust_clip, float? update_clip, Tensor? grad_scale, Tensor? found_inf) -> ()");
   // Which CUDA launch path the last CUDA call took: "cooperative", "three-kernel" or "none".
   m.def("last_cuda_launch() -> str", [] { return last_cuda_launch(); });
+  // Which build of the CPU kernel runs on this machine: "avx2" or "default".
+  m.def("cpu_kernel() -> str", [] { return cpu_kernel_variant(); });
 }
 
 }  // namespace lars_cuda

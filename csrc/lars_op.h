@@ -28,6 +28,9 @@ LarsHyper make_hyper(double momentum, double weight_decay, double eeta, double e
 void set_last_cuda_launch(const char* kind);
 std::string last_cuda_launch();
 
+// Which build of the CPU kernel runs here: "avx2" or "default".
+std::string cpu_kernel_variant();
+
 // Calls f(P{}) for the supported floating types; the math is float32 for all.
 template <typename F>
 void dispatch_lars_type(at::ScalarType t, const char* what, F&& f) {

@@ -16,7 +16,7 @@ except ImportError as exc:  # a source checkout that was never built
     _C = None
     EXTENSION_ERROR = exc
 
-__all__ = ["fused_lars_", "has_fused", "last_cuda_launch", "EXTENSION_ERROR"]
+__all__ = ["cpu_kernel", "fused_lars_", "has_fused", "last_cuda_launch", "EXTENSION_ERROR"]
 
 
 def has_fused(device: torch.device | str) -> bool:
@@ -68,6 +68,13 @@ def last_cuda_launch() -> str:
     """'cooperative', 'three-kernel', 'single' (lars=False) or 'none': the path of the last CUDA call."""
     _require_extension()
     return torch.ops.lars_cuda.last_cuda_launch()
+
+
+def cpu_kernel() -> str:
+    """'avx2' or 'default': the build of the CPU kernel this machine runs
+    (LARS_CUDA_CPU_KERNEL=default forces the portable one)."""
+    _require_extension()
+    return torch.ops.lars_cuda.cpu_kernel()
 
 
 if _C is not None:

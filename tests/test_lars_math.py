@@ -9,7 +9,10 @@ from hypothesis import strategies as st
 
 from lars_cuda import Lars
 
+from .conftest import PATHS
 from .reference import lars_step_f64
+
+PATHS_FUSED = PATHS["fused"]
 
 TOL = {
     torch.float32: dict(rtol=2e-5, atol=2e-6),
@@ -262,3 +265,14 @@ def test_trust_ratios_report_what_the_next_step_uses():
     p.grad = torch.full((4,), 1.0)  # ||g|| = 2
     q.grad = torch.ones(2)
     torch.testing.assert_close(opt.trust_ratios(), torch.tensor([0.1 * 6 / (2 + 0.5 * 6)]))
+
+
+def test_portable_cpu_kernel_matches_the_contract_too(monkeypatch):
+    # The fused CPU op has an AVX2 build and a portable one; this runs the portable one.
+    monkeypatch.setenv("LARS_CUDA_CPU_KERNEL", "default")
+    from lars_cuda import ops
+
+    assert ops.cpu_kernel() == "default"
+    for dtype in (torch.float32, torch.bfloat16):
+        check_steps(PATHS_FUSED, [(40, 33), (7,), (0,), (1000,)], dtype,
+                    dict(lr=0.5, momentum=0.9, weight_decay=1e-3, eeta=0.02, nesterov=True), zero=(1,))
