@@ -130,6 +130,18 @@ TORCH_LIBRARY(lars_cuda, m) {
   m.def("cpu_kernel() -> str", [] { return cpu_kernel_variant(); });
 }
 
+namespace {
+// Sparse tensors dispatch here instead of to the CPU/CUDA kernels.
+void reject_sparse(at::TensorList, at::TensorList, at::TensorList, double, const std::optional<at::Tensor>&, double,
+                   double, double, double, bool, bool, std::optional<double>, std::optional<double>,
+                   const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) {
+  TORCH_CHECK_TYPE(false, "fused_lars_: sparse tensors are not supported");
+}
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lars_cuda, SparseCPU, m) { m.impl("fused_lars_", &reject_sparse); }
+TORCH_LIBRARY_IMPL(lars_cuda, SparseCUDA, m) { m.impl("fused_lars_", &reject_sparse); }
+
 }  // namespace lars_cuda
 
 extern "C" {

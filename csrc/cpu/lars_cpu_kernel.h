@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <vector>
 
 #include "../lars_op.h"
@@ -100,8 +101,8 @@ inline Vec clamp_vec(const Vec& x, const Vec& lo, const Vec& hi) { return at::ve
 
 // Updates p[begin, end) (and its buffer) with `step` = lr * r.
 template <typename P, typename G>
-void update_span(P* p, const G* g, P* buf, int64_t begin, int64_t end, float step, float inv_scale,
-                 const LarsHyper& h) {
+void update_span_scalar(P* p, const G* g, P* buf, int64_t begin, int64_t end, float step, float inv_scale,
+                        const LarsHyper& h) {
   const ElementCoeffs<float> c(h);
   for (int64_t i = begin; i < end; ++i) {
     float b = buf ? to_float(buf[i]) : 0.f;  // untouched when there is no momentum
@@ -109,6 +110,12 @@ void update_span(P* p, const G* g, P* buf, int64_t begin, int64_t end, float ste
     p[i] = static_cast<P>(out);
     if (buf) buf[i] = static_cast<P>(b);
   }
+}
+
+template <typename P, typename G>
+void update_span(P* p, const G* g, P* buf, int64_t begin, int64_t end, float step, float inv_scale,
+                 const LarsHyper& h) {
+  update_span_scalar<P, G>(p, g, buf, begin, end, step, inv_scale, h);
 }
 
 #if defined(CPU_CAPABILITY_AVX2)
@@ -141,6 +148,80 @@ void update_span<float, float>(float* p, const float* g, float* buf, int64_t beg
     p[i] = lars_element<float>(p[i], g[i] * inv_scale, b, step, c, ClampNan{});
     if (buf) buf[i] = b;
   }
+}
+
+// float16/bfloat16 (params and grads of one type): 16 elements per load,
+// widened to two float vectors, narrowed once on store (round to nearest even,
+// as a scalar cast).
+template <typename T>
+void sum_squares_reduced(const T* p, const T* g, int64_t n, double& sp, double& sg) {
+  using VT = at::vec::Vectorized<T>;
+  constexpr int64_t kW = VT::size();
+  Vec p0(0.f), p1(0.f), g0(0.f), g1(0.f);
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) {
+    auto [a0, a1] = at::vec::convert_to_float<T>(VT::loadu(p + i));
+    auto [b0, b1] = at::vec::convert_to_float<T>(VT::loadu(g + i));
+    p0 = at::vec::fmadd(a0, a0, p0);
+    p1 = at::vec::fmadd(a1, a1, p1);
+    g0 = at::vec::fmadd(b0, b0, g0);
+    g1 = at::vec::fmadd(b1, b1, g1);
+  }
+  const auto add = [](Vec& a, Vec& b) { return a + b; };
+  double ap = at::vec::vec_reduce_all<float>(add, p0 + p1);
+  double ag = at::vec::vec_reduce_all<float>(add, g0 + g1);
+  for (; i < n; ++i) {
+    const double a = to_float(p[i]), b = to_float(g[i]);
+    ap += a * a;
+    ag += b * b;
+  }
+  sp = ap;
+  sg = ag;
+}
+
+template <>
+void sum_squares<at::BFloat16, at::BFloat16>(const at::BFloat16* p, const at::BFloat16* g, int64_t n, double& sp,
+                                             double& sg) {
+  sum_squares_reduced(p, g, n, sp, sg);
+}
+
+template <>
+void sum_squares<at::Half, at::Half>(const at::Half* p, const at::Half* g, int64_t n, double& sp, double& sg) {
+  sum_squares_reduced(p, g, n, sp, sg);
+}
+
+template <typename T>
+void update_span_reduced(T* p, const T* g, T* buf, int64_t begin, int64_t end, float step, float inv_scale,
+                         const LarsHyper& h) {
+  using VT = at::vec::Vectorized<T>;
+  constexpr int64_t kW = VT::size();
+  const ElementCoeffs<Vec> cv(h);
+  const Vec step_v(step), inv_v(inv_scale);
+  int64_t i = begin;
+  for (; i + kW <= end; i += kW) {
+    auto [p0, p1] = at::vec::convert_to_float<T>(VT::loadu(p + i));
+    auto [g0, g1] = at::vec::convert_to_float<T>(VT::loadu(g + i));
+    Vec b0(0.f), b1(0.f);
+    if (buf) std::tie(b0, b1) = at::vec::convert_to_float<T>(VT::loadu(buf + i));
+    const Vec o0 = lars_element<Vec>(p0, g0 * inv_v, b0, step_v, cv, clamp_vec);
+    const Vec o1 = lars_element<Vec>(p1, g1 * inv_v, b1, step_v, cv, clamp_vec);
+    at::vec::convert_from_float<T>(o0, o1).store(p + i);
+    if (buf) at::vec::convert_from_float<T>(b0, b1).store(buf + i);
+  }
+  update_span_scalar<T, T>(p, g, buf, i, end, step, inv_scale, h);
+}
+
+template <>
+void update_span<at::BFloat16, at::BFloat16>(at::BFloat16* p, const at::BFloat16* g, at::BFloat16* buf,
+                                             int64_t begin, int64_t end, float step, float inv_scale,
+                                             const LarsHyper& h) {
+  update_span_reduced(p, g, buf, begin, end, step, inv_scale, h);
+}
+
+template <>
+void update_span<at::Half, at::Half>(at::Half* p, const at::Half* g, at::Half* buf, int64_t begin, int64_t end,
+                                     float step, float inv_scale, const LarsHyper& h) {
+  update_span_reduced(p, g, buf, begin, end, step, inv_scale, h);
 }
 
 #endif  // CPU_CAPABILITY_AVX2

@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""A small CUDA workload of the fused kernel, for compute-sanitizer and ncu.
+
+    python benchmarks/gpu_case.py            # a small model, both launch paths, AMP flags
+    python benchmarks/gpu_case.py --resnet50 # ResNet-50's parameter list, a few steps (for ncu)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import lars_cuda  # noqa: E402
+from param_sets import SETS  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--resnet50", action="store_true")
+    p.add_argument("--steps", type=int, default=3)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    shapes = SETS["resnet50"]() if args.resnet50 else [(32, 3, 3, 3), (32,), (70_001,), (0,), (10, 32)]
+    for dtype in (torch.float32, torch.bfloat16):
+        params = [torch.nn.Parameter(torch.randn(s, device="cuda", dtype=dtype)) for s in shapes]
+        for p_ in params:
+            p_.grad = torch.randn_like(p_)
+        opt = lars_cuda.Lars(params, lr=torch.tensor(0.1, device="cuda"), momentum=0.9, weight_decay=1e-4,
+                             nesterov=True, fused=True)
+        for launch in ("cooperative", "three-kernel"):
+            if launch == "three-kernel":
+                os.environ["LARS_CUDA_LAUNCH"] = "three-kernel"
+            for _ in range(args.steps):
+                opt.step()
+            torch.cuda.synchronize()
+            print(dtype, launch, "->", lars_cuda.ops.last_cuda_launch(), flush=True)
+            os.environ.pop("LARS_CUDA_LAUNCH", None)
+            if args.resnet50:
+                break
+        if not args.resnet50:  # the AMP path: a skipped and an unscaled step
+            opt.grad_scale = torch.tensor(4.0, device="cuda")
+            for inf in (1.0, 0.0):
+                opt.found_inf = torch.tensor(inf, device="cuda")
+                opt.step()
+            del opt.grad_scale, opt.found_inf
+            torch.cuda.synchronize()
+    print("gpu_case done", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The CUDA kernel against the float64 oracle and the CPU kernel. Skipped without
+a GPU; benchmarks/gpu_check.sh runs them on the GPU machine."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from lars_cuda import Lars, ops
+
+from .conftest import requires_fused_cuda
+from .reference import lars_step_f64
+
+pytestmark = [pytest.mark.cuda, requires_fused_cuda]
+
+HYPER = dict(lr=0.7, momentum=0.9, weight_decay=1e-4, eeta=0.02, epsilon=1e-5)
+SHAPES = [(64, 3, 7, 7), (64,), (256, 64, 1, 1), (1000, 2048), (0,), (3,), (70_001,)]
+
+
+def guarded(shape, dtype, fill):
+    """A view into a bigger buffer whose margins hold NaN: a write out of bounds shows."""
+    n = int(torch.tensor(shape).prod().item()) if len(shape) else 1
+    buf = torch.full((n + 2048,), float("nan"), dtype=dtype, device="cuda")
+    view = buf[1024:1024 + n].view(shape)
+    view.copy_(fill)
+    return buf, view
+
+
+def margins_untouched(buf, n):
+    return bool(torch.isnan(buf[:1024]).all() and torch.isnan(buf[1024 + n:]).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("launch", ["cooperative", "three-kernel"])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_cuda_op_matches_the_float64_oracle(dtype, launch, nesterov, monkeypatch):
+    if launch == "three-kernel":
+        monkeypatch.setenv("LARS_CUDA_LAUNCH", "three-kernel")
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))  # fresh inputs each run
+    ps, gs, bs, bufs = [], [], [], []
+    for shape in SHAPES:
+        p0 = torch.randn(shape, generator=gen).to(dtype)
+        g0 = (torch.randn(shape, generator=gen) * 30).to(dtype)  # some elements hit the clip
+        b0 = torch.randn(shape, generator=gen).to(dtype)
+        pb, p = guarded(shape, dtype, p0)
+        bb, b = guarded(shape, dtype, b0)
+        ps.append(p)
+        gs.append(g0.cuda())
+        bs.append(b)
+        bufs.append((pb, bb, p0, g0, b0))
+    torch.ops.lars_cuda.fused_lars_(ps, gs, bs, HYPER["lr"], None, HYPER["momentum"], HYPER["weight_decay"],
+                                    HYPER["eeta"], HYPER["epsilon"], True, nesterov, 50.0, 10.0, None, None)
+    torch.cuda.synchronize()
+    assert ops.last_cuda_launch() == launch
+    for (pb, bb, p0, g0, b0), p, b in zip(bufs, ps, bs):
+        n = p.numel()
+        assert margins_untouched(pb, n) and margins_untouched(bb, n)
+        want_p, want_b = lars_step_f64(p0, g0, b0, nesterov=nesterov, **HYPER)
+        if dtype == torch.float32:
+            scale = max(want_p.abs().max().item(), 1.0) if n else 1.0
+            assert ((p.double().cpu() - want_p).abs().max().item() if n else 0.0) <= 1e-6 * scale
+        else:
+            tol = dict(rtol=1e-2, atol=1e-2) if dtype == torch.bfloat16 else dict(rtol=2e-3, atol=2e-3)
+            torch.testing.assert_close(p.cpu(), want_p.to(dtype), **tol)
+            torch.testing.assert_close(b.cpu(), want_b.to(dtype), **tol)
+
+
+def test_cuda_and_cpu_kernels_agree_over_steps():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 6 * 6, 10))
+    cuda_model = __import__("copy").deepcopy(model).cuda()
+    from lars_cuda import create_optimizer_lars
+
+    kw = dict(lr=1.0, momentum=0.9, weight_decay=5e-4, bn_bias_separately=True, eeta=0.01, fused=True)
+    opt_cpu, opt_gpu = create_optimizer_lars(model, **kw), create_optimizer_lars(cuda_model, **kw)
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,))
+    for _ in range(5):
+        for m, opt, dev in ((model, opt_cpu, "cpu"), (cuda_model, opt_gpu, "cuda")):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(x.to(dev)), y.to(dev)).backward()
+            opt.step()
+    for a, b in zip(model.parameters(), cuda_model.parameters()):
+        torch.testing.assert_close(a, b.cpu(), rtol=1e-4, atol=1e-5)
+
+
+def test_cuda_step_is_bit_reproducible():
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        ps = [torch.randn(s, device="cuda") for s in [(4096, 1024), (77,), (3, 3)]]
+        gs = [torch.randn_like(p) for p in ps]
+        bs = [torch.zeros_like(p) for p in ps]
+        torch.ops.lars_cuda.fused_lars_(ps, gs, bs, 0.1, None, 0.9, 1e-4, 1e-3, 0.0, True, False, 50.0, 10.0, None,
+                                        None)
+        outs.append(ps)
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
+def test_found_inf_on_the_device_skips_the_step_and_grad_scale_unscales():
+    ps = [torch.randn(1000, device="cuda")]
+    gs = [torch.randn(1000, device="cuda")]
+    bs = [torch.randn(1000, device="cuda")]
+    before = [ps[0].clone(), bs[0].clone()]
+    args = (0.1, None, 0.9, 1e-4, 1e-3, 0.0, True, False, 50.0, 10.0)
+    torch.ops.lars_cuda.fused_lars_(ps, gs, bs, *args, torch.tensor(8.0, device="cuda"),
+                                    torch.tensor(1.0, device="cuda"))
+    assert torch.equal(ps[0], before[0]) and torch.equal(bs[0], before[1])
+    want_p, want_b = [before[0].clone()], [before[1].clone()]
+    torch.ops.lars_cuda.fused_lars_(want_p, gs, want_b, *args, None, None)
+    torch.ops.lars_cuda.fused_lars_(ps, [gs[0] * 8], bs, *args, torch.tensor(8.0, device="cuda"),
+                                    torch.tensor(0.0, device="cuda"))
+    torch.testing.assert_close(ps[0], want_p[0])
+
+
+def test_tensor_lr_step_is_captured_and_replayed_in_a_cuda_graph():
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(4096, 64, device="cuda"))
+    p.grad = torch.randn_like(p)
+    lr = torch.tensor(0.1, device="cuda")
+    opt = Lars([p], lr=lr, momentum=0.9, weight_decay=1e-4, fused=True)
+    opt.step()  # warm-up: state and the device tensor table exist before capture
+    ref = Lars([torch.nn.Parameter(p.detach().clone())], lr=0.1, momentum=0.9, weight_decay=1e-4, fused=True)
+    ref.param_groups[0]["params"][0].grad = p.grad.clone()
+    ref.state[ref.param_groups[0]["params"][0]]["momentum_buffer"] = opt.state[p]["momentum_buffer"].clone()
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph):
+        opt.step()
+    torch.cuda.current_stream().wait_stream(stream)
+    for value in (0.1, 0.05):
+        lr.fill_(value)
+        ref.param_groups[0]["lr"] = value
+        graph.replay()
+        ref.step()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(p.detach(), ref.param_groups[0]["params"][0].detach())
+
+
+def test_one_kernel_launch_per_step():
+    from torch.profiler import ProfilerActivity, profile
+
+    ps = [torch.nn.Parameter(torch.randn(s, device="cuda")) for s in [(512, 256, 3, 3), (512,), (1000, 512)]]
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    opt = Lars(ps, lr=0.1, momentum=0.9, weight_decay=1e-4, fused=True)
+    opt.step()
+    opt.step()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            opt.step()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    names = [e.name for e in kernels]
+    assert len(kernels) == 3, names
+    assert all("lars_kernel" in n for n in names), names
+
+
+@pytest.mark.skipif(os.environ.get("LARS_BIG_TEST") != "1", reason="LARS_BIG_TEST=1 (gpu_check.sh) runs it")
+def test_a_tensor_over_2_to_the_31_elements_is_stepped_to_its_last_element():
+    n = 2**31 + 4096
+    free, _ = torch.cuda.mem_get_info()
+    if free < 3 * n * 2 + 2**30:
+        pytest.skip("not enough GPU memory")
+    p = torch.ones(n, dtype=torch.bfloat16, device="cuda")
+    g = torch.ones(n, dtype=torch.bfloat16, device="cuda")
+    torch.ops.lars_cuda.fused_lars_([p], [g], [], 0.5, None, 0.0, 0.0, 1e-3, 0.0, True, False, None, None, None,
+                                    None)
+    # ||p|| = ||g||, so r = eeta = 1e-3 and every element moves by 0.5 * 1e-3.
+    want = torch.tensor(1 - 0.5e-3, dtype=torch.bfloat16).item()
+    assert p[0].item() == want and p[-1].item() == want and p[2**31].item() == want

@@ -1,0 +1,192 @@
+"""The compiled op lars_cuda::fused_lars_ itself: schema and fake (opcheck),
+torch.compile, AMP grad scaling, argument checks and the build."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+import lars_cuda
+from lars_cuda import Lars, ops
+
+from .reference import lars_step_f64
+
+
+def op_args(n=3, momentum=0.9, dtype=torch.float32, device="cpu", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(5, 4), (7,), (3, 2, 2)][:n]
+    params = [torch.randn(s, generator=gen).to(dtype).to(device) for s in shapes]
+    grads = [torch.randn(s, generator=gen).to(dtype).to(device) for s in shapes]
+    bufs = [torch.randn(s, generator=gen).to(dtype).to(device) for s in shapes] if momentum else []
+    return params, grads, bufs
+
+
+def call(params, grads, bufs, lr=0.1, lr_tensor=None, momentum=0.9, weight_decay=1e-4, eeta=0.02, epsilon=0.0,
+         lars=True, nesterov=False, trust_clip=50.0, update_clip=10.0, grad_scale=None, found_inf=None):
+    return (params, grads, bufs, lr, lr_tensor, momentum, weight_decay, eeta, epsilon, lars, nesterov, trust_clip,
+            update_clip, grad_scale, found_inf)
+
+
+@pytest.mark.parametrize("lars_flag", [True, False])
+@pytest.mark.parametrize("with_scale", [False, True])
+def test_opcheck_passes(lars_flag, with_scale):
+    params, grads, bufs = op_args()
+    extra = dict(grad_scale=torch.tensor(4.0), found_inf=torch.tensor(0.0)) if with_scale else {}
+    torch.library.opcheck(torch.ops.lars_cuda.fused_lars_.default,
+                          call(params, grads, bufs, lars=lars_flag, lr_tensor=torch.tensor(0.1), **extra))
+
+
+def test_torch_compile_traces_a_fused_step_without_graph_breaks():
+    torch._dynamo.reset()
+    model = torch.nn.Linear(6, 3)
+    opt = Lars(model.parameters(), lr=torch.tensor(0.5), momentum=0.9, weight_decay=1e-4, eeta=0.02, fused=True)
+    ref_model = torch.nn.Linear(6, 3)
+    ref_model.load_state_dict(model.state_dict())
+    ref = Lars(ref_model.parameters(), lr=torch.tensor(0.5), momentum=0.9, weight_decay=1e-4, eeta=0.02, fused=True)
+
+    @torch.compile(fullgraph=True)
+    def compiled_step():
+        opt.step()
+
+    for i in range(3):
+        for m in (model, ref_model):
+            for p in m.parameters():
+                p.grad = torch.full_like(p, 0.1 * (i + 1))
+        compiled_step()
+        ref.step()
+    for a, b in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_grad_scale_unscales_grads_and_their_norms():
+    params, grads, bufs = op_args()
+    want = [p.clone() for p in params]
+    want_bufs = [b.clone() for b in bufs]
+    torch.ops.lars_cuda.fused_lars_(*call(want, grads, want_bufs))
+    scaled = [g * 1024 for g in grads]
+    torch.ops.lars_cuda.fused_lars_(*call(params, scaled, bufs, grad_scale=torch.tensor(1024.0),
+                                          found_inf=torch.tensor(0.0)))
+    for a, b in zip(params + bufs, want + want_bufs):
+        torch.testing.assert_close(a, b)
+
+
+def test_found_inf_skips_the_step_entirely():
+    params, grads, bufs = op_args()
+    before = [t.clone() for t in params + bufs]
+    torch.ops.lars_cuda.fused_lars_(*call(params, grads, bufs, grad_scale=torch.tensor(2.0),
+                                          found_inf=torch.tensor(1.0)))
+    for a, b in zip(params + bufs, before):
+        assert torch.equal(a, b)
+
+
+def test_grad_scaler_drives_the_fused_optimizer_like_torch_fused_sgd():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    opt = Lars(model.parameters(), lr=0.5, momentum=0.9, eeta=0.05, fused=True)
+    assert opt._step_supports_amp_scaling
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(8, 4)
+    scaler.scale(model(x).square().mean()).backward()
+    grads = [p.grad.clone() / 256.0 for p in model.parameters()]
+    scaler.step(opt)
+    scaler.update()
+    for p, b, g in zip(model.parameters(), before, grads):
+        want, _ = lars_step_f64(b, g, None, lr=0.5, momentum=0.9, eeta=0.05)
+        torch.testing.assert_close(p.detach(), want.float(), rtol=1e-5, atol=1e-6)
+
+    # An inf in a gradient: the step is skipped and the scale shrinks.
+    snapshot = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    scaler.scale(model(x).square().mean()).backward()
+    model.weight.grad[0, 0] = float("inf")
+    scaler.step(opt)
+    scaler.update()
+    for p, s in zip(model.parameters(), snapshot):
+        assert torch.equal(p.detach(), s)
+    assert scaler.get_scale() == 128.0
+
+
+def test_non_fused_paths_leave_unscaling_to_grad_scaler():
+    opt = Lars([torch.nn.Parameter(torch.ones(2))], lr=0.1, foreach=True)
+    assert not opt._step_supports_amp_scaling
+
+
+@pytest.mark.parametrize(
+    "mutate, error, match",
+    [
+        (lambda p, g, b: g.pop(), ValueError, "grads"),
+        (lambda p, g, b: b.pop(), ValueError, "momentum buffers"),
+        (lambda p, g, b: g.__setitem__(0, g[0].t()), ValueError, "shape"),
+        (lambda p, g, b: p.__setitem__(0, p[0].double()), TypeError, "float32, float16 or bfloat16"),
+        (lambda p, g, b: g.__setitem__(1, g[1].to_sparse()), TypeError, "sparse"),
+        (lambda p, g, b: b.__setitem__(0, b[0].half()), TypeError, "momentum buffer"),
+        (lambda p, g, b: p.__setitem__(1, p[0]), ValueError, "shape"),
+    ],
+)
+def test_bad_arguments_raise_before_anything_is_written(mutate, error, match):
+    params, grads, bufs = op_args()
+    mutate(params, grads, bufs)
+    before = [t.clone() for t in params]
+    with pytest.raises(error, match=match):
+        torch.ops.lars_cuda.fused_lars_(*call(params, grads, bufs))
+    for a, b in zip(params, before):
+        assert torch.equal(a, b)
+
+
+def test_non_dense_params_are_rejected_by_the_op():
+    base = torch.randn(6, 6)
+    p = base[:, :3]  # every other half-row: not dense
+    with pytest.raises(ValueError, match="dense"):
+        torch.ops.lars_cuda.fused_lars_(*call([p], [torch.randn(6, 3)], [torch.zeros(6, 3)]))
+
+
+def test_a_step_is_bit_reproducible():
+    outs = []
+    for _ in range(2):
+        params, grads, bufs = op_args(seed=3)
+        big = torch.randn(300_000, generator=torch.Generator().manual_seed(4))
+        params.append(big.clone())
+        grads.append(big.flip(0).clone())
+        bufs.append(torch.zeros_like(big))
+        torch.ops.lars_cuda.fused_lars_(*call(params, grads, bufs))
+        outs.append(params)
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(os.environ.get("LARS_BIG_TEST") != "1",
+                    reason="needs ~9 GB and minutes on 2 cores; LARS_BIG_TEST=1 runs it (gpu_check.sh does)")
+def test_tensors_over_2_to_the_31_elements_are_indexed_with_64_bits():
+    n = 2**31 + 1024
+    p = torch.ones(n, dtype=torch.bfloat16)
+    g = torch.zeros(n, dtype=torch.bfloat16)
+    g[-1] = 1.0
+    torch.ops.lars_cuda.fused_lars_(*call([p], [g], [], momentum=0.0, lars=False, lr=0.5))
+    assert p[-1].item() == 0.5 and p[0].item() == 1.0
+
+
+def _extension_path():
+    return glob.glob(os.path.join(os.path.dirname(lars_cuda.__file__), "_C*.so"))[0]
+
+
+def test_extension_built_with_cuda_holds_sm90_code():
+    if not ops.has_fused("cuda"):
+        pytest.skip("the extension was built without CUDA (no nvcc or a CPU build of torch)")
+    cuobjdump = shutil.which("cuobjdump") or next(iter(glob.glob("/usr/local/cuda*/bin/cuobjdump")), None)
+    if cuobjdump is None:
+        import triton  # ships a cuobjdump
+
+        cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    out = subprocess.run([cuobjdump, "--list-elf", _extension_path()], capture_output=True, text=True, check=True)
+    assert "sm_90" in out.stdout, out.stdout
+
+
+def test_has_fused_reports_the_cpu_kernel():
+    assert ops.has_fused("cpu")
+    assert ops.cpu_kernel() in ("avx2", "default")
