@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <string>
+#include <algorithm>
 #include <unordered_set>
 
 #include "lars_op.h"
@@ -54,8 +55,6 @@ void check_fused_lars_args(at::TensorList params, at::TensorList grads, at::Tens
   if (params.empty()) return;
 
   const at::Device device = params[0].device();
-  const at::ScalarType p_type = params[0].scalar_type();
-  const at::ScalarType g_type = grads[0].scalar_type();
   std::unordered_set<const void*> seen;
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& p = params[i];
@@ -66,17 +65,13 @@ void check_fused_lars_args(at::TensorList params, at::TensorList grads, at::Tens
                      " must be float32, float16 or bfloat16, got ", p.scalar_type());
     TORCH_CHECK_TYPE(is_lars_float(g.scalar_type()), "fused_lars_: grad ", i,
                      " must be float32, float16 or bfloat16, got ", g.scalar_type());
-    TORCH_CHECK_TYPE(p.scalar_type() == p_type && g.scalar_type() == g_type, "fused_lars_: one call takes one ",
-                     "(param dtype, grad dtype) pair; param ", i, " is (", p.scalar_type(), ", ", g.scalar_type(),
-                     ") but param 0 is (", p_type, ", ", g_type, ")");
     TORCH_CHECK_VALUE(p.device() == device && g.device() == device, "fused_lars_: all tensors must be on one ",
                       "device; param 0 is on ", device, ", param ", i, " on ", p.device(), " with its grad on ",
                       g.device());
     TORCH_CHECK_VALUE(p.sizes() == g.sizes(), "fused_lars_: param ", i, " has shape ", p.sizes(),
                       " but its grad has shape ", g.sizes());
-    TORCH_CHECK_VALUE(p.is_non_overlapping_and_dense() && p.strides() == g.strides(), "fused_lars_: param ", i,
-                      " and its grad must be dense with equal strides (param strides ", p.strides(),
-                      ", grad strides ", g.strides(), ")");
+    TORCH_CHECK_VALUE(p.is_non_overlapping_and_dense(), "fused_lars_: param ", i,
+                      " must be dense (non-overlapping, no gaps); its strides are ", p.strides());
     TORCH_CHECK_VALUE(seen.insert(p.data_ptr()).second || p.numel() == 0, "fused_lars_: param ", i,
                       " appears twice in one call");
     if (has_momentum) {
@@ -102,6 +97,27 @@ std::string& last_launch_storage() {
 
 void set_last_cuda_launch(const char* kind) { last_launch_storage() = kind; }
 std::string last_cuda_launch() { return last_launch_storage(); }
+
+std::vector<Bucket> bucket_by_dtype(at::TensorList params, at::TensorList grads, at::TensorList bufs) {
+  std::vector<Bucket> buckets;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& p = params[i];
+    if (p.numel() == 0) continue;
+    const at::ScalarType pt = p.scalar_type(), gt = grads[i].scalar_type();
+    auto it = std::find_if(buckets.begin(), buckets.end(),
+                           [&](const Bucket& b) { return b.p_type == pt && b.g_type == gt; });
+    if (it == buckets.end()) {
+      buckets.push_back(Bucket{pt, gt, {}, {}, {}});
+      it = buckets.end() - 1;
+    }
+    it->params.push_back(p);
+    // The kernels walk flat memory, so a grad laid out unlike its param (say a
+    // contiguous grad for a channels_last param) is copied into the param's layout.
+    it->grads.push_back(grads[i].strides() == p.strides() ? grads[i] : at::empty_like(p, gt).copy_(grads[i]));
+    if (!bufs.empty()) it->bufs.push_back(bufs[i]);
+  }
+  return buckets;
+}
 
 LarsHyper make_hyper(double momentum, double weight_decay, double eeta, double epsilon, bool lars,
                      bool nesterov, std::optional<double> trust_clip, std::optional<double> update_clip) {

@@ -7,6 +7,7 @@
 #include <c10/util/Optional.h>
 
 #include <string>
+#include <vector>
 
 #include "lars.h"
 
@@ -20,6 +21,16 @@ void check_fused_lars_args(
     std::optional<double> trust_clip, std::optional<double> update_clip,
     const std::optional<at::Tensor>& lr_tensor,
     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf);
+
+// The tensors of one call, split by (param dtype, grad dtype): each kernel
+// instantiation walks one bucket. Zero-size tensors are left out; a grad whose
+// strides differ from its param's is copied into the param's layout.
+struct Bucket {
+  at::ScalarType p_type;
+  at::ScalarType g_type;
+  std::vector<at::Tensor> params, grads, bufs;
+};
+std::vector<Bucket> bucket_by_dtype(at::TensorList params, at::TensorList grads, at::TensorList bufs);
 
 LarsHyper make_hyper(double momentum, double weight_decay, double eeta, double epsilon, bool lars,
                      bool nesterov, std::optional<double> trust_clip, std::optional<double> update_clip);

@@ -8,7 +8,7 @@ Three implementations of one contract (``shared/spec/lars-semantics.md`` §1):
   ``torch._foreach_*``; it never synchronises with the host (no ``.item()``, no
   Python branch on a tensor value), so it can be captured in a CUDA graph.
 * :func:`_fused_lars` — one call of the C++/CUDA op ``torch.ops.lars_cuda.fused_lars_``
-  per (device, dtype) bucket.
+  for the whole list (one device; the op buckets dtypes itself).
 
 Per parameter ``p`` with gradient ``g`` (all arithmetic in float32)::
 
@@ -187,28 +187,10 @@ def _fused_lars(
         for i, buf in enumerate(momentum_buffer_list):
             if buf is None:
                 momentum_buffer_list[i] = torch.zeros_like(params[i], memory_format=torch.preserve_format)
-    # The kernel walks flat memory: a grad laid out unlike its param (rare, e.g. a
-    # channels_last param given a contiguous grad by hand) is copied into the param's layout.
-    grads = [g if g.stride() == p.stride() else torch.empty_like(p).copy_(g) for p, g in zip(params, grads)]
-    buckets: dict[tuple, list[int]] = {}
-    for i, (p, g) in enumerate(zip(params, grads)):
-        buckets.setdefault((p.device, p.dtype, g.dtype), []).append(i)
-    for (device, _, _), idx in buckets.items():
-        lr_float, lr_tensor = (0.0, lr) if isinstance(lr, Tensor) else (float(lr), None)
-        ops.fused_lars_(
-            [params[i] for i in idx],
-            [grads[i] for i in idx],
-            [momentum_buffer_list[i] for i in idx] if momentum != 0 else [],
-            lr_float,
-            lr_tensor,
-            momentum,
-            weight_decay,
-            eeta,
-            epsilon,
-            lars,
-            nesterov,
-            trust_clip,
-            update_clip,
-            grad_scale,
-            found_inf,
-        )
+    # One call for the whole list: the op splits it by dtype and lays out grads
+    # like their params itself, so this loop-free path keeps Python off the step.
+    lr_float, lr_tensor = (0.0, lr) if isinstance(lr, Tensor) else (float(lr), None)
+    ops.fused_lars_(
+        params, grads, momentum_buffer_list if momentum != 0 else [], lr_float, lr_tensor, momentum,
+        weight_decay, eeta, epsilon, lars, nesterov, trust_clip, update_clip, grad_scale, found_inf,
+    )

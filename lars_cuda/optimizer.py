@@ -187,19 +187,16 @@ class Lars(Optimizer):
         return torch.cat(ratios) if ratios else torch.empty(0)
 
     def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[Optional[Tensor]]]:
-        params, grads, bufs = [], [], []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise UnsupportedTensorError("Lars does not support sparse gradients")
-            _check_param_dtype(p)
-            if p.grad.shape != p.shape:
-                raise ValueError(f"gradient of shape {tuple(p.grad.shape)} for a parameter of shape {tuple(p.shape)}")
-            params.append(p)
-            grads.append(p.grad)
-            if group["momentum"] != 0:
-                bufs.append(self.state[p].get("momentum_buffer") if p in self.state else None)
+        params = [p for p in group["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
+        if any(g.is_sparse for g in grads):
+            raise UnsupportedTensorError("Lars does not support sparse gradients")
+        for dtype in {p.dtype for p in params}:  # per dtype, not per tensor: this runs every step
+            _check_dtype(dtype)
+        bufs: list[Optional[Tensor]] = []
+        if group["momentum"] != 0:
+            state = self.state
+            bufs = [state[p].get("momentum_buffer") if p in state else None for p in params]
         return params, grads, bufs
 
     @staticmethod
@@ -211,7 +208,7 @@ class Lars(Optimizer):
             return "foreach"
         devices = {p.device for p in params}
         one_device = len(devices) <= 1
-        if fused is None and one_device and all(p.dtype in _KERNEL_DTYPES for p in params):
+        if fused is None and one_device and {p.dtype for p in params} <= set(_KERNEL_DTYPES):
             if not params or ops.has_fused(next(iter(devices))):
                 return "fused"
         if foreach is None and one_device:
@@ -224,52 +221,48 @@ def _group_params(group: dict[str, Any]) -> list[Tensor]:
 
 
 def _check_param_dtype(p: Tensor) -> None:
-    if p.is_complex():
-        raise UnsupportedTensorError(f"Lars does not support complex parameters (got {p.dtype})")
-    if not p.is_floating_point():
-        raise UnsupportedTensorError(f"Lars steps floating-point parameters only (got {p.dtype})")
+    _check_dtype(p.dtype)
+
+
+def _check_dtype(dtype: torch.dtype) -> None:
+    if dtype.is_complex:
+        raise UnsupportedTensorError(f"Lars does not support complex parameters (got {dtype})")
+    if not dtype.is_floating_point:
+        raise UnsupportedTensorError(f"Lars steps floating-point parameters only (got {dtype})")
 
 
 def _check_path(path: str, params, grads, bufs, group) -> None:
-    """What a path needs of its tensors, checked before any of them is written."""
-    for i, p in enumerate(params):
-        buf = bufs[i] if bufs else None
-        if buf is not None and (buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device):
-            raise ValueError(
-                f"momentum_buffer of shape {tuple(buf.shape)}, {buf.dtype} on {buf.device} does not match its "
-                f"param ({tuple(p.shape)}, {p.dtype}, {p.device})"
-            )
-    if path == "single" or not params:
+    """What a path needs of its tensors, checked before any of them is written.
+    The fused op checks each tensor itself (in C++, before it writes), so here
+    the fused path only pays for checks over whole lists."""
+    if not params:
         return
-    devices = {p.device for p in params} | {g.device for g in grads}
+    if path != "fused":
+        for i, p in enumerate(params):
+            buf = bufs[i] if bufs else None
+            if buf is not None and (buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device):
+                raise ValueError(
+                    f"momentum_buffer of shape {tuple(buf.shape)}, {buf.dtype} on {buf.device} does not match "
+                    f"its param ({tuple(p.shape)}, {p.dtype}, {p.device})"
+                )
+    if path == "single":
+        return
+    devices = {p.device for p in params}
     if len(devices) > 1:
         raise ValueError(
             f"foreach/fused Lars steps one device per param group, got {sorted(map(str, devices))}; "
             "put each device's params in its own group or use foreach=False, fused=False"
         )
-    if isinstance(group["lr"], Tensor) and group["lr"].device not in (params[0].device, torch.device("cpu")):
-        raise ValueError(f"lr tensor is on {group['lr'].device} but the params are on {params[0].device}")
+    device = params[0].device
+    if isinstance(group["lr"], Tensor) and group["lr"].device not in (device, torch.device("cpu")):
+        raise ValueError(f"lr tensor is on {group['lr'].device} but the params are on {device}")
     if path == "fused":
-        for p, g in zip(params, grads):
-            if p.dtype not in _KERNEL_DTYPES or g.dtype not in _KERNEL_DTYPES:
-                raise UnsupportedTensorError(
-                    f"fused Lars takes float32, float16 and bfloat16 tensors, got {p.dtype}/{g.dtype}; "
-                    "use foreach=True for others"
-                )
-            if not is_non_overlapping_and_dense(p):
-                raise ValueError(f"fused Lars needs dense parameters; got one with strides {p.stride()}")
-
-
-def is_non_overlapping_and_dense(t: Tensor) -> bool:
-    """True when the elements fill one block of memory exactly once (any dim order)."""
-    if t.numel() == 0:
-        return True
-    expected = 1
-    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
+        dtypes = {p.dtype for p in params} | {g.dtype for g in grads}
+        if not dtypes <= set(_KERNEL_DTYPES):
+            raise UnsupportedTensorError(
+                f"fused Lars takes float32, float16 and bfloat16 tensors, got {sorted(map(str, dtypes))}; "
+                "use foreach=True for others"
+            )
 
 
 def _is_real_number(x: Any) -> bool:

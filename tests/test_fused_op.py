@@ -139,6 +139,30 @@ def test_bad_arguments_raise_before_anything_is_written(mutate, error, match):
         assert torch.equal(a, b)
 
 
+def test_a_grad_laid_out_unlike_its_param_is_handled():
+    params, grads, bufs = op_args(n=1)
+    want = [params[0].clone()]
+    want_bufs = [bufs[0].clone()]
+    torch.ops.lars_cuda.fused_lars_(*call(want, grads, want_bufs))
+    transposed = [grads[0].t().contiguous().t()]  # same values, column-major
+    assert transposed[0].stride() != params[0].stride()
+    torch.ops.lars_cuda.fused_lars_(*call(params, transposed, bufs))
+    torch.testing.assert_close(params[0], want[0])
+
+
+def test_mixed_dtypes_in_one_call_are_bucketed():
+    p32, g32, b32 = op_args(n=2)
+    p16, g16, b16 = op_args(n=2, dtype=torch.bfloat16, seed=1)
+    want = [t.clone() for t in p32 + p16]
+    want_bufs = [t.clone() for t in b32 + b16]
+    torch.ops.lars_cuda.fused_lars_(*call(want[:2], g32, want_bufs[:2]))
+    torch.ops.lars_cuda.fused_lars_(*call(want[2:], g16, want_bufs[2:]))
+    params, bufs = p32 + p16, b32 + b16
+    torch.ops.lars_cuda.fused_lars_(*call(params, g32 + g16, bufs))
+    for a, b in zip(params + bufs, want + want_bufs):
+        assert torch.equal(a, b)
+
+
 def test_non_dense_params_are_rejected_by_the_op():
     base = torch.randn(6, 6)
     p = base[:, :3]  # every other half-row: not dense

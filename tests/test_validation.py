@@ -117,7 +117,7 @@ def test_mismatched_momentum_buffer_raises_and_changes_nothing(path):
     opt = Lars([a], lr=0.1, momentum=0.9, **path)
     opt.state[a]["momentum_buffer"] = torch.ones(3)
     a.grad = torch.ones(4)
-    with pytest.raises(ValueError, match="momentum_buffer"):
+    with pytest.raises(ValueError, match="momentum.buffer"):
         opt.step()
     assert torch.equal(a.detach(), torch.ones(4))
 

@@ -46,13 +46,16 @@ void fused_lars_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
   const float lr_f = static_cast<float>(lr_tensor.has_value() ? lr_tensor->item<double>() : lr);
   const LarsHyper h = make_hyper(momentum, weight_decay, eeta, epsilon, lars, nesterov, trust_clip, update_clip);
 
+  const bool avx2 = cpu_has_avx2();
+  for (const Bucket& b : bucket_by_dtype(params, grads, momentum_buffers)) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (cpu_has_avx2()) {
-    cpu_avx2::run(params, grads, momentum_buffers, lr_f, inv_scale, h);
-    return;
-  }
+    if (avx2) {
+      cpu_avx2::run(b.params, b.grads, b.bufs, lr_f, inv_scale, h);
+      continue;
+    }
 #endif
-  cpu_default::run(params, grads, momentum_buffers, lr_f, inv_scale, h);
+    cpu_default::run(b.params, b.grads, b.bufs, lr_f, inv_scale, h);
+  }
 }
 
 }  // namespace

@@ -349,16 +349,17 @@ void fused_lars_cuda(at::TensorList params, at::TensorList grads, at::TensorList
   const float* scale_ptr = float_ptr_or_null(grad_scale, keep);
   const float* inf_ptr = float_ptr_or_null(found_inf, keep);
 
-  const DeviceTable tab = get_table(params, grads, momentum_buffers);
-  if (tab.n_chunks == 0) return;  // only zero-size tensors
   const int device = params[0].get_device();
-  dispatch_lars_type(params[0].scalar_type(), "params", [&](auto p_tag) {
-    using P = decltype(p_tag);
-    dispatch_lars_type(grads[0].scalar_type(), "grads", [&](auto g_tag) {
-      using G = decltype(g_tag);
-      launch<P, G>(tab, h, lr_arg, scale_ptr, inf_ptr, device);
+  for (const Bucket& b : bucket_by_dtype(params, grads, momentum_buffers)) {
+    const DeviceTable tab = get_table(b.params, b.grads, b.bufs);
+    dispatch_lars_type(b.p_type, "params", [&](auto p_tag) {
+      using P = decltype(p_tag);
+      dispatch_lars_type(b.g_type, "grads", [&](auto g_tag) {
+        using G = decltype(g_tag);
+        launch<P, G>(tab, h, lr_arg, scale_ptr, inf_ptr, device);
+      });
     });
-  });
+  }
 }
 
 }  // namespace
