@@ -8,6 +8,7 @@
 #   bench/<device>-<date>.json .md .png   the step benchmark
 #   ncu.txt              Nsight Compute sections of the fused kernel
 #   train_throughput.json  images/s of lars-fused, sgd-fused, lars-foreach, timm
+#   input.json           images/s of the PIL and the GPU-decode input pipelines
 # Stages are ordered by importance and skipped once the time budget is spent.
 # Usage: OUT=dir bash benchmarks/gpu_check.sh    (BUDGET_S=480 by default)
 set -uo pipefail
@@ -55,6 +56,7 @@ stage ncu 60 ncu --clock-control none -k regex:lars_kernel -c 2 --section SpeedO
   --section MemoryWorkloadAnalysis --section LaunchStats $PY benchmarks/gpu_case.py --resnet50 --steps 2
 grep -A200 "lars_kernel" "$LOG" | head -150 > "$OUT/ncu.txt" 2>/dev/null
 stage train_throughput 150 $PY benchmarks/train_throughput.py --out "$OUT/train_throughput.json"
+stage bench_input 60 $PY benchmarks/bench_input.py --images 512 --workers 0,4,8 --out "$OUT/input.json"
 stage bench_rest 200 $PY benchmarks/bench_step.py --device cuda --sets resnet152,vit_b_16,bert_large,tiny_10k,one_100m \
   --impls reference,foreach,fused,timm,sgd_fused --out-dir "$OUT/bench" --tag -rest
 

@@ -100,6 +100,20 @@ def image_folder(path: Optional[str], train: bool, flag: str):
         raise DataError(f"{flag} {path!r} holds no images in class sub-folders: {exc}") from exc
 
 
+def encoded_image_folder(path: Optional[str], flag: str):
+    """The --data-backend gpu dataset: file bytes, decoded later on the device."""
+    from train.fast_data import EncodedImageFolder
+
+    if not path:
+        raise DataError(f"{flag} is required for --dataset imagefolder")
+    if not os.path.isdir(path):
+        raise DataError(f"{flag} {path!r} does not exist or is not a directory")
+    try:
+        return EncodedImageFolder(path)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DataError(f"{flag} {path!r} holds no images in class sub-folders: {exc}") from exc
+
+
 # ---- synthetic ---------------------------------------------------------------------
 
 class Synthetic(Dataset):
@@ -144,8 +158,12 @@ def build_datasets(args):
         val = Synthetic(max(args.synthetic_size // 10, 1), seed=args.seed + 1)
         channels, classes = 3, 1000
     elif args.dataset == "imagefolder":
-        train = image_folder(args.train_dir, True, "--train-dir")
-        val = image_folder(args.val_dir, False, "--val-dir")
+        if args.data_backend == "gpu":
+            train = encoded_image_folder(args.train_dir, "--train-dir")
+            val = encoded_image_folder(args.val_dir, "--val-dir")
+        else:
+            train = image_folder(args.train_dir, True, "--train-dir")
+            val = image_folder(args.val_dir, False, "--val-dir")
         channels, classes = 3, len(train.classes)
     else:
         raise ValueError(f"unknown --dataset {args.dataset!r}")
@@ -156,6 +174,17 @@ def build_datasets(args):
     if len(train) == 0 or len(val) == 0:
         raise DataError("the training or validation set is empty")
     return train, val, channels, classes
+
+
+def uses_encoded_images(args) -> bool:
+    return args.data_backend == "gpu" and args.dataset == "imagefolder" and not args.synthetic
+
+
+def sample_path(dataset, index: int) -> str:
+    """The file behind a base-dataset index (through any Subset)."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset.samples[index][0]
 
 
 def build_loaders(train_set, val_set, args, rank: int, size: int, pin_memory: bool):
@@ -170,6 +199,10 @@ def build_loaders(train_set, val_set, args, rank: int, size: int, pin_memory: bo
             f"({per_rank}); lower --batch-size or --batches-per-allreduce"
         )
     workers = dict(num_workers=args.workers, persistent_workers=args.workers > 0, pin_memory=pin_memory)
+    if uses_encoded_images(args):
+        from train.fast_data import collate_encoded
+
+        workers.update(collate_fn=collate_encoded, pin_memory=False)
     train_loader = DataLoader(train_set, batch_size=per_rank, sampler=train_sampler, drop_last=True, **workers)
     val_loader = DataLoader(val_set, batch_size=args.val_batch_size,
                             sampler=ExactShardSampler(len(val_set), rank, size), **workers)

@@ -30,7 +30,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from train import checkpoint as ckpt  # noqa: E402
-from train.data import DataError, build_datasets, build_loaders  # noqa: E402
+from train.data import DataError, build_datasets, build_loaders, sample_path, uses_encoded_images  # noqa: E402
 from train.distributed import Dist, make_dist  # noqa: E402
 from train.models import build_model  # noqa: E402
 
@@ -71,6 +71,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--workers", type=int, default=4, help="data loader processes per rank")
+    p.add_argument("--data-backend", choices=["pil", "gpu"], default=None,
+                   help="gpu: workers read bytes, decode and augment run batched on the device (on the CPU "
+                        "without a GPU); default gpu when CUDA is available, else pil")
     p.add_argument("--resume", default=None, help="'auto' (latest valid checkpoint in --log-dir) or a path")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (smoke runs)")
     p.add_argument("--dataset", choices=["imagefolder", "fashion-mnist"], default="imagefolder")
@@ -91,6 +94,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         p.error("batch sizes must be positive")
     if args.epochs < 1:
         p.error("--epochs must be at least 1")
+    if args.data_backend is None:
+        args.data_backend = "gpu" if torch.cuda.is_available() and not args.no_cuda else "pil"
     return args
 
 
@@ -178,6 +183,15 @@ class Trainer:
         self.train_loader, self.train_sampler, self.val_loader = build_loaders(
             train_set, val_set, args, dist.rank, dist.size, pin_memory=self.use_cuda)
         self.n_val = len(val_set)
+        self.train_set, self.val_set = train_set, val_set
+        self.decoders = None
+        if uses_encoded_images(args):
+            from train.fast_data import BatchDecoder
+
+            self.decoders = {
+                True: BatchDecoder(self.device, train=True, channels_last=args.channels_last),
+                False: BatchDecoder(self.device, train=False, channels_last=args.channels_last),
+            }
         self.model = build_model(args.model, channels, classes).to(self.device)
         self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
@@ -253,6 +267,18 @@ class Trainer:
         ckpt.save_atomic(state, ckpt.checkpoint_path(self.args.log_dir, self.args.checkpoint_format, epoch))
 
     # ---- one epoch -------------------------------------------------------------------
+    def _batch(self, batch, train: bool):
+        """(images on the device, labels on the device, images dropped as undecodable)."""
+        if self.decoders is None:
+            return (*self._to_device(*batch), 0)
+        from train.fast_data import split_encoded
+
+        flat, lengths, labels, indices = batch
+        dataset = self.train_set if train else self.val_set
+        names = [sample_path(dataset, int(i)) for i in indices]
+        x, kept = self.decoders[train](split_encoded(flat, lengths), names)
+        return x, labels[kept].to(self.device, non_blocking=True), len(lengths) - len(kept)
+
     def _to_device(self, x, y):
         x = x.to(self.device, non_blocking=True)
         if x.dim() == 4:
@@ -275,14 +301,14 @@ class Trainer:
         timed_images, timer_start = 0, None
         opt_timer = StepTimer(self.device)
         bar = self._progress(self.train_loader, f"epoch {epoch + 1}/{args.epochs}")
-        for i_step, (x, y) in enumerate(bar):
+        for i_step, batch in enumerate(bar):
             if args.max_steps and self.step >= args.max_steps:
                 break
             if i_step == warm:
                 if self.use_cuda:
                     torch.cuda.synchronize()
                 timer_start = time.perf_counter()
-            x, y = self._to_device(x, y)
+            x, y, _ = self._batch(batch, train=True)
             self.optimizer.zero_grad()  # set_to_none by default; Horovod takes no argument
             for i, (xc, yc) in enumerate(zip(x.chunk(self.B), y.chunk(self.B))):
                 with self.dist.no_sync(self.forward_model, last_chunk=i == self.B - 1):
@@ -317,18 +343,22 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         self.forward_model.eval()
-        sums = torch.zeros(4, dtype=torch.float64)  # loss*n, top1, top5, n
-        for x, y in self._progress(self.val_loader, "validate"):
-            x, y = self._to_device(x, y)
+        sums = torch.zeros(5, dtype=torch.float64)  # loss*n, top1, top5, n, undecodable
+        for batch in self._progress(self.val_loader, "validate"):
+            x, y, dropped = self._batch(batch, train=False)
+            sums[4] += dropped
+            if len(y) == 0:
+                continue
             with self.autocast():
                 out = self.forward_model(x)
             loss = self.criterion(out.float(), y)
             top1, top5 = accuracy_counts(out, y)
-            sums += torch.tensor([loss.item() * len(y), top1.item(), top5.item(), len(y)], dtype=torch.float64)
+            sums[:4] += torch.tensor([loss.item() * len(y), top1.item(), top5.item(), len(y)], dtype=torch.float64)
         sums = self.dist.all_reduce_sum(sums)
         n = sums[3].item()
-        if round(n) != self.n_val:
-            raise RuntimeError(f"validation counted {n} images, the set has {self.n_val}")
+        if round(n + sums[4].item()) != self.n_val:
+            raise RuntimeError(f"validation counted {n} images (+{sums[4].item():.0f} undecodable), "
+                               f"the set has {self.n_val}")
         return {"val_loss": sums[0].item() / n, "val_top1": 100.0 * sums[1].item() / n,
                 "val_top5": 100.0 * sums[2].item() / n, "val_images": n}
 
