@@ -30,11 +30,12 @@ class _Required:
 required = _Required()
 
 
-class UnsupportedTensorError(TypeError, RuntimeError):
+class UnsupportedTensorError(TypeError, ValueError, RuntimeError):
     """A parameter or gradient the optimizer cannot step (sparse, complex, integer).
 
-    A ``TypeError`` by nature; also a ``RuntimeError`` because that is what
-    ``torch.optim`` raises for sparse gradients."""
+    A ``TypeError`` by nature; also a ``ValueError`` (a bad input) and a
+    ``RuntimeError`` (what ``torch.optim`` raises for sparse gradients), so code
+    written against any of the three conventions catches it."""
 
 
 class Lars(Optimizer):
@@ -106,15 +107,12 @@ class Lars(Optimizer):
         for p in params:
             if isinstance(p, Tensor):
                 _check_param_dtype(p)
+        if merged["fused"] and not ops.has_fused("cpu"):
+            raise RuntimeError(
+                f"fused=True needs lars_cuda's compiled extension, which did not load ({ops.EXTENSION_ERROR}); "
+                "rebuild with `pip install --no-build-isolation -e .` or use foreach=True"
+            )
         super().add_param_group({**param_group, "params": params})
-        if merged["fused"]:
-            for device in {p.device for p in params}:
-                if not ops.has_fused(device):
-                    self.param_groups.pop()
-                    raise RuntimeError(
-                        f"fused=True: the lars_cuda kernel is not built for {device} "
-                        f"({ops.EXTENSION_ERROR or 'no kernel for this device type'})"
-                    )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Also completes groups loaded from another optimizer's state dict (torch.optim.SGD's).
@@ -257,6 +255,8 @@ def _check_path(path: str, params, grads, bufs, group) -> None:
     if isinstance(group["lr"], Tensor) and group["lr"].device not in (device, torch.device("cpu")):
         raise ValueError(f"lr tensor is on {group['lr'].device} but the params are on {device}")
     if path == "fused":
+        if not ops.has_fused(device):
+            raise RuntimeError(f"fused=True: the lars_cuda kernel is not built for {device}")
         dtypes = {p.dtype for p in params} | {g.dtype for g in grads}
         if not dtypes <= set(_KERNEL_DTYPES):
             raise UnsupportedTensorError(

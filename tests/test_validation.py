@@ -137,3 +137,27 @@ def test_float64_params_are_stepped_by_foreach_and_refused_by_fused():
     with pytest.raises(TypeError, match="float32, float16 and bfloat16"):
         opt.step()
     assert torch.equal(p.detach(), before)
+
+
+def test_fused_group_with_params_on_two_devices_raises_at_step():
+    a = make_param()
+    b = torch.nn.Parameter(torch.ones(4, device="meta"))
+    opt = Lars([a, b], lr=0.1, fused=True)
+    a.grad = torch.ones(4)
+    b.grad = torch.ones(4, device="meta")
+    with pytest.raises(ValueError, match="one device"):
+        opt.step()
+    assert torch.equal(a.detach(), torch.ones(4))
+
+
+def test_fused_on_a_device_without_the_kernel_raises_at_step():
+    b = torch.nn.Parameter(torch.ones(4, device="meta"))
+    opt = Lars([b], lr=0.1, fused=True)
+    b.grad = torch.ones(4, device="meta")
+    with pytest.raises(RuntimeError, match="not built for meta"):
+        opt.step()
+
+
+def test_unsupported_tensor_error_is_caught_by_every_usual_convention():
+    for base in (TypeError, ValueError, RuntimeError):
+        assert issubclass(UnsupportedTensorError, base)
