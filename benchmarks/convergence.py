@@ -144,13 +144,13 @@ def main(argv=None) -> int:
     p.add_argument("--lars-lr-at-1k", type=float, default=None,
                    help="LARS base lr at batch 1K (default: the sweep's best if it ran, else 2^2.5 as the seed)")
     p.add_argument("--sgd-lr-at-256", type=float, default=0.1)
-    p.add_argument("--sweep", action="store_true", help="first sweep LARS's lr at 1K over 2^1.5, 2^2.5 (the seed's), 2^3.5 (seed 0)")
+    p.add_argument("--sweep", action="store_true", help="first sweep LARS's lr at 1K over 2^1.5, 2^2.5 (the seed's), 2^3.5, 2^4.5 (seed 0)")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
 
     sweep_path = os.path.join(args.out, "lars_lr_sweep.json")
     if args.sweep:
-        sweep = [run_one(args, "lars", 1024, 0, 2.0 ** e) for e in (1.5, 2.5, 3.5)]
+        sweep = [run_one(args, "lars", 1024, 0, 2.0 ** e) for e in (1.5, 2.5, 3.5, 4.5)]
         with open(sweep_path, "w") as f:
             json.dump(sweep, f, indent=1)
         print("sweep:", ", ".join(f"lr {r['lr']:.3g}: {r['val_top1']:.2f}%" for r in sweep))
