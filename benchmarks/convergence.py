@@ -58,6 +58,8 @@ def run_one(args, opt: str, batch: int, seed: int, lr: float) -> dict:
     log_dir = os.path.join(args.out, "runs", name)
     history_path = os.path.join(log_dir, "history.json")
     done = _finished(history_path, args.epochs)
+    if done is None and args.report_only:
+        return None
     if done is None:
         cmd = [sys.executable, os.path.join(ROOT, "train", "imagenet.py"), "--dataset", "fashion-mnist",
                "--model", args.model, "--base-op", opt, "--bn-bias-separately", "--batch-size", str(batch),
@@ -125,6 +127,7 @@ def plot(cells: list[dict], path: str, args) -> None:
            title=f"Fashion-MNIST, {args.model}, {args.epochs} epochs")
     ax.set_xticks([c["batch"] for c in cells])
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -144,13 +147,15 @@ def main(argv=None) -> int:
     p.add_argument("--lars-lr-at-1k", type=float, default=None,
                    help="LARS base lr at batch 1K (default: the sweep's best if it ran, else 2^2.5 as the seed)")
     p.add_argument("--sgd-lr-at-256", type=float, default=0.1)
+    p.add_argument("--report-only", action="store_true",
+                   help="start no run: tabulate the finished ones (a study completed in parts)")
     p.add_argument("--sweep", action="store_true", help="first sweep LARS's lr at 1K over 2^1.5, 2^2.5 (the seed's), 2^3.5, 2^4.5 (seed 0)")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
 
     sweep_path = os.path.join(args.out, "lars_lr_sweep.json")
     if args.sweep:
-        sweep = [run_one(args, "lars", 1024, 0, 2.0 ** e) for e in (1.5, 2.5, 3.5, 4.5)]
+        sweep = [r for r in (run_one(args, "lars", 1024, 0, 2.0 ** e) for e in (1.5, 2.5, 3.5, 4.5)) if r]
         with open(sweep_path, "w") as f:
             json.dump(sweep, f, indent=1)
         print("sweep:", ", ".join(f"lr {r['lr']:.3g}: {r['val_top1']:.2f}%" for r in sweep))
@@ -167,6 +172,7 @@ def main(argv=None) -> int:
             for seed in map(int, args.seeds.split(",")):
                 lr = lars_lr(batch, args.lars_lr_at_1k) if opt == "lars" else sgd_lr(batch, args.sgd_lr_at_256)
                 runs.append(run_one(args, opt, batch, seed, lr))
+    runs = [r for r in runs if r is not None]
     cells = summarize(runs)
     with open(os.path.join(args.out, "convergence.json"), "w") as f:
         json.dump(dict(args=vars(args), runs=runs, cells=cells), f, indent=1)
