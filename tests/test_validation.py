@@ -100,11 +100,12 @@ def test_hyperparameter_broken_after_construction_raises_at_step_and_changes_not
     _assert_unchanged(opt, [a, b], snap)
 
 
-def test_params_on_two_devices_in_one_fused_group_raise():
+@pytest.mark.parametrize("switch", [dict(foreach=True), dict(fused=True)])
+def test_params_on_two_devices_in_one_multi_tensor_group_raise_at_step(switch):
     # 'meta' is a second device available everywhere; the check runs before any kernel.
     a = make_param()
     b = torch.nn.Parameter(torch.ones(4, device="meta"))
-    opt = Lars([a, b], lr=0.1, foreach=True)
+    opt = Lars([a, b], lr=0.1, **switch)
     a.grad = torch.ones(4)
     b.grad = torch.ones(4, device="meta")
     with pytest.raises(ValueError, match="one device"):
@@ -137,17 +138,6 @@ def test_float64_params_are_stepped_by_foreach_and_refused_by_fused():
     with pytest.raises(TypeError, match="float32, float16 and bfloat16"):
         opt.step()
     assert torch.equal(p.detach(), before)
-
-
-def test_fused_group_with_params_on_two_devices_raises_at_step():
-    a = make_param()
-    b = torch.nn.Parameter(torch.ones(4, device="meta"))
-    opt = Lars([a, b], lr=0.1, fused=True)
-    a.grad = torch.ones(4)
-    b.grad = torch.ones(4, device="meta")
-    with pytest.raises(ValueError, match="one device"):
-        opt.step()
-    assert torch.equal(a.detach(), torch.ones(4))
 
 
 def test_fused_on_a_device_without_the_kernel_raises_at_step():
