@@ -225,9 +225,10 @@ def plot(rows: list[dict], path: str, device: str) -> None:
             pts = sorted((r["numel"], r["median_us"], r["set"]) for r in rows if r["impl"] == impl and r["dtype"] == dtype)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=impl)
-        for numel_, _, set_name in sorted({(r["numel"], 0, r["set"]) for r in rows if r["dtype"] == dtype}):
-            ax.annotate(set_name, (numel_, ax.get_ylim()[0] if ax.get_ylim()[0] > 0 else 1), fontsize=7, rotation=90,
-                        va="bottom")
+        # Set names along the top edge (x in data units, y as a fraction of the axes).
+        for numel_, set_name in sorted({(r["numel"], r["set"]) for r in rows if r["dtype"] == dtype}):
+            ax.text(numel_, 0.98, set_name, transform=ax.get_xaxis_transform(), fontsize=7, rotation=90,
+                    ha="right", va="top")
         ax.set(xscale="log", yscale="log", xlabel="parameter elements", ylabel="step time (µs, median)",
                title=f"{device}, {dtype}")
         ax.grid(True, which="both", alpha=0.3)
