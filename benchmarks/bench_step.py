@@ -238,6 +238,20 @@ def plot(rows: list[dict], path: str, device: str) -> None:
     plt.close(fig)
 
 
+def write_json(path: str, rows: list[dict], name: str, copy_bw: float, device: torch.device,
+               argv: Optional[list[str]]) -> None:
+    meta = dict(device=name, torch=torch.__version__, date=datetime.datetime.now().isoformat(timespec="seconds"),
+                command=" ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
+                copy_bandwidth_bytes_per_s=copy_bw, threads=torch.get_num_threads(), hyper=HYPER,
+                cpu_kernel=lars_cuda.ops.cpu_kernel() if lars_cuda.has_fused("cpu") else None,
+                cuda_launch=lars_cuda.ops.last_cuda_launch() if device.type == "cuda" else None,
+                cuda_variant=os.environ.get("LARS_CUDA_VARIANT"))
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(dict(meta=meta, results=rows), f, indent=1)
+    os.replace(tmp, path)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -249,7 +263,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--out-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     p.add_argument("--tag", default="", help="added to the output file names")
+    p.add_argument("--render", metavar="JSON", help="only redraw the .md and .png of a results JSON")
     args = p.parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            data = json.load(f)
+        stem = os.path.splitext(args.render)[0]
+        meta = data["meta"]
+        plot(data["results"], stem + ".png", meta["device"])
+        table = markdown(data["results"], meta["device"], meta["copy_bandwidth_bytes_per_s"])
+        with open(stem + ".md", "w") as f:
+            f.write(table + "\n")
+        print(table)
+        return 0
 
     device = torch.device(args.device)
     if args.sets is None:
@@ -268,22 +294,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"device {name}; torch {torch.__version__}; lars_cuda CPU kernel "
           f"{lars_cuda.ops.cpu_kernel() if lars_cuda.has_fused('cpu') else 'not built'}", flush=True)
     copy_bw = copy_bandwidth(device)
+    os.makedirs(args.out_dir, exist_ok=True)
+    stem = os.path.join(args.out_dir, f"{name}-{datetime.date.today().isoformat()}{args.tag}")
     rows: list[dict] = []
     for set_name in sets:
         for dtype in dtypes:
             rows += run_set(set_name, dtype, device, impls, args.steps, args.warmup, copy_bw)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-
-    os.makedirs(args.out_dir, exist_ok=True)
-    stem = os.path.join(args.out_dir, f"{name}-{datetime.date.today().isoformat()}{args.tag}")
-    meta = dict(device=name, torch=torch.__version__, date=datetime.datetime.now().isoformat(timespec="seconds"),
-                command=" ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
-                copy_bandwidth_bytes_per_s=copy_bw, threads=torch.get_num_threads(), hyper=HYPER,
-                cpu_kernel=lars_cuda.ops.cpu_kernel() if lars_cuda.has_fused("cpu") else None,
-                cuda_launch=lars_cuda.ops.last_cuda_launch() if device.type == "cuda" else None)
-    with open(stem + ".json", "w") as f:
-        json.dump(dict(meta=meta, results=rows), f, indent=1)
+            # Written after every case, so a run stopped by a time limit keeps what it measured.
+            write_json(stem + ".json", rows, name, copy_bw, device, argv)
     plot(rows, stem + ".png", name)
     table = markdown(rows, name, copy_bw)
     with open(stem + ".md", "w") as f:

@@ -1,66 +1,96 @@
 #!/usr/bin/env bash
 # The one prepared run for a GPU machine (H100/H200; torch, nvcc, ncu and
 # compute-sanitizer installed, no network). Builds the extension, runs the CUDA
-# tests, compute-sanitizer memcheck and racecheck on a small case, the step
-# benchmark, ncu on the fused kernel and a ResNet-50 training throughput check.
-# Everything goes to $OUT (at most 8 files come back from the device tool):
-#   check.log            every stage's output, then a summary table
-#   bench/<device>-<date>.json .md .png   the step benchmark
-#   ncu.txt              Nsight Compute sections of the fused kernel
-#   train_throughput.json  images/s of lars-fused, sgd-fused, lars-foreach, timm
-#   input.json           images/s of the PIL and the GPU-decode input pipelines
-# Stages are ordered by importance and skipped once the time budget is spent.
-# Usage: OUT=dir bash benchmarks/gpu_check.sh    (BUDGET_S=480 by default)
+# tests and compute-sanitizer memcheck/racecheck (concurrently: correctness
+# only), then, alone on the GPU, the step benchmark, ncu on the fused kernel
+# and ResNet-50 training throughput.
+# At most 8 files come back from the device tool, so $OUT holds exactly:
+#   check.log                 every stage's output, then a summary table
+#   build.log                 the extension build (with ptxas register/spill report)
+#   bench-resnet50.json       step benchmark, ResNet-50 fp32+bf16, every peer but torch.compile
+#   bench-compiled.json       the same with torch.compile(foreach) (slow to compile)
+#   bench-rest.json           the larger and odd parameter sets
+#   ncu.txt                   Nsight Compute sections of the fused kernel
+#   train_throughput.json     images/s of lars-fused, sgd-fused, lars-foreach, timm
+# (render .md/.png here with: python benchmarks/bench_step.py --render FILE.json)
+# Stages are ordered by importance and skipped once BUDGET_S is spent.
+# Usage: OUT=dir bash benchmarks/gpu_check.sh    (BUDGET_S=420 by default)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_check_out}
-mkdir -p "$OUT/bench"
+mkdir -p "$OUT"
 LOG="$OUT/check.log"
 : > "$LOG"
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
 PY=${PY:-python3}
-BUDGET_S=${BUDGET_S:-480}
+BUDGET_S=${BUDGET_S:-420}
+BENCH_TMP=$(mktemp -d)
 T0=$(date +%s)
 SUMMARY=()
 
-stage() {  # stage NAME TIMEOUT_S CMD...
+left() { echo $((BUDGET_S - ($(date +%s) - T0))); }
+
+stage() {  # stage NAME TIMEOUT_S CMD...   (output appended to $LOG)
   local name=$1 limit=$2
   shift 2
-  local left=$((BUDGET_S - ($(date +%s) - T0)))
-  if [ "$left" -lt 20 ]; then
-    SUMMARY+=("$(printf '%-22s skipped (budget spent)' "$name")")
+  local l
+  l=$(left)
+  if [ "$l" -lt 20 ]; then
+    SUMMARY+=("$(printf '%-20s skipped (budget spent)' "$name")")
     return 1
   fi
-  [ "$limit" -gt "$left" ] && limit=$left
+  [ "$limit" -gt "$l" ] && limit=$l
   echo "=== $name (limit ${limit}s) $(date -u +%H:%M:%S)" >> "$LOG"
-  local s=$(date +%s)
+  local s
+  s=$(date +%s)
   timeout "$limit" "$@" >> "$LOG" 2>&1
   local rc=$?
-  SUMMARY+=("$(printf '%-22s rc=%-3s %4ss' "$name" "$rc" "$(($(date +%s) - s))")")
+  SUMMARY+=("$(printf '%-20s rc=%-3s %4ss' "$name" "$rc" "$(($(date +%s) - s))")")
   return $rc
 }
 
 {
-  echo "date: $(date -u)"; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  echo "date: $(date -u)"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
   nvcc --version | tail -2
 } >> "$LOG" 2>&1
 
-stage build 300 $PY -m pip install --no-build-isolation --no-deps -e . || { cat "$LOG" | tail -40; exit 1; }
-stage cuda_tests 150 env LARS_BIG_TEST=1 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_fused_op.py
-stage cpu_tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_lars_math.py tests/test_validation.py
-stage memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 9 $PY benchmarks/gpu_case.py
-stage racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 9 $PY benchmarks/gpu_case.py
-stage bench_resnet50 120 $PY benchmarks/bench_step.py --device cuda --sets resnet50 --out-dir "$OUT/bench" --tag -resnet50
-stage ncu 60 ncu --clock-control none -k regex:lars_kernel -c 2 --section SpeedOfLight --section Occupancy \
-  --section MemoryWorkloadAnalysis --section LaunchStats $PY benchmarks/gpu_case.py --resnet50 --steps 2
-grep -A200 "lars_kernel" "$LOG" | head -150 > "$OUT/ncu.txt" 2>/dev/null
-stage train_throughput 150 $PY benchmarks/train_throughput.py --out "$OUT/train_throughput.json"
-stage bench_input 60 $PY benchmarks/bench_input.py --images 512 --workers 0,4,8 --out "$OUT/input.json"
-stage bench_rest 200 $PY benchmarks/bench_step.py --device cuda --sets resnet152,vit_b_16,bert_large,tiny_10k,one_100m \
-  --impls reference,foreach,fused,timm,sgd_fused --out-dir "$OUT/bench" --tag -rest
+# -Xptxas=-v: registers, shared memory and spills of every kernel, in build.log.
+stage build 240 env NVCC_APPEND_FLAGS="-Xptxas=-v" $PY -m pip install -v --no-build-isolation --no-deps -e . \
+  > "$OUT/build.log" 2>&1
+build_rc=$?
+grep -E "error|lars_kernel|registers|spill" "$OUT/build.log" | grep -v "^ *$" | head -40 >> "$LOG"
+if [ $build_rc -ne 0 ]; then tail -60 "$OUT/build.log"; printf '%s\n' "${SUMMARY[@]}"; exit 1; fi
+
+# Correctness, three processes at once (timings are not taken here).
+(stage cuda_tests 150 env LARS_BIG_TEST=1 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+   tests/test_fused_op.py; echo "cuda_tests rc=$?" > "$BENCH_TMP/tests.rc") &
+(timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $PY benchmarks/gpu_case.py > "$BENCH_TMP/memcheck.log" 2>&1;
+ echo "memcheck rc=$?" >> "$BENCH_TMP/memcheck.log") &
+(timeout 120 compute-sanitizer --tool racecheck --error-exitcode 9 $PY benchmarks/gpu_case.py > "$BENCH_TMP/racecheck.log" 2>&1;
+ echo "racecheck rc=$?" >> "$BENCH_TMP/racecheck.log") &
+wait
+for f in memcheck racecheck; do echo "=== $f"; tail -25 "$BENCH_TMP/$f.log"; done >> "$LOG"
+SUMMARY+=("$(cat "$BENCH_TMP/tests.rc" 2>/dev/null)" "$(tail -1 "$BENCH_TMP/memcheck.log")" \
+          "$(tail -1 "$BENCH_TMP/racecheck.log")")
+
+# Speed, one thing at a time on the GPU.
+bench() {  # bench TAG LIMIT ARGS...
+  local tag=$1 limit=$2
+  shift 2
+  stage "bench$tag" "$limit" $PY benchmarks/bench_step.py --device cuda --out-dir "$BENCH_TMP" --tag "$tag" "$@"
+  cp "$BENCH_TMP"/*"$tag".json "$OUT/bench$tag.json" 2>/dev/null
+}
+bench -resnet50 90 --sets resnet50 --impls reference,foreach,fused,timm,sgd_fused
+stage ncu 60 bash -c "ncu --clock-control none -k regex:lars_kernel -c 2 --section SpeedOfLight \
+  --section Occupancy --section MemoryWorkloadAnalysis --section LaunchStats --section WarpStateStats \
+  $PY benchmarks/gpu_case.py --resnet50 --steps 2 > '$OUT/ncu.txt' 2>&1"
+stage train_throughput 150 $PY benchmarks/train_throughput.py --steps 40 --out "$OUT/train_throughput.json"
+bench -compiled 120 --sets resnet50 --impls compiled_foreach,fused,sgd_fused
+bench -rest 150 --sets resnet152,vit_b_16,bert_large,tiny_10k,one_100m --impls reference,foreach,fused,timm,sgd_fused
 
 {
   echo; echo "=== summary ($(($(date +%s) - T0))s)"; printf '%s\n' "${SUMMARY[@]}"
-  for f in "$OUT"/bench/*.md; do [ -f "$f" ] && { echo; echo "--- $f"; cat "$f"; }; done
+  for f in "$BENCH_TMP"/*.md; do [ -f "$f" ] && { echo; echo "--- $(basename "$f")"; cat "$f"; }; done
 } | tee -a "$LOG"

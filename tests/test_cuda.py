@@ -169,8 +169,11 @@ def test_a_tensor_over_2_to_the_31_elements_is_stepped_to_its_last_element():
         pytest.skip("not enough GPU memory")
     p = torch.ones(n, dtype=torch.bfloat16, device="cuda")
     g = torch.ones(n, dtype=torch.bfloat16, device="cuda")
-    torch.ops.lars_cuda.fused_lars_([p], [g], [], 0.5, None, 0.0, 0.0, 1e-3, 0.0, True, False, None, None, None,
+    torch.ops.lars_cuda.fused_lars_([p], [g], [], 100.0, None, 0.0, 0.0, 1e-3, 0.0, True, False, None, None, None,
                                     None)
-    # ||p|| = ||g||, so r = eeta = 1e-3 and every element moves by 0.5 * 1e-3.
-    want = torch.tensor(1 - 0.5e-3, dtype=torch.bfloat16).item()
-    assert p[0].item() == want and p[-1].item() == want and p[2**31].item() == want
+    # ||p|| = ||g||, so r = eeta = 1e-3 and every element moves by 100 * 1e-3
+    # (large enough to show in bfloat16: 0.9 rounds to 0.8984375, not to 1).
+    want = torch.tensor(0.9, dtype=torch.bfloat16).item()
+    assert want != 1.0
+    for i in (0, 2**31 - 1, 2**31, n - 1):
+        assert p[i].item() == want, i
