@@ -4,6 +4,8 @@ build would fetch another torch):  pip install --no-build-isolation -e .
 
 Environment:
   LARS_CUDA_FORCE_CPU=1      build the CPU kernel only
+  LARS_CUDA_NO_AVX2=1        leave out the AVX2 build of the CPU kernel (for a
+                             compiler that rejects its target pragma)
   TORCH_CUDA_ARCH_LIST       defaults to "8.0;9.0" when no GPU is visible
   CUDA_HOME                  the toolkit folder (not a wrapper's parent)
 """
@@ -43,6 +45,8 @@ def _cuda_library_includes() -> list[str]:
 def _extension():
     cpp = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     cxx = ["-O3", "-fopenmp"]
+    if os.environ.get("LARS_CUDA_NO_AVX2") == "1":
+        cxx.append("-DLARS_CUDA_NO_AVX2")
     if _want_cuda():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"

@@ -12,7 +12,8 @@ namespace lars_cuda {
 namespace cpu_default {
 void run(at::TensorList, at::TensorList, at::TensorList, float, float, const LarsHyper&);
 }
-#if defined(__x86_64__) || defined(_M_X64)
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(LARS_CUDA_NO_AVX2)
+#define LARS_CUDA_HAS_AVX2_KERNEL 1
 namespace cpu_avx2 {
 void run(at::TensorList, at::TensorList, at::TensorList, float, float, const LarsHyper&);
 }
@@ -22,7 +23,7 @@ namespace {
 
 // LARS_CUDA_CPU_KERNEL=default forces the portable build (the tests run both).
 bool cpu_has_avx2() {
-#if defined(__x86_64__) || defined(_M_X64)
+#if defined(LARS_CUDA_HAS_AVX2_KERNEL)
   static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                                 __builtin_cpu_supports("f16c");
   const char* forced = std::getenv("LARS_CUDA_CPU_KERNEL");
@@ -48,7 +49,7 @@ void fused_lars_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
 
   const bool avx2 = cpu_has_avx2();
   for (const Bucket& b : bucket_by_dtype(params, grads, momentum_buffers)) {
-#if defined(__x86_64__) || defined(_M_X64)
+#if defined(LARS_CUDA_HAS_AVX2_KERNEL)
     if (avx2) {
       cpu_avx2::run(b.params, b.grads, b.bufs, lr_f, inv_scale, h);
       continue;

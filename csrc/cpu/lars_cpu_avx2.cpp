@@ -4,7 +4,24 @@
 // setuptools has no per-file flags, so the target pragma stands in for
 // -mavx2 -mfma -mf16c, and the macros those flags would define are set by hand
 // (sleef.h, included by ATen's AVX2 vectors, declares its AVX functions under them).
-#if defined(__x86_64__) || defined(_M_X64)
+//
+// Every header that does not need AVX2 is parsed before the pragma: GCC 13
+// refuses to inline a libstdc++ always_inline function parsed under the
+// pragma into one parsed without it ("target specific option mismatch").
+// LARS_CUDA_NO_AVX2 (setup.py: LARS_CUDA_NO_AVX2=1) leaves this file empty for
+// a compiler that still refuses; the portable kernel then runs everywhere.
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(LARS_CUDA_NO_AVX2)
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "../lars_op.h"
+
 #pragma GCC target("avx,avx2,fma,f16c")
 #ifndef __AVX__
 #define __AVX__ 1
