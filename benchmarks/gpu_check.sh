@@ -11,6 +11,8 @@
 #   bench-rest.json           the larger and odd parameter sets
 #   ncu.txt                   Nsight Compute sections of the fused kernel
 #   train_throughput.json     images/s of lars-fused, sgd-fused, lars-foreach, timm
+#   tune.json                 the kernel's knobs (wave size, grid, launch path) against fused SGD
+#   gdb.txt                   the op tests under cuda-gdb (a backtrace if one crashes)
 # (render .md/.png here with: python benchmarks/bench_step.py --render FILE.json)
 # Stages are ordered by importance and skipped once BUDGET_S is spent.
 # Usage: OUT=dir bash benchmarks/gpu_check.sh    (BUDGET_S=420 by default)
@@ -64,13 +66,19 @@ stage build 240 env NVCC_APPEND_FLAGS="-Xptxas=-v" $PY setup.py build_ext --inpl
   stage build_no_avx2 200 env LARS_CUDA_NO_AVX2=1 NVCC_APPEND_FLAGS="-Xptxas=-v" $PY setup.py build_ext --inplace ||
   { grep -B2 -A12 "error" "$LOG" | head -80; printf '%s\n' "${SUMMARY[@]}"; exit 1; }
 
-# Correctness, three processes at once (timings are not taken here).
-(stage cuda_tests 150 env LARS_BIG_TEST=1 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+# Correctness, four processes at once (timings are not taken here): the CUDA
+# and op tests (xdist, so a crash in one test does not hide the others),
+# memcheck, racecheck, and the op tests once more under cuda-gdb, so a crash
+# comes back with a C++ backtrace.
+(stage cuda_tests 150 env LARS_BIG_TEST=1 $PY -m pytest -q -p no:cacheprovider -n 3 tests/test_cuda.py \
    tests/test_fused_op.py; echo "cuda_tests rc=$?" > "$BENCH_TMP/tests.rc") &
-(timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $PY benchmarks/gpu_case.py > "$BENCH_TMP/memcheck.log" 2>&1;
+(timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $PY benchmarks/gpu_case.py > "$BENCH_TMP/memcheck.log" 2>&1;
  echo "memcheck rc=$?" >> "$BENCH_TMP/memcheck.log") &
-(timeout 120 compute-sanitizer --tool racecheck --error-exitcode 9 $PY benchmarks/gpu_case.py > "$BENCH_TMP/racecheck.log" 2>&1;
+(timeout 150 compute-sanitizer --tool racecheck --error-exitcode 9 $PY benchmarks/gpu_case.py > "$BENCH_TMP/racecheck.log" 2>&1;
  echo "racecheck rc=$?" >> "$BENCH_TMP/racecheck.log") &
+(timeout 120 cuda-gdb -q -batch -ex "set pagination off" -ex run -ex bt --args $PY -m pytest -q -p no:cacheprovider \
+   -p no:xdist tests/test_fused_op.py > "$OUT/gdb.txt" 2>&1;
+ echo "cuda-gdb rc=$?" >> "$OUT/gdb.txt") &
 wait
 for f in memcheck racecheck; do echo "=== $f"; tail -25 "$BENCH_TMP/$f.log"; done >> "$LOG"
 SUMMARY+=("$(cat "$BENCH_TMP/tests.rc" 2>/dev/null)" "$(tail -1 "$BENCH_TMP/memcheck.log")" \
@@ -80,16 +88,18 @@ SUMMARY+=("$(cat "$BENCH_TMP/tests.rc" 2>/dev/null)" "$(tail -1 "$BENCH_TMP/memc
 bench() {  # bench TAG LIMIT ARGS...
   local tag=$1 limit=$2
   shift 2
-  stage "bench$tag" "$limit" $PY benchmarks/bench_step.py --device cuda --out-dir "$BENCH_TMP" --tag "$tag" "$@"
+  stage "bench$tag" "$limit" $PY benchmarks/bench_step.py --device cuda --out-dir "$BENCH_TMP" --tag="$tag" "$@"
   cp "$BENCH_TMP"/*"$tag".json "$OUT/bench$tag.json" 2>/dev/null
 }
+stage tune 90 $PY benchmarks/gpu_tune.py --out "$OUT/tune.json"
 bench -resnet50 90 --sets resnet50 --impls reference,foreach,fused,timm,sgd_fused
 stage ncu 60 bash -c "ncu --clock-control none -k regex:lars_kernel -c 2 --section SpeedOfLight \
   --section Occupancy --section MemoryWorkloadAnalysis --section LaunchStats --section WarpStateStats \
   $PY benchmarks/gpu_case.py --resnet50 --steps 2 > '$OUT/ncu.txt' 2>&1"
-stage train_throughput 150 $PY benchmarks/train_throughput.py --steps 40 --out "$OUT/train_throughput.json"
 bench -compiled 120 --sets resnet50 --impls compiled_foreach,fused,sgd_fused
-bench -rest 150 --sets resnet152,vit_b_16,bert_large,tiny_10k,one_100m --impls reference,foreach,fused,timm,sgd_fused
+bench -rest 100 --sets resnet152,vit_b_16,bert_large,one_100m,tiny_10k --impls foreach,fused,timm,sgd_fused \
+  --steps 12 --warmup 2
+stage train_throughput 150 $PY benchmarks/train_throughput.py --steps 40 --out "$OUT/train_throughput.json"
 
 {
   echo; echo "=== summary ($(($(date +%s) - T0))s)"; printf '%s\n' "${SUMMARY[@]}"

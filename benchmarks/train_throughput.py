@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import time
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,13 +39,18 @@ def main() -> int:
                "--epochs", "1", "--warmup-epochs", "0.1", "--base-lr", "1.0", "--bn-bias-separately",
                "--workers", "6", "--val-subset", str(args.batch_size), "--dist", "none", "--no-tensorboard",
                "--quiet", "--log-dir", f"/tmp/throughput-{name}", *args.extra.split(), *flags]
+        t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("epoch 1/1")), "")
         m = re.search(r"([\d.]+) img/s\s+optimizer ([\d.]+)% of step time", line)
         results[name] = dict(images_per_s=float(m.group(1)) if m else None,
                              optimizer_share_pct=float(m.group(2)) if m else None,
-                             returncode=proc.returncode, line=line, stderr_tail=proc.stderr[-800:])
-        print(f"{name:13s} {line}", flush=True)
+                             returncode=proc.returncode, line=line, stderr_tail=proc.stderr[-800:],
+                             process_wall_s=wall)
+        print(f"{name:13s} ({wall:.0f}s in all) {line}", flush=True)
+        if proc.returncode != 0:
+            print(proc.stderr[-1500:], flush=True)
     base = results["sgd-fused"]["images_per_s"]
     for r in results.values():
         r["vs_sgd_fused"] = r["images_per_s"] / base if base and r["images_per_s"] else None

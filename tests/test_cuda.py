@@ -19,33 +19,31 @@ HYPER = dict(lr=0.7, momentum=0.9, weight_decay=1e-4, eeta=0.02, epsilon=1e-5)
 SHAPES = [(64, 3, 7, 7), (64,), (256, 64, 1, 1), (1000, 2048), (0,), (3,), (70_001,)]
 
 
-def guarded(shape, dtype, fill):
-    """A view into a bigger buffer whose margins hold NaN: a write out of bounds shows."""
+def guarded(shape, dtype, fill, offset=1024):
+    """A view `offset` elements into a bigger buffer whose margins hold NaN: a
+    write out of bounds shows (an odd offset also breaks 16-byte alignment)."""
     n = int(torch.tensor(shape).prod().item()) if len(shape) else 1
-    buf = torch.full((n + 2048,), float("nan"), dtype=dtype, device="cuda")
-    view = buf[1024:1024 + n].view(shape)
+    buf = torch.full((n + offset + 1024,), float("nan"), dtype=dtype, device="cuda")
+    view = buf[offset:offset + n].view(shape)
     view.copy_(fill)
     return buf, view
 
 
-def margins_untouched(buf, n):
-    return bool(torch.isnan(buf[:1024]).all() and torch.isnan(buf[1024 + n:]).all())
+def margins_untouched(buf, n, offset=1024):
+    return bool(torch.isnan(buf[:offset]).all() and torch.isnan(buf[offset + n:]).all())
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("launch", ["cooperative", "three-kernel"])
-@pytest.mark.parametrize("nesterov", [False, True])
-def test_cuda_op_matches_the_float64_oracle(dtype, launch, nesterov, monkeypatch):
-    if launch == "three-kernel":
-        monkeypatch.setenv("LARS_CUDA_LAUNCH", "three-kernel")
+def check_against_oracle(dtype, nesterov, offset=1024):
+    """One fused step on fresh random tensors (views `offset` elements into
+    NaN-filled buffers) against the float64 oracle; the margins must stay NaN."""
     gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))  # fresh inputs each run
     ps, gs, bs, bufs = [], [], [], []
     for shape in SHAPES:
         p0 = torch.randn(shape, generator=gen).to(dtype)
         g0 = (torch.randn(shape, generator=gen) * 30).to(dtype)  # some elements hit the clip
         b0 = torch.randn(shape, generator=gen).to(dtype)
-        pb, p = guarded(shape, dtype, p0)
-        bb, b = guarded(shape, dtype, b0)
+        pb, p = guarded(shape, dtype, p0, offset)
+        bb, b = guarded(shape, dtype, b0, offset)
         ps.append(p)
         gs.append(g0.cuda())
         bs.append(b)
@@ -53,10 +51,9 @@ def test_cuda_op_matches_the_float64_oracle(dtype, launch, nesterov, monkeypatch
     torch.ops.lars_cuda.fused_lars_(ps, gs, bs, HYPER["lr"], None, HYPER["momentum"], HYPER["weight_decay"],
                                     HYPER["eeta"], HYPER["epsilon"], True, nesterov, 50.0, 10.0, None, None)
     torch.cuda.synchronize()
-    assert ops.last_cuda_launch() == launch
     for (pb, bb, p0, g0, b0), p, b in zip(bufs, ps, bs):
         n = p.numel()
-        assert margins_untouched(pb, n) and margins_untouched(bb, n)
+        assert margins_untouched(pb, n, offset) and margins_untouched(bb, n, offset)
         want_p, want_b = lars_step_f64(p0, g0, b0, nesterov=nesterov, **HYPER)
         if dtype == torch.float32:
             scale = max(want_p.abs().max().item(), 1.0) if n else 1.0
@@ -65,6 +62,50 @@ def test_cuda_op_matches_the_float64_oracle(dtype, launch, nesterov, monkeypatch
             tol = dict(rtol=1e-2, atol=1e-2) if dtype == torch.bfloat16 else dict(rtol=2e-3, atol=2e-3)
             torch.testing.assert_close(p.cpu(), want_p.to(dtype), **tol)
             torch.testing.assert_close(b.cpu(), want_b.to(dtype), **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("launch", ["cooperative", "three-kernel"])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_cuda_op_matches_the_float64_oracle(dtype, launch, nesterov, monkeypatch):
+    if launch == "three-kernel":
+        monkeypatch.setenv("LARS_CUDA_LAUNCH", "three-kernel")
+    check_against_oracle(dtype, nesterov)
+    assert ops.last_cuda_launch() == launch
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("wave_mb", ["0", "0.25", "4"])
+def test_every_wave_size_matches_the_float64_oracle(dtype, wave_mb, monkeypatch):
+    monkeypatch.setenv("LARS_CUDA_WAVE_MB", wave_mb)  # 0: one wave; 0.25: about one tensor per wave
+    check_against_oracle(dtype, nesterov=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_tensors_not_16_byte_aligned_take_the_scalar_path_and_match_the_oracle(dtype):
+    check_against_oracle(dtype, nesterov=False, offset=1)
+
+
+def test_grid_size_wave_size_and_launch_path_give_the_same_bits(monkeypatch):
+    torch.manual_seed(3)
+    shapes = [(2048, 1000), (64, 3, 7, 7), (77,), (513, 129), (4096,)]
+    p0 = [torch.randn(s, device="cuda") for s in shapes]
+    g = [torch.randn(s, device="cuda") for s in shapes]
+    b0 = [torch.randn(s, device="cuda") for s in shapes]
+    results = {}
+    for name, env in [("default", {}), ("one wave", {"LARS_CUDA_WAVE_MB": "0"}),
+                      ("small waves", {"LARS_CUDA_WAVE_MB": "0.1"}), ("1 block/SM", {"LARS_CUDA_BLOCKS_PER_SM": "1"}),
+                      ("three kernels", {"LARS_CUDA_LAUNCH": "three-kernel"})]:
+        for k in ("LARS_CUDA_WAVE_MB", "LARS_CUDA_BLOCKS_PER_SM", "LARS_CUDA_LAUNCH"):
+            monkeypatch.delenv(k, raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        ps, bs = [t.clone() for t in p0], [t.clone() for t in b0]
+        torch.ops.lars_cuda.fused_lars_(ps, g, bs, 0.1, None, 0.9, 1e-4, 1e-3, 0.0, True, True, 50.0, 10.0, None,
+                                        None)
+        results[name] = ps + bs
+    for name, out in results.items():
+        assert all(torch.equal(a, b) for a, b in zip(out, results["default"])), name
 
 
 def test_cuda_and_cpu_kernels_agree_over_steps():
