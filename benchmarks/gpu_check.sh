@@ -61,10 +61,19 @@ stage() {  # stage NAME TIMEOUT_S CMD...   (output appended to $LOG)
 # In place rather than `pip install -e .`: that machine's pip/setuptools pair
 # turns an editable install into a build-isolated one, which needs the network.
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+# The system compiler, not the image's /opt/gcc one: on 2026-11-26 an H100
+# machine's default g++ (/opt/gcc/bin) linked parts of libstdc++ into the
+# extension, and the first error message that formatted an integer crashed in
+# them (benchmarks/results/h100/gdb-backtrace-*.txt).
+if [ -x /usr/bin/g++ ] && [ -x /usr/bin/gcc ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
+{ echo "CXX=${CXX:-default}: $(${CXX:-g++} --version | head -1); g++ on PATH: $(command -v g++)"; } >> "$LOG"
 # A compiler that rejects the AVX2 CPU kernel's target pragma gets a second try without it.
 stage build 240 env NVCC_APPEND_FLAGS="-Xptxas=-v" $PY setup.py build_ext --inplace ||
   stage build_no_avx2 200 env LARS_CUDA_NO_AVX2=1 NVCC_APPEND_FLAGS="-Xptxas=-v" $PY setup.py build_ext --inplace ||
   { grep -B2 -A12 "error" "$LOG" | head -80; printf '%s\n' "${SUMMARY[@]}"; exit 1; }
+
+{ echo "libstdc++ in the extension:"; ldd lars_cuda/_C*.so | grep -E "stdc|gomp"
+  echo "std:: functions defined in it (nonzero: a static libstdc++ copy): $(nm -C lars_cuda/_C*.so | grep -c ' [Tt] std::.*codecvt')"; } >> "$LOG" 2>&1
 
 # Correctness, four processes at once (timings are not taken here): the CUDA
 # and op tests (xdist, so a crash in one test does not hide the others),

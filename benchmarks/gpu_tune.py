@@ -25,13 +25,12 @@ from param_sets import SETS, numel  # noqa: E402
 
 KNOBS = ("LARS_CUDA_WAVE_MB", "LARS_CUDA_BLOCKS_PER_SM", "LARS_CUDA_LAUNCH")
 CONFIGS = {
-    "default (L2/2 waves)": {},
-    "one wave": {"LARS_CUDA_WAVE_MB": "0"},
+    "default (one wave)": {},
     "waves 8 MB": {"LARS_CUDA_WAVE_MB": "8"},
     "waves 16 MB": {"LARS_CUDA_WAVE_MB": "16"},
+    "waves 25 MB": {"LARS_CUDA_WAVE_MB": "25"},
     "waves 40 MB": {"LARS_CUDA_WAVE_MB": "40"},
     "2 blocks/SM": {"LARS_CUDA_BLOCKS_PER_SM": "2"},
-    "one wave, 2 blocks/SM": {"LARS_CUDA_WAVE_MB": "0", "LARS_CUDA_BLOCKS_PER_SM": "2"},
     "three kernels": {"LARS_CUDA_LAUNCH": "three-kernel"},
 }
 

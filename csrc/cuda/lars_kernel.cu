@@ -1,14 +1,17 @@
 // CUDA implementation of lars_cuda::fused_lars_: the whole tensor list in one
 // cooperative launch.
 //
-// The tensor list is cut into waves of consecutive tensors whose params and
-// grads fit in about half the L2 cache. For each wave, separated by grid-wide
-// barriers:
+// Phases, separated by grid-wide barriers:
 //   1. norms   — each block reduces fixed chunks of (p, g) to two partial sums;
 //   2. ratios  — one warp per tensor sums its chunks' partials in a fixed
 //                order (double) and stores step = lr * trust_ratio;
-//   3. update  — every element, with its tensor's step, while the wave's p and
-//                g are still in L2 (so they come from DRAM once, not twice).
+//   3. update  — every element, with its tensor's step.
+// Optionally (LARS_CUDA_WAVE_MB) the list is cut into waves of consecutive
+// tensors whose params and grads fit in part of the L2, and the three phases
+// run per wave, so the update re-reads p and g from L2 instead of DRAM. On an
+// H100 that raised the L2 hit rate from 29 % to 50 % but cost two grid
+// barriers per wave, and the step was 6 % slower than one wave (measured,
+// benchmarks/NOTES.md), so one wave is the default.
 // Loads and stores are 16 bytes wide where a tensor's pointers allow it, with
 // several in flight per thread (the first version, scalar and one load per
 // thread, waited on memory ~75 % of the time: benchmarks/NOTES.md).
@@ -25,7 +28,8 @@
 // return before writing.
 //
 // Environment: LARS_CUDA_LAUNCH=three-kernel forces the fallback;
-// LARS_CUDA_WAVE_MB=N sets the wave size (0: one wave; default half the L2).
+// LARS_CUDA_WAVE_MB=N sets the wave size (default 0: one wave);
+// LARS_CUDA_BLOCKS_PER_SM=N caps the grid.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraphsUtils.cuh>
@@ -349,12 +353,11 @@ std::vector<CachedTable>& cache() {
 
 int64_t align16(int64_t x) { return (x + 15) / 16 * 16; }
 
-// Bytes of params+grads per wave: LARS_CUDA_WAVE_MB, or half the L2 (the other
-// half holds the momentum buffers and the written params streaming through).
+// Bytes of params+grads per wave (LARS_CUDA_WAVE_MB); 0, the default, is one wave.
 int64_t wave_bytes() {
   const char* env = std::getenv("LARS_CUDA_WAVE_MB");
-  if (env != nullptr && *env != '\0') return static_cast<int64_t>(std::atof(env) * (1 << 20));
-  return static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->l2CacheSize) / 2;
+  if (env == nullptr || *env == '\0') return 0;
+  return std::max<int64_t>(0, static_cast<int64_t>(std::atof(env) * (1 << 20)));
 }
 
 std::vector<int64_t> table_key(at::TensorList params, at::TensorList grads, at::TensorList bufs, int64_t wave) {
