@@ -8,6 +8,7 @@ run code; a truncated or unreadable one is skipped with a warning.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -58,6 +59,16 @@ def list_checkpoints(log_dir: str, fmt: str) -> list[tuple[int, str]]:
         if m:
             found.append((int(m.group(1)), path))
     return sorted(found, reverse=True)
+
+
+def remove_stale_temporaries(log_dir: str) -> list[str]:
+    """Delete the temporary files of writes that a kill interrupted (save_atomic
+    never renamed them). Call only while nothing is writing to log_dir."""
+    stale = glob.glob(os.path.join(log_dir, ".tmp-*.pth.tar"))
+    for path in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+    return stale
 
 
 def latest_valid(log_dir: str, fmt: str) -> Optional[tuple[str, dict[str, Any]]]:

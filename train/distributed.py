@@ -80,12 +80,18 @@ class Dist:
 class HorovodDist(Dist):
     name = "horovod"
 
-    def __init__(self):
+    def __init__(self, timeout_s: float = 600.0):
         import horovod.torch as hvd
 
+        # A rank that died or never submits a tensor stalls the others; without a
+        # shutdown time Horovod only warns, forever. Unless the user chose one,
+        # give up after the trainer's --dist-timeout, with an error on every rank.
+        os.environ.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", str(int(min(60.0, max(1.0, timeout_s / 2)))))
+        os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", str(int(max(2.0, timeout_s))))
         hvd.init()
         self.hvd = hvd
         self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
+        self._broadcasts = 0
 
     def wrap_optimizer(self, optimizer, model, backward_passes, fp16_allreduce):
         compression = self.hvd.Compression.fp16 if fp16_allreduce else self.hvd.Compression.none
@@ -101,7 +107,11 @@ class HorovodDist(Dist):
         self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
 
     def broadcast_object(self, obj):
-        return self.hvd.broadcast_object(obj, root_rank=0)
+        # An explicit name: Horovod's default is derived from type(obj), which
+        # differs between the root (a dict) and the others (None), and a
+        # mismatched name is a deadlock (found by the two-host resume test).
+        self._broadcasts += 1
+        return self.hvd.broadcast_object(obj, root_rank=0, name=f"trainer.broadcast_object.{self._broadcasts}")
 
     def all_reduce_sum(self, t):
         return self.hvd.allreduce(t, op=self.hvd.Sum)
@@ -166,7 +176,7 @@ class TorchDist(Dist):
 def make_dist(backend: str, use_cuda: bool, timeout_s: float = 600.0) -> Dist:
     backend = detect_backend(backend)
     if backend == "horovod":
-        return HorovodDist()
+        return HorovodDist(timeout_s)
     if backend == "torch":
         return TorchDist(use_cuda, timeout_s)
     if backend == "none":

@@ -67,7 +67,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42)
     # Ours.
     p.add_argument("--dist", choices=["auto", "horovod", "torch", "none"], default="auto")
-    p.add_argument("--dist-timeout", type=float, default=600.0, help="seconds to wait for peers (torch)")
+    p.add_argument("--dist-timeout", type=float, default=600.0,
+                   help="seconds to wait for a peer before failing: torch.distributed's timeout, Horovod's "
+                        "stall shutdown time (HOROVOD_STALL_SHUTDOWN_TIME_SECONDS, unless set)")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--workers", type=int, default=4, help="data loader processes per rank")
@@ -226,8 +228,19 @@ class Trainer:
     def _resume(self) -> None:
         args, dist = self.args, self.dist
         state: Optional[dict[str, Any]] = None
+        # torchrun --max-restarts starts the workers again after one died, with the
+        # same command line: a restart always continues from the last checkpoint.
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+        if restarts > 0:
+            if dist.is_main:
+                print(f"torchrun restarted the workers (restart {restarts}); continuing from the last complete "
+                      f"checkpoint in {args.log_dir}", flush=True)
+            if args.resume is None:
+                args.resume = "auto"
         if args.resume and dist.is_main:
             if args.resume == "auto":
+                for path in ckpt.remove_stale_temporaries(args.log_dir):
+                    print(f"removed {path}: a checkpoint write that was interrupted", flush=True)
                 found = ckpt.latest_valid(args.log_dir, args.checkpoint_format)
                 if found:
                     print(f"resuming from {found[0]}", flush=True)

@@ -1,0 +1,145 @@
+"""Two "hosts" on one machine: network namespaces joined by a veth pair with
+private addresses (Debian's iproute2; needs root). Every process a test starts
+in a host runs in its own session, and leaving the context kills them all and
+deletes both namespaces (which deletes the veth pair), even when the test fails.
+
+    with two_hosts() as (a, b):
+        proc = a.popen(["python", "-c", "..."])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+def namespaces_available() -> Optional[str]:
+    """None if this machine lets us make network namespaces, else why not."""
+    if shutil.which("ip") is None:
+        return "iproute2's `ip` is not installed"
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    probe = f"lcprobe{os.getpid()}"
+    made = _ip("netns", "add", probe, check=False)
+    if made.returncode != 0:
+        return f"`ip netns add` failed: {made.stderr.strip()}"
+    _ip("netns", "del", probe, check=False)
+    return None
+
+
+@dataclass
+class Host:
+    name: str  # namespace name
+    iface: str  # its end of the veth pair
+    addr: str  # its private address
+    procs: list = field(default_factory=list)
+
+    def wrap(self, cmd: list[str]) -> list[str]:
+        """`cmd` as it runs inside this host's namespace."""
+        return ["ip", "netns", "exec", self.name, *cmd]
+
+    def popen(self, cmd: list[str], env: Optional[dict] = None, **kw) -> subprocess.Popen:
+        """Start `cmd` in this host (own session, so it and its children can be
+        killed as a group); output goes to a pipe unless `stdout` is given."""
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.STDOUT)
+        proc = subprocess.Popen(self.wrap(cmd), env=env, text=True, start_new_session=True, **kw)
+        self.procs.append(proc)
+        return proc
+
+    def run(self, cmd: list[str], timeout: float = 30, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(self.wrap(cmd), capture_output=True, text=True, timeout=timeout, **kw)
+
+    def veth_bytes(self) -> int:
+        """Bytes sent plus received on this host's end of the veth pair."""
+        out = json.loads(_ip("-n", self.name, "-j", "-s", "link", "show", self.iface).stdout)[0]["stats64"]
+        return int(out["rx"]["bytes"]) + int(out["tx"]["bytes"])
+
+    def pids(self, predicate: Callable[[list[str]], bool]) -> list[int]:
+        """Processes in this host's namespace whose argv satisfies `predicate`."""
+        mine = os.stat(f"/run/netns/{self.name}").st_ino
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                net = os.readlink(f"/proc/{entry}/ns/net")
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = [a.decode() for a in f.read().split(b"\0") if a]
+            except OSError:
+                continue
+            if net == f"net:[{mine}]" and argv and predicate(argv):
+                found.append(int(entry))
+        return found
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def two_hosts() -> Iterator[tuple[Host, Host]]:
+    # Names and a /24 unique to this process, so parallel runs do not collide.
+    tag = f"{os.getpid() % 100000}"
+    subnet = 10 + os.getpid() % 200
+    a = Host(f"lca{tag}", f"vla{tag}", f"10.213.{subnet}.1")
+    b = Host(f"lcb{tag}", f"vlb{tag}", f"10.213.{subnet}.2")
+    made = []
+    try:
+        for h in (a, b):
+            _ip("netns", "add", h.name)
+            made.append(h.name)
+        _ip("link", "add", a.iface, "type", "veth", "peer", "name", b.iface)
+        for h in (a, b):
+            _ip("link", "set", h.iface, "netns", h.name)
+            _ip("-n", h.name, "addr", "add", f"{h.addr}/24", "dev", h.iface)
+            _ip("-n", h.name, "link", "set", h.iface, "up")
+            _ip("-n", h.name, "link", "set", "lo", "up")
+        _wait_reachable(a, b)
+        yield a, b
+    finally:
+        for h in (a, b):
+            for proc in h.procs:
+                _kill_group(proc)
+        for name in made:
+            _ip("netns", "del", name, check=False)
+
+
+def _wait_reachable(a: Host, b: Host, timeout: float = 10.0) -> None:
+    """A TCP round trip from a to b (a veth needs a moment to come up)."""
+    server = b.popen(["python3", "-c", (
+        "import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);"
+        f"s.bind(('{b.addr}', 29399)); s.listen(1); c, _ = s.accept(); c.sendall(b'ok')")])
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            out = a.run(["python3", "-c", (
+                "import socket; s = socket.create_connection"
+                f"(('{b.addr}', 29399), timeout=1); print(s.recv(2).decode())")], timeout=5)
+            if out.stdout.strip() == "ok":
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{b.addr} not reachable from namespace {a.name}")
+    finally:
+        _kill_group(server)
+
+
+def free_port() -> int:
+    """A port number for a listener inside a fresh namespace (any will do there;
+    varied per process so reruns never meet a socket in TIME_WAIT)."""
+    return 29500 + os.getpid() % 400
