@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from train import checkpoint as ckpt  # noqa: E402
 from train.data import DataError, build_datasets, build_loaders, sample_path, uses_encoded_images  # noqa: E402
 from train.distributed import Dist, make_dist  # noqa: E402
+from train.watchdog import Watchdog  # noqa: E402
 from train.models import build_model  # noqa: E402
 
 
@@ -216,6 +217,7 @@ class Trainer:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
 
         self.start_epoch, self.step, self.history = 0, 0, []
+        self.watchdog = _NoWatchdog()  # a real one once fit() runs with several ranks
         self._resume()
         self.forward_model = dist.wrap_model(self.model, self.device, args.fp16_allreduce)
         self.writer = None
@@ -337,6 +339,7 @@ class Trainer:
                 self.dist.optimizer_step(self.optimizer, self.scaler)
             self.scheduler.step()
             self.step += 1
+            self.watchdog.beat()
             if timer_start is not None:
                 timed_images += len(y)
             if hasattr(bar, "set_postfix") and self.step % 10 == 0:
@@ -360,6 +363,7 @@ class Trainer:
         for batch in self._progress(self.val_loader, "validate"):
             x, y, dropped = self._batch(batch, train=False)
             sums[4] += dropped
+            self.watchdog.beat()
             if len(y) == 0:
                 continue
             with self.autocast():
@@ -418,6 +422,8 @@ class Trainer:
             print(f"{self.dist.name}: {self.dist.size} rank(s) on {self.device.type}; global batch "
                   f"{self.args.batch_size * self.dist.size * self.B}; lr {self.lr:.4g}; "
                   f"{self.steps_per_epoch} steps/epoch; optimizer {type(self.optimizer).__name__}", flush=True)
+        if self.dist.size > 1:
+            self.watchdog = Watchdog(self.args.dist_timeout, self.dist.rank).start()
         for epoch in range(self.start_epoch, self.args.epochs):
             metrics = self.train_epoch(epoch)
             metrics.update(self.validate())
@@ -428,13 +434,23 @@ class Trainer:
                 if not stopped_early:  # a partial epoch is never checkpointed
                     self._save(epoch + 1)
                 self._log_epoch(epoch, metrics)
+            self.watchdog.beat()
             if stopped_early:
                 break
+        self.watchdog.stop()
         if self.writer is not None:
             self.writer.close()
         if self.dist.is_main and metrics:
             print(f"final: val top1 {metrics['val_top1']:.2f}%  top5 {metrics['val_top5']:.2f}%", flush=True)
         return metrics
+
+
+class _NoWatchdog:
+    def beat(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
 
 
 def plot_history(history: list[dict[str, float]], path: str) -> None:

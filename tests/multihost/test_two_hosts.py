@@ -97,6 +97,22 @@ def gradient_bytes(log_dir, steps=16) -> int:
     return steps * 4 * sum(t.numel() for t in weights(log_dir, 1).values())
 
 
+def freeze_mid_epoch_two(host: Host, log_dir, procs) -> float:
+    """SIGSTOP the trainer rank on `host` in epoch 2 (a hung node: its sockets stay
+    open, nothing answers); returns when it was frozen."""
+    first = log_dir / "checkpoint-1.pth.tar"
+    deadline = time.time() + TIMEOUT
+    while not first.exists():
+        assert time.time() < deadline and all(p.poll() is None for p in procs), "epoch 1 never finished"
+        time.sleep(0.02)
+    time.sleep(0.5)
+    victims = host.pids(lambda argv: is_worker(argv) and str(log_dir) in " ".join(argv))
+    assert victims, "no trainer process found in the host"
+    for pid in victims:
+        os.kill(pid, signal.SIGSTOP)
+    return time.time()
+
+
 def no_temporary_files(log_dir) -> bool:
     return not [n for n in os.listdir(log_dir) if n.startswith(".tmp-")]
 
@@ -178,3 +194,30 @@ def test_a_peer_that_never_arrives_is_a_clear_timeout_not_a_hang(tmp_path):
     assert "RendezvousTimeoutError" in out or "timed out" in out.lower(), out[-3000:]
     assert elapsed < 60, f"took {elapsed:.0f}s with join_timeout=5"
     assert not (tmp_path / "alone" / "checkpoint-1.pth.tar").exists()
+
+
+@needs_mpi
+def test_a_frozen_peer_under_mpirun_ends_the_job_with_an_error_after_the_dist_timeout(tmp_path):
+    # Horovod's MPI controller blocks in MPI when a peer is frozen (its stall
+    # shutdown never runs); the trainer's progress watchdog ends the job.
+    with two_hosts() as (a, b):
+        proc = mpirun_from(a, b, [*LONG, "--dist-timeout", "10"], tmp_path / "frozen")
+        frozen_at = freeze_mid_epoch_two(b, tmp_path / "frozen", [proc])
+        out, _ = proc.communicate(timeout=TIMEOUT)
+        elapsed = time.time() - frozen_at
+    assert proc.returncode != 0
+    assert "no training progress for" in out and "a peer rank stopped answering" in out, out[-3000:]
+    assert elapsed < 60, f"the job ended {elapsed:.0f}s after the freeze, with --dist-timeout 10"
+
+
+def test_a_frozen_peer_under_torchrun_fails_every_host_after_the_dist_timeout(tmp_path):
+    with two_hosts() as (a, b):
+        port = free_port()
+        procs = [torchrun_on(h, a, [*LONG, "--dist-timeout", "10"], tmp_path / "frozen", "frozen", port)
+                 for h in (a, b)]
+        frozen_at = freeze_mid_epoch_two(b, tmp_path / "frozen", procs)
+        outs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
+        elapsed = time.time() - frozen_at
+    assert all(p.returncode != 0 for p in procs)
+    assert "Timed out waiting 10000ms" in outs[0], outs[0][-3000:]  # Gloo's collective timeout on host a
+    assert elapsed < 120, f"the job ended {elapsed:.0f}s after the freeze, with --dist-timeout 10"
