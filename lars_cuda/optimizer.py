@@ -152,6 +152,7 @@ class Lars(Optimizer):
             plans.append((group, params, grads, bufs, path))
 
         for group, params, grads, bufs, path in plans:
+            new_bufs = [i for i, b in enumerate(bufs) if b is None]
             lars(
                 params, grads, bufs,
                 lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"],
@@ -160,9 +161,9 @@ class Lars(Optimizer):
                 foreach=path == "foreach", fused=path == "fused",
                 grad_scale=grad_scale, found_inf=found_inf,
             )
-            if group["momentum"] != 0:
-                for p, buf in zip(params, bufs):
-                    self.state[p]["momentum_buffer"] = buf
+            # lars() filled in the buffers it created; only those are new state.
+            for i in new_bufs:
+                self.state[params[i]]["momentum_buffer"] = bufs[i]
         return loss
 
     @torch.no_grad()
@@ -193,8 +194,9 @@ class Lars(Optimizer):
             _check_dtype(dtype)
         bufs: list[Optional[Tensor]] = []
         if group["momentum"] != 0:
-            state = self.state
-            bufs = [state[p].get("momentum_buffer") if p in state else None for p in params]
+            # One dict lookup per param (Tensor.__hash__ is a Python call): this runs every step.
+            get = self.state.get
+            bufs = [(get(p) or _NO_STATE).get("momentum_buffer") for p in params]
         return params, grads, bufs
 
     @staticmethod
@@ -212,6 +214,9 @@ class Lars(Optimizer):
         if foreach is None and one_device:
             return "foreach"
         return "single"
+
+
+_NO_STATE: dict[str, Any] = {}
 
 
 def _group_params(group: dict[str, Any]) -> list[Tensor]:
