@@ -105,10 +105,11 @@ bench -resnet50 90 --sets resnet50 --impls reference,foreach,fused,timm,sgd_fuse
 stage ncu 60 bash -c "ncu --clock-control none -k regex:lars_kernel -c 2 --section SpeedOfLight \
   --section Occupancy --section MemoryWorkloadAnalysis --section LaunchStats --section WarpStateStats \
   $PY benchmarks/gpu_case.py --resnet50 --steps 2 > '$OUT/ncu.txt' 2>&1"
+stage train_throughput 200 $PY benchmarks/train_throughput.py --steps 30 --run-timeout 60 \
+  --out "$OUT/train_throughput.json"
 bench -compiled 120 --sets resnet50 --impls compiled_foreach,fused,sgd_fused
 bench -rest 100 --sets resnet152,vit_b_16,bert_large,one_100m,tiny_10k --impls foreach,fused,timm,sgd_fused \
   --steps 12 --warmup 2
-stage train_throughput 150 $PY benchmarks/train_throughput.py --steps 40 --out "$OUT/train_throughput.json"
 
 {
   echo; echo "=== summary ($(($(date +%s) - T0))s)"; printf '%s\n' "${SUMMARY[@]}"

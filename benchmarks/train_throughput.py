@@ -31,6 +31,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--model", default="resnet50")
     p.add_argument("--extra", default="--amp bf16 --channels-last", help="trainer flags for every run")
+    p.add_argument("--run-timeout", type=float, default=120.0, help="seconds per trainer run")
     args = p.parse_args()
     results = {}
     for name, flags in RUNS.items():
@@ -40,7 +41,11 @@ def main() -> int:
                "--workers", "6", "--val-subset", str(args.batch_size), "--dist", "none", "--no-tensorboard",
                "--quiet", "--log-dir", f"/tmp/throughput-{name}", *args.extra.split(), *flags]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.run_timeout)
+        except subprocess.TimeoutExpired as exc:  # keep what the others measured
+            out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            proc = subprocess.CompletedProcess(cmd, -9, out, f"timed out after {args.run_timeout}s")
         wall = time.perf_counter() - t0
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("epoch 1/1")), "")
         m = re.search(r"([\d.]+) img/s\s+optimizer ([\d.]+)% of step time", line)
@@ -51,11 +56,11 @@ def main() -> int:
         print(f"{name:13s} ({wall:.0f}s in all) {line}", flush=True)
         if proc.returncode != 0:
             print(proc.stderr[-1500:], flush=True)
-    base = results["sgd-fused"]["images_per_s"]
-    for r in results.values():
-        r["vs_sgd_fused"] = r["images_per_s"] / base if base and r["images_per_s"] else None
-    with open(args.out, "w") as f:
-        json.dump(dict(command=" ".join(sys.argv), results=results), f, indent=1)
+        base = results.get("sgd-fused", {}).get("images_per_s")
+        for r in results.values():
+            r["vs_sgd_fused"] = r["images_per_s"] / base if base and r["images_per_s"] else None
+        with open(args.out, "w") as f:  # after every run: a stopped benchmark keeps what it measured
+            json.dump(dict(command=" ".join(sys.argv), results=results), f, indent=1)
     print("\n| run | images/s | optimizer share | vs sgd-fused |\n|---|---:|---:|---:|")
     for name, r in results.items():
         print(f"| {name} | {r['images_per_s']} | {r['optimizer_share_pct']}% | "
