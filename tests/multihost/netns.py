@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -95,7 +96,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
 @contextlib.contextmanager
 def two_hosts() -> Iterator[tuple[Host, Host]]:
     # Names and a /24 unique to this process, so parallel runs do not collide.
-    tag = f"{os.getpid() % 100000}"
+    _remove_stale_namespaces()
+    tag = str(os.getpid())
     subnet = 10 + os.getpid() % 200
     a = Host(f"lca{tag}", f"vla{tag}", f"10.213.{subnet}.1")
     b = Host(f"lcb{tag}", f"vlb{tag}", f"10.213.{subnet}.2")
@@ -118,6 +120,14 @@ def two_hosts() -> Iterator[tuple[Host, Host]]:
                 _kill_group(proc)
         for name in made:
             _ip("netns", "del", name, check=False)
+
+
+def _remove_stale_namespaces() -> None:
+    """Namespaces left by a test run that was itself killed (its pid is gone)."""
+    for line in _ip("netns", "list", check=False).stdout.splitlines():
+        m = re.match(r"^lc[ab](\d+)\b", line)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            _ip("netns", "del", line.split()[0], check=False)
 
 
 def _wait_reachable(a: Host, b: Host, timeout: float = 10.0) -> None:
