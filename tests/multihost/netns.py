@@ -39,6 +39,9 @@ def namespaces_available() -> Optional[str]:
     return None
 
 
+IFACE = "lcnet0"  # each host's end of the veth pair, inside its namespace
+
+
 @dataclass
 class Host:
     name: str  # namespace name
@@ -85,12 +88,40 @@ class Host:
         return found
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def descendants(pid: int) -> list[int]:
+    """Every process below pid, also those that started sessions of their own
+    (torchrun starts each worker in a new session, out of reach of killpg)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in os.listdir(f"/proc/{parent}/task") if os.path.isdir(f"/proc/{parent}/task") else []:
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+                found += kids
+                todo += kids
+    return found
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL proc, its process group and every descendant, then reap it."""
+    for pid in descendants(proc.pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
+
+
+def _kill_namespace(name: str) -> None:
+    for pid in _ip("netns", "pids", name, check=False).stdout.split():
+        with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+_kill_group = kill_tree
 
 
 @contextlib.contextmanager
@@ -99,16 +130,20 @@ def two_hosts() -> Iterator[tuple[Host, Host]]:
     _remove_stale_namespaces()
     tag = str(os.getpid())
     subnet = 10 + os.getpid() % 200
-    a = Host(f"lca{tag}", f"vla{tag}", f"10.213.{subnet}.1")
-    b = Host(f"lcb{tag}", f"vlb{tag}", f"10.213.{subnet}.2")
+    a = Host(f"lca{tag}", IFACE, f"10.213.{subnet}.1")
+    b = Host(f"lcb{tag}", IFACE, f"10.213.{subnet}.2")
+    ends = {a.name: f"vla{tag}", b.name: f"vlb{tag}"}  # names while both ends are in this namespace
     made = []
     try:
         for h in (a, b):
             _ip("netns", "add", h.name)
             made.append(h.name)
-        _ip("link", "add", a.iface, "type", "veth", "peer", "name", b.iface)
+        _ip("link", "add", ends[a.name], "type", "veth", "peer", "name", ends[b.name])
         for h in (a, b):
-            _ip("link", "set", h.iface, "netns", h.name)
+            _ip("link", "set", ends[h.name], "netns", h.name)
+            # The same interface name on both hosts, as on a real cluster: one
+            # GLOO_SOCKET_IFNAME / --network-interfaces serves every host.
+            _ip("-n", h.name, "link", "set", ends[h.name], "name", h.iface)
             _ip("-n", h.name, "addr", "add", f"{h.addr}/24", "dev", h.iface)
             _ip("-n", h.name, "link", "set", h.iface, "up")
             _ip("-n", h.name, "link", "set", "lo", "up")
@@ -117,8 +152,9 @@ def two_hosts() -> Iterator[tuple[Host, Host]]:
     finally:
         for h in (a, b):
             for proc in h.procs:
-                _kill_group(proc)
+                kill_tree(proc)
         for name in made:
+            _kill_namespace(name)  # anything that escaped the trees above
             _ip("netns", "del", name, check=False)
 
 
