@@ -121,7 +121,6 @@ def _kill_namespace(name: str) -> None:
             os.kill(int(pid), signal.SIGKILL)
 
 
-_kill_group = kill_tree
 
 
 @contextlib.contextmanager
@@ -182,7 +181,7 @@ def _wait_reachable(a: Host, b: Host, timeout: float = 10.0) -> None:
             time.sleep(0.2)
         raise RuntimeError(f"{b.addr} not reachable from namespace {a.name}")
     finally:
-        _kill_group(server)
+        kill_tree(server)
 
 
 def free_port() -> int:

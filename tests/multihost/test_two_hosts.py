@@ -89,9 +89,9 @@ def is_worker(argv: list[str]) -> bool:
     return any(a.endswith("train/imagenet.py") for a in argv) and not any(a.endswith("torchrun") for a in argv)
 
 
-def kill_mid_epoch_two(host: Host, log_dir, procs) -> None:
-    """SIGKILL the trainer rank on `host` shortly after epoch 1's checkpoint appears."""
-    first, second = log_dir / "checkpoint-1.pth.tar", log_dir / "checkpoint-2.pth.tar"
+def trainer_pids_in_epoch_two(host: Host, log_dir, procs) -> list[int]:
+    """The trainer ranks on `host`, shortly after epoch 1's checkpoint appears."""
+    first = log_dir / "checkpoint-1.pth.tar"
     deadline = time.time() + TIMEOUT
     while not first.exists():
         assert time.time() < deadline and all(p.poll() is None for p in procs), "epoch 1 never finished"
@@ -99,7 +99,13 @@ def kill_mid_epoch_two(host: Host, log_dir, procs) -> None:
     time.sleep(0.5)  # into epoch 2 (each epoch takes several seconds here)
     victims = host.pids(lambda argv: is_worker(argv) and str(log_dir) in " ".join(argv))
     assert victims, "no trainer process found in the host"
-    assert not second.exists(), "epoch 2 ended before the kill: make the epochs longer"
+    return victims
+
+
+def kill_mid_epoch_two(host: Host, log_dir, procs) -> None:
+    """SIGKILL the trainer rank on `host` in epoch 2."""
+    victims = trainer_pids_in_epoch_two(host, log_dir, procs)
+    assert not (log_dir / "checkpoint-2.pth.tar").exists(), "epoch 2 ended before the kill: make the epochs longer"
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
 
@@ -113,15 +119,7 @@ def gradient_bytes(log_dir, steps=16) -> int:
 def freeze_mid_epoch_two(host: Host, log_dir, procs) -> float:
     """SIGSTOP the trainer rank on `host` in epoch 2 (a hung node: its sockets stay
     open, nothing answers); returns when it was frozen."""
-    first = log_dir / "checkpoint-1.pth.tar"
-    deadline = time.time() + TIMEOUT
-    while not first.exists():
-        assert time.time() < deadline and all(p.poll() is None for p in procs), "epoch 1 never finished"
-        time.sleep(0.02)
-    time.sleep(0.5)
-    victims = host.pids(lambda argv: is_worker(argv) and str(log_dir) in " ".join(argv))
-    assert victims, "no trainer process found in the host"
-    for pid in victims:
+    for pid in trainer_pids_in_epoch_two(host, log_dir, procs):
         os.kill(pid, signal.SIGSTOP)
     return time.time()
 
