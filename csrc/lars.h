@@ -29,7 +29,16 @@ struct LarsHyper {
   bool nesterov = false;
   bool has_trust_clip = true;
   bool has_update_clip = true;
+  // torch.optim's maximize: step along +g. The kernels flip g's sign as they
+  // read it (norms are unaffected), so the flag costs no memory traffic.
+  bool maximize = false;
 };
+
+// What multiplies every gradient element as it is read: 1/grad_scale (AMP),
+// negated for maximize. Norms use |coefficient|, i.e. inv_scale alone.
+LARS_HD float grad_coefficient(float inv_scale, const LarsHyper& h) {
+  return h.maximize ? -inv_scale : inv_scale;
+}
 
 // clamp that lets NaN through, as torch.clamp does.
 LARS_HD float clamp_nan(float x, float lo, float hi) {

@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <unordered_set>
 
+#include <ATen/MemoryOverlap.h>
+
 #include "lars_op.h"
 
 namespace lars_cuda {
@@ -70,16 +72,19 @@ void check_fused_lars_args(at::TensorList params, at::TensorList grads, at::Tens
                       g.device());
     TORCH_CHECK_VALUE(p.sizes() == g.sizes(), "fused_lars_: param ", i, " has shape ", p.sizes(),
                       " but its grad has shape ", g.sizes());
-    TORCH_CHECK_VALUE(p.is_non_overlapping_and_dense(), "fused_lars_: param ", i,
-                      " must be dense (non-overlapping, no gaps); its strides are ", p.strides());
+    // Overlapping params (expanded views) would be written twice per element.
+    TORCH_CHECK_VALUE(at::has_internal_overlap(p) != at::MemOverlap::Yes, "fused_lars_: param ", i,
+                      " has overlapping memory (strides ", p.strides(), "); step a contiguous tensor instead");
     TORCH_CHECK_VALUE(seen.insert(p.data_ptr()).second || p.numel() == 0, "fused_lars_: param ", i,
                       " appears twice in one call");
     if (has_momentum) {
       const at::Tensor& m = momentum_buffers[i];
       TORCH_CHECK_TYPE(m.scalar_type() == p.scalar_type(), "fused_lars_: momentum buffer ", i, " is ",
                        m.scalar_type(), " but its param is ", p.scalar_type());
-      TORCH_CHECK_VALUE(m.device() == device && m.sizes() == p.sizes() && m.strides() == p.strides(),
-                        "fused_lars_: momentum buffer ", i, " must match its param's device, shape and strides");
+      TORCH_CHECK_VALUE(m.device() == device && m.sizes() == p.sizes(), "fused_lars_: momentum buffer ", i,
+                        " must match its param's device and shape");
+      TORCH_CHECK_VALUE(at::has_internal_overlap(m) != at::MemOverlap::Yes, "fused_lars_: momentum buffer ", i,
+                        " has overlapping memory");
     }
   }
   // Host scalars are fine on CPU; on CUDA a CPU lr is read once on the host.
@@ -110,18 +115,40 @@ std::vector<Bucket> bucket_by_dtype(at::TensorList params, at::TensorList grads,
       buckets.push_back(Bucket{pt, gt, {}, {}, {}});
       it = buckets.end() - 1;
     }
-    it->params.push_back(p);
-    // The kernels walk flat memory, so a grad laid out unlike its param (say a
-    // contiguous grad for a channels_last param) is copied into the param's layout.
-    it->grads.push_back(grads[i].strides() == p.strides() ? grads[i] : at::empty_like(p, gt).copy_(grads[i]));
-    if (!bufs.empty()) it->bufs.push_back(bufs[i]);
+    // The kernels walk flat memory. A param that is not dense (a strided view)
+    // or whose buffer is laid out unlike it is stepped in contiguous copies,
+    // written back after the kernel; dense params are used in place.
+    const bool dense = p.is_non_overlapping_and_dense();
+    const at::Tensor pk = dense ? p : p.contiguous();
+    if (!dense) it->write_back.emplace_back(p, pk);
+    it->params.push_back(pk);
+    // A grad laid out unlike its param (say a contiguous grad for a
+    // channels_last param) is copied into the param's layout.
+    it->grads.push_back(grads[i].strides() == pk.strides() ? grads[i] : at::empty_like(pk, gt).copy_(grads[i]));
+    if (!bufs.empty()) {
+      const at::Tensor& m = bufs[i];
+      if (m.strides() == pk.strides()) {
+        it->bufs.push_back(m);
+      } else {
+        at::Tensor mk = at::empty_like(pk).copy_(m);
+        it->write_back.emplace_back(m, mk);
+        it->bufs.push_back(mk);
+      }
+    }
   }
   return buckets;
 }
 
+void finish_bucket(Bucket& bucket) {
+  for (auto& [dst, src] : bucket.write_back) dst.copy_(src);
+  bucket.write_back.clear();
+}
+
 LarsHyper make_hyper(double momentum, double weight_decay, double eeta, double epsilon, bool lars,
-                     bool nesterov, std::optional<double> trust_clip, std::optional<double> update_clip) {
+                     bool nesterov, std::optional<double> trust_clip, std::optional<double> update_clip,
+                     bool maximize) {
   LarsHyper h;
+  h.maximize = maximize;
   h.momentum = static_cast<float>(momentum);
   h.weight_decay = static_cast<float>(weight_decay);
   h.eeta = static_cast<float>(eeta);
@@ -135,11 +162,86 @@ LarsHyper make_hyper(double momentum, double weight_decay, double eeta, double e
   return h;
 }
 
+std::vector<GroupCall> single_group(at::TensorList params, at::TensorList grads, at::TensorList bufs, double lr,
+                                    const std::optional<at::Tensor>& lr_tensor, double momentum,
+                                    double weight_decay, double eeta, double epsilon, bool lars, bool nesterov,
+                                    std::optional<double> trust_clip, std::optional<double> update_clip,
+                                    const std::optional<at::Tensor>& grad_scale,
+                                    const std::optional<at::Tensor>& found_inf) {
+  check_fused_lars_args(params, grads, bufs, momentum, weight_decay, eeta, epsilon, trust_clip, update_clip,
+                        lr_tensor, grad_scale, found_inf);
+  return {GroupCall{params, grads, bufs,
+                    make_hyper(momentum, weight_decay, eeta, epsilon, lars, nesterov, trust_clip, update_clip),
+                    lr, lr_tensor}};
+}
+
+std::vector<GroupCall> parse_groups(at::TensorList params, at::TensorList grads, at::TensorList bufs,
+                                    at::IntArrayRef group_sizes, at::ArrayRef<double> hyper,
+                                    at::IntArrayRef flags, const c10::List<std::optional<at::Tensor>>& lr_tensors,
+                                    const std::optional<at::Tensor>& grad_scale,
+                                    const std::optional<at::Tensor>& found_inf) {
+  const size_t n_groups = group_sizes.size();
+  TORCH_CHECK_VALUE(hyper.size() == n_groups * kHyperStride && flags.size() == n_groups &&
+                        lr_tensors.size() == n_groups,
+                    "fused_lars_groups_: ", n_groups, " groups need ", n_groups * kHyperStride, " hyper values, ",
+                    n_groups, " flags and ", n_groups, " lr tensors; got ", hyper.size(), ", ", flags.size(),
+                    " and ", lr_tensors.size());
+  TORCH_CHECK_VALUE(params.size() == grads.size(), "fused_lars_groups_: got ", params.size(), " params but ",
+                    grads.size(), " grads");
+  int64_t total = 0, total_bufs = 0;
+  for (size_t k = 0; k < n_groups; ++k) {
+    TORCH_CHECK_VALUE(group_sizes[k] >= 0, "fused_lars_groups_: group ", k, " has a negative size");
+    total += group_sizes[k];
+    if (hyper[k * kHyperStride + 1] != 0.0) total_bufs += group_sizes[k];
+  }
+  TORCH_CHECK_VALUE(total == static_cast<int64_t>(params.size()), "fused_lars_groups_: group sizes add up to ",
+                    total, " but ", params.size(), " params were given");
+  TORCH_CHECK_VALUE(total_bufs == static_cast<int64_t>(bufs.size()), "fused_lars_groups_: expected ", total_bufs,
+                    " momentum buffers (one per param of each group with momentum), got ", bufs.size());
+
+  std::vector<GroupCall> groups;
+  groups.reserve(n_groups);
+  int64_t at = 0, at_buf = 0;
+  std::optional<at::Device> device;
+  for (size_t k = 0; k < n_groups; ++k) {
+    const double* v = hyper.data() + k * kHyperStride;
+    const int64_t n = group_sizes[k];
+    const int64_t nb = v[1] != 0.0 ? n : 0;
+    const auto clip = [](double x) { return std::isnan(x) ? std::optional<double>() : std::optional<double>(x); };
+    const std::optional<at::Tensor> lr_t = lr_tensors.get(k);
+    GroupCall g{params.slice(at, n), grads.slice(at, n), bufs.slice(at_buf, nb),
+                make_hyper(v[1], v[2], v[3], v[4], flags[k] & kFlagLars, flags[k] & kFlagNesterov, clip(v[5]),
+                           clip(v[6]), flags[k] & kFlagMaximize),
+                v[0], lr_t};
+    TORCH_CHECK_VALUE(std::isfinite(g.lr) && g.lr >= 0.0, "fused_lars_groups_: group ", k, " has an invalid lr ",
+                      g.lr);
+    check_fused_lars_args(g.params, g.grads, g.bufs, v[1], v[2], v[3], v[4], clip(v[5]), clip(v[6]), lr_t,
+                          grad_scale, found_inf);
+    if (n > 0) {
+      if (!device.has_value()) device = g.params[0].device();
+      TORCH_CHECK_VALUE(g.params[0].device() == *device, "fused_lars_groups_: one call steps one device; group 0 ",
+                        "is on ", *device, ", group ", k, " on ", g.params[0].device());
+    }
+    groups.push_back(std::move(g));
+    at += n;
+    at_buf += nb;
+  }
+  return groups;
+}
+
 TORCH_LIBRARY(lars_cuda, m) {
   m.def(
       "fused_lars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, float lr, "
       "Tensor? lr_tensor, float momentum, float weight_decay, float eeta, float epsilon, bool lars, "
       "bool nesterov, float? trust_clip, float? update_clip, Tensor? grad_scale, Tensor? found_inf) -> ()");
+  // Several param groups in one call: every group is checked before any is
+  // written. Per group k: group_sizes[k] params (and as many buffers when its
+  // momentum is nonzero), hyper[7k:7k+7] = lr, momentum, weight_decay, eeta,
+  // epsilon, trust_clip, update_clip (NaN: no clip), flags[k] = lars | 2 nesterov
+  // | 4 maximize, lr_tensors[k] overriding lr when given.
+  m.def(
+      "fused_lars_groups_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] group_sizes, "
+      "float[] hyper, int[] flags, Tensor?[] lr_tensors, Tensor? grad_scale, Tensor? found_inf) -> ()");
   // Which CUDA launch path the last CUDA call took: "cooperative", "three-kernel" or "none".
   m.def("last_cuda_launch() -> str", [] { return last_cuda_launch(); });
   // Which build of the CPU kernel runs on this machine: "avx2" or "default".
@@ -153,10 +255,22 @@ void reject_sparse(at::TensorList, at::TensorList, at::TensorList, double, const
                    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) {
   TORCH_CHECK_TYPE(false, "fused_lars_: sparse tensors are not supported");
 }
+
+void reject_sparse_groups(at::TensorList, at::TensorList, at::TensorList, at::IntArrayRef, at::ArrayRef<double>,
+                          at::IntArrayRef, const c10::List<std::optional<at::Tensor>>&,
+                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) {
+  TORCH_CHECK_TYPE(false, "fused_lars_groups_: sparse tensors are not supported");
+}
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lars_cuda, SparseCPU, m) { m.impl("fused_lars_", &reject_sparse); }
-TORCH_LIBRARY_IMPL(lars_cuda, SparseCUDA, m) { m.impl("fused_lars_", &reject_sparse); }
+TORCH_LIBRARY_IMPL(lars_cuda, SparseCPU, m) {
+  m.impl("fused_lars_", &reject_sparse);
+  m.impl("fused_lars_groups_", &reject_sparse_groups);
+}
+TORCH_LIBRARY_IMPL(lars_cuda, SparseCUDA, m) {
+  m.impl("fused_lars_", &reject_sparse);
+  m.impl("fused_lars_groups_", &reject_sparse_groups);
+}
 
 }  // namespace lars_cuda
 

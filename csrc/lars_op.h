@@ -22,18 +22,54 @@ void check_fused_lars_args(
     const std::optional<at::Tensor>& lr_tensor,
     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf);
 
-// The tensors of one call, split by (param dtype, grad dtype): each kernel
+// The tensors of one group, split by (param dtype, grad dtype): each kernel
 // instantiation walks one bucket. Zero-size tensors are left out; a grad whose
-// strides differ from its param's is copied into the param's layout.
+// strides differ from its param's is copied into the param's layout. A param
+// that is not dense (a strided view), or whose buffer is laid out unlike it,
+// is stepped in dense copies that finish_bucket() writes back.
 struct Bucket {
   at::ScalarType p_type;
   at::ScalarType g_type;
   std::vector<at::Tensor> params, grads, bufs;
+  std::vector<std::pair<at::Tensor, at::Tensor>> write_back;  // (destination, dense copy)
 };
 std::vector<Bucket> bucket_by_dtype(at::TensorList params, at::TensorList grads, at::TensorList bufs);
+// Copies the dense stand-ins of non-dense params and buffers back (stream-ordered on CUDA).
+void finish_bucket(Bucket& bucket);
 
 LarsHyper make_hyper(double momentum, double weight_decay, double eeta, double epsilon, bool lars,
-                     bool nesterov, std::optional<double> trust_clip, std::optional<double> update_clip);
+                     bool nesterov, std::optional<double> trust_clip, std::optional<double> update_clip,
+                     bool maximize = false);
+
+// One param group of a call: slices of the call's lists and its options.
+struct GroupCall {
+  at::TensorList params, grads, bufs;
+  LarsHyper hyper;
+  double lr;
+  std::optional<at::Tensor> lr_tensor;
+};
+
+// fused_lars_groups_ packs each group's floats in `hyper` with this stride
+// (a disabled clip is NaN) and its switches in `flags` as these bits.
+constexpr int64_t kHyperStride = 7;  // lr, momentum, weight_decay, eeta, epsilon, trust_clip, update_clip
+constexpr int64_t kFlagLars = 1, kFlagNesterov = 2, kFlagMaximize = 4;
+
+// Splits the flat lists of fused_lars_groups_ into groups and checks every
+// group (and grad_scale/found_inf) before the caller writes anything, so a bad
+// group leaves every group as it was.
+std::vector<GroupCall> parse_groups(at::TensorList params, at::TensorList grads, at::TensorList bufs,
+                                    at::IntArrayRef group_sizes, at::ArrayRef<double> hyper,
+                                    at::IntArrayRef flags, const c10::List<std::optional<at::Tensor>>& lr_tensors,
+                                    const std::optional<at::Tensor>& grad_scale,
+                                    const std::optional<at::Tensor>& found_inf);
+
+// The single-group form (fused_lars_), checked the same way.
+std::vector<GroupCall> single_group(at::TensorList params, at::TensorList grads, at::TensorList bufs, double lr,
+                                    const std::optional<at::Tensor>& lr_tensor, double momentum,
+                                    double weight_decay, double eeta, double epsilon, bool lars, bool nesterov,
+                                    std::optional<double> trust_clip, std::optional<double> update_clip,
+                                    const std::optional<at::Tensor>& grad_scale,
+                                    const std::optional<at::Tensor>& found_inf);
 
 // Which launch path the CUDA implementation took last (reported to Python).
 void set_last_cuda_launch(const char* kind);

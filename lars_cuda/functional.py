@@ -10,7 +10,8 @@ Three implementations of one contract (``shared/spec/lars-semantics.md`` §1):
 * :func:`_fused_lars` — one call of the C++/CUDA op ``torch.ops.lars_cuda.fused_lars_``
   for the whole list (one device; the op buckets dtypes itself).
 
-Per parameter ``p`` with gradient ``g`` (all arithmetic in float32)::
+Per parameter ``p`` with gradient ``g`` (all arithmetic in float32, float64 for
+float64 params; ``g = -g`` first when ``maximize``)::
 
     if lars:  w = ||p||, n = ||g||
               r = eta*w / (n + wd*w + eps)   if w > 0 and n > 0 else 1
@@ -32,7 +33,7 @@ from torch import Tensor
 
 from . import ops
 
-__all__ = ["lars"]
+__all__ = ["fused_lars_groups", "lars"]
 
 LR = Union[float, Tensor]
 
@@ -51,6 +52,7 @@ def lars(
     nesterov: bool,
     trust_clip: Optional[float],
     update_clip: Optional[float],
+    maximize: bool = False,
     foreach: bool = False,
     fused: bool = False,
     grad_scale: Optional[Tensor] = None,
@@ -58,6 +60,7 @@ def lars(
 ) -> None:
     """Apply one LARS step in place. ``momentum_buffer_list`` is updated in place
     with the (possibly new) buffers, as in ``torch.optim.sgd``."""
+    lr = _scalar_lr(lr)
     if foreach and fused:
         raise ValueError("foreach and fused are mutually exclusive")
     if fused:
@@ -71,19 +74,36 @@ def lars(
     fn(
         params, grads, momentum_buffer_list,
         lr=lr, momentum=momentum, weight_decay=weight_decay, eeta=eeta, epsilon=epsilon,
-        lars=lars, nesterov=nesterov, trust_clip=trust_clip, update_clip=update_clip,
+        lars=lars, nesterov=nesterov, trust_clip=trust_clip, update_clip=update_clip, maximize=maximize,
         grad_scale=grad_scale, found_inf=found_inf,
     )
 
 
+def _compute_dtype(t: Tensor) -> torch.dtype:
+    """float64 tensors compute in float64; every other floating type in float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _scalar_lr(lr: LR) -> LR:
+    """torch.optim takes a one-element lr tensor of any shape ((), (1,), (1, 1));
+    a 0-dim view of it broadcasts like a float (no copy, no host sync)."""
+    if isinstance(lr, Tensor) and lr.dim() != 0:
+        return lr.reshape(())
+    return lr
+
+
 def _single_tensor_lars(
     params, grads, momentum_buffer_list, *, lr, momentum, weight_decay, eeta, epsilon,
-    lars, nesterov, trust_clip, update_clip, grad_scale, found_inf,
+    lars, nesterov, trust_clip, update_clip, maximize, grad_scale, found_inf,
 ):
     for i, param in enumerate(params):
-        # .float() is a no-op for float32 tensors, so p32 may alias param.
-        p32 = param.float()
-        g32 = grads[i].float()
+        # The compute type is float32 (float64 for float64 params); the conversion is a
+        # no-op when the param already has it, so p32 may alias param.
+        compute = _compute_dtype(param)
+        p32 = param.to(compute)
+        g32 = grads[i].to(compute)
+        if maximize:
+            g32 = -g32
         if lars:
             w = torch.linalg.vector_norm(p32)
             n = torch.linalg.vector_norm(g32)
@@ -102,11 +122,11 @@ def _single_tensor_lars(
             buf = momentum_buffer_list[i]
             if buf is None:
                 buf32 = d.clone()
-                buf = buf32.to(param.dtype) if param.dtype != torch.float32 else buf32
+                buf = buf32.to(param.dtype) if param.dtype != compute else buf32
             else:
-                buf32 = buf.float()
+                buf32 = buf.to(compute)
                 buf32.mul_(momentum).add_(d)
-                if buf.dtype != torch.float32:
+                if buf.dtype != compute:
                     buf.copy_(buf32)
             momentum_buffer_list[i] = buf
             u = d.add(buf32, alpha=momentum) if nesterov else buf32
@@ -115,26 +135,45 @@ def _single_tensor_lars(
 
         step = lr * ratio if ratio is not None else lr
         if isinstance(step, Tensor):
-            step = step.to(device=param.device, dtype=torch.float32)
+            step = step.to(device=param.device, dtype=compute)
         p32.sub_(u * step)
-        if param.dtype != torch.float32:
+        if param.dtype != compute:
             param.copy_(p32)
 
 
 def _multi_tensor_lars(
     params, grads, momentum_buffer_list, *, lr, momentum, weight_decay, eeta, epsilon,
-    lars, nesterov, trust_clip, update_clip, grad_scale, found_inf,
+    lars, nesterov, trust_clip, update_clip, maximize, grad_scale, found_inf,
 ):
     if not params:
         return
+    wide = [p.dtype == torch.float64 for p in params]
+    if any(wide) and not all(wide):
+        # float64 params compute in float64, the others in float32: one call each.
+        for part in (True, False):
+            idx = [i for i, w in enumerate(wide) if w == part]
+            bufs = [momentum_buffer_list[i] for i in idx] if momentum != 0 else []
+            _multi_tensor_lars(
+                [params[i] for i in idx], [grads[i] for i in idx], bufs, lr=lr, momentum=momentum,
+                weight_decay=weight_decay, eeta=eeta, epsilon=epsilon, lars=lars, nesterov=nesterov,
+                trust_clip=trust_clip, update_clip=update_clip, maximize=maximize, grad_scale=grad_scale,
+                found_inf=found_inf,
+            )
+            for j, i in enumerate(idx):
+                if momentum != 0:
+                    momentum_buffer_list[i] = bufs[j]
+        return
     device = params[0].device
-    reduced = [p.dtype != torch.float32 for p in params]
-    p32 = [p.float() for p in params]
-    g32 = [g.float() for g in grads]
+    compute = torch.float64 if wide[0] else torch.float32
+    reduced = [p.dtype != compute for p in params]
+    p32 = [p.to(compute) for p in params]
+    g32 = [g.to(compute) for g in grads]
+    if maximize:
+        g32 = torch._foreach_neg(g32)
 
     if lars:
-        w = torch.stack(torch._foreach_norm(p32, 2, dtype=torch.float32))
-        n = torch.stack(torch._foreach_norm(g32, 2, dtype=torch.float32))
+        w = torch.stack(torch._foreach_norm(p32, 2, dtype=compute))
+        n = torch.stack(torch._foreach_norm(g32, 2, dtype=compute))
         ratio = eeta * w / (n + weight_decay * w + epsilon)
         ratio = torch.where((w > 0) & (n > 0), ratio, torch.ones_like(ratio))
         if trust_clip is not None:
@@ -153,25 +192,26 @@ def _multi_tensor_lars(
             if buf is None:
                 momentum_buffer_list[i] = torch.zeros_like(params[i], memory_format=torch.preserve_format)
         bufs = momentum_buffer_list
-        b32 = [b.float() for b in bufs]
+        b32 = [b.to(compute) for b in bufs]
         torch._foreach_mul_(b32, momentum)
         torch._foreach_add_(b32, d)
         for b, b_32 in zip(bufs, b32):
-            if b.dtype != torch.float32:
+            if b.dtype != compute:
                 b.copy_(b_32)
         u = torch._foreach_add(d, b32, alpha=momentum) if nesterov else b32
     else:
         u = d
 
+    # p - (step * u), rounded as the loop rounds it, for a float or a tensor lr alike.
     if ratio is not None:
-        lr_t = lr.to(device=device, dtype=torch.float32) if isinstance(lr, Tensor) else lr
+        lr_t = lr.to(device=device, dtype=compute) if isinstance(lr, Tensor) else lr
         steps = (lr_t * ratio).neg().unbind()
         torch._foreach_add_(p32, torch._foreach_mul(u, steps))
     elif isinstance(lr, Tensor):
-        neg_lr = lr.to(device=device, dtype=torch.float32).neg()
+        neg_lr = lr.to(device=device, dtype=compute).neg()
         torch._foreach_add_(p32, torch._foreach_mul(u, neg_lr))
     else:
-        torch._foreach_add_(p32, u, alpha=-lr)
+        torch._foreach_add_(p32, torch._foreach_mul(u, -lr))
     for p, p_32, r in zip(params, p32, reduced):
         if r:
             p.copy_(p_32)
@@ -179,18 +219,53 @@ def _multi_tensor_lars(
 
 def _fused_lars(
     params, grads, momentum_buffer_list, *, lr, momentum, weight_decay, eeta, epsilon,
-    lars, nesterov, trust_clip, update_clip, grad_scale, found_inf,
+    lars, nesterov, trust_clip, update_clip, maximize, grad_scale, found_inf,
 ):
-    if not params:
-        return
-    if momentum != 0:
-        for i, buf in enumerate(momentum_buffer_list):
-            if buf is None:
-                momentum_buffer_list[i] = torch.zeros_like(params[i], memory_format=torch.preserve_format)
-    # One call for the whole list: the op splits it by dtype and lays out grads
-    # like their params itself, so this loop-free path keeps Python off the step.
-    lr_float, lr_tensor = (0.0, lr) if isinstance(lr, Tensor) else (float(lr), None)
-    ops.fused_lars_(
-        params, grads, momentum_buffer_list if momentum != 0 else [], lr_float, lr_tensor, momentum,
-        weight_decay, eeta, epsilon, lars, nesterov, trust_clip, update_clip, grad_scale, found_inf,
+    fused_lars_groups(
+        [(params, grads, momentum_buffer_list, dict(
+            lr=lr, momentum=momentum, weight_decay=weight_decay, eeta=eeta, epsilon=epsilon, lars=lars,
+            nesterov=nesterov, trust_clip=trust_clip, update_clip=update_clip, maximize=maximize))],
+        grad_scale=grad_scale, found_inf=found_inf,
     )
+
+
+_NO_CLIP = float("nan")  # the op's encoding of a disabled clip
+
+
+def fused_lars_groups(
+    groups: list[tuple[list[Tensor], list[Tensor], list[Optional[Tensor]], dict]],
+    *,
+    grad_scale: Optional[Tensor] = None,
+    found_inf: Optional[Tensor] = None,
+) -> None:
+    """Several param groups of one device in ONE call of the op
+    ``torch.ops.lars_cuda.fused_lars_groups_``, which checks every group before it
+    writes any. Each group is ``(params, grads, momentum_buffer_list, options)`` with
+    the keyword arguments of :func:`lars` as options; missing buffers are created
+    (zeros) and filled into ``momentum_buffer_list``."""
+    params: list[Tensor] = []
+    grads: list[Tensor] = []
+    bufs: list[Tensor] = []
+    sizes: list[int] = []
+    hyper: list[float] = []
+    flags: list[int] = []
+    lr_tensors: list[Optional[Tensor]] = []
+    for group_params, group_grads, group_bufs, o in groups:
+        if o["momentum"] != 0:
+            for i, buf in enumerate(group_bufs):
+                if buf is None:
+                    group_bufs[i] = torch.zeros_like(group_params[i], memory_format=torch.preserve_format)
+            bufs += group_bufs
+        params += group_params
+        grads += group_grads
+        sizes.append(len(group_params))
+        lr = o["lr"]
+        lr_tensors.append(lr if isinstance(lr, Tensor) else None)
+        hyper += [
+            0.0 if isinstance(lr, Tensor) else float(lr), o["momentum"], o["weight_decay"], o["eeta"], o["epsilon"],
+            _NO_CLIP if o["trust_clip"] is None else o["trust_clip"],
+            _NO_CLIP if o["update_clip"] is None else o["update_clip"],
+        ]
+        flags.append(int(o["lars"]) | 2 * int(o["nesterov"]) | 4 * int(o.get("maximize", False)))
+    if params:
+        ops.fused_lars_groups_(params, grads, bufs, sizes, hyper, flags, lr_tensors, grad_scale, found_inf)

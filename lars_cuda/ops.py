@@ -16,7 +16,7 @@ except ImportError as exc:  # a source checkout that was never built
     _C = None
     EXTENSION_ERROR = exc
 
-__all__ = ["cpu_kernel", "fused_lars_", "has_fused", "last_cuda_launch", "EXTENSION_ERROR"]
+__all__ = ["cpu_kernel", "fused_lars_", "fused_lars_groups_", "has_fused", "last_cuda_launch", "EXTENSION_ERROR"]
 
 
 def has_fused(device: torch.device | str) -> bool:
@@ -64,6 +64,25 @@ def fused_lars_(
     )
 
 
+def fused_lars_groups_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    group_sizes: list[int],
+    hyper: list[float],
+    flags: list[int],
+    lr_tensors: list[Optional[Tensor]],
+    grad_scale: Optional[Tensor] = None,
+    found_inf: Optional[Tensor] = None,
+) -> None:
+    """One LARS step over several param groups of one device, in place; every group
+    is checked before any is written. Layout: see ``csrc/lars_op.cpp``
+    (``fused_lars_groups_``) or :func:`lars_cuda.functional.fused_lars_groups`."""
+    _require_extension()
+    torch.ops.lars_cuda.fused_lars_groups_(
+        params, grads, momentum_buffers, group_sizes, hyper, flags, lr_tensors, grad_scale, found_inf)
+
+
 def last_cuda_launch() -> str:
     """'cooperative', 'three-kernel', 'single' (lars=False) or 'none': the path of the last CUDA call."""
     _require_extension()
@@ -85,4 +104,12 @@ if _C is not None:
         # In-place on params and buffers, no outputs: shapes and dtypes are unchanged.
         if len(params) != len(grads):
             raise ValueError(f"fused_lars_: got {len(params)} params but {len(grads)} grads")
+        return None
+
+    @torch.library.register_fake("lars_cuda::fused_lars_groups_")
+    def _fused_lars_groups_fake(params, grads, momentum_buffers, group_sizes, hyper, flags, lr_tensors, grad_scale,
+                                found_inf):
+        if len(params) != len(grads) or sum(group_sizes) != len(params):
+            raise ValueError(
+                f"fused_lars_groups_: {len(params)} params, {len(grads)} grads, group sizes {list(group_sizes)}")
         return None

@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import ops
-from .functional import lars
+from .functional import fused_lars_groups, lars
 
 __all__ = ["Lars", "UnsupportedTensorError"]
 
@@ -52,7 +52,8 @@ class Lars(Optimizer):
     and with ``lars=False``: :math:`r = 1`, :math:`d = \mathrm{clamp}(g, -10, 10)` (no
     weight decay). Then :math:`b \leftarrow \mu b + d` (:math:`b = d` on the first
     step), :math:`u = b` (Nesterov: :math:`d + \mu b`), :math:`p \leftarrow p - \mathrm{lr}\,r\,u`.
-    All arithmetic is float32 for float16/bfloat16 tensors; results are rounded once.
+    All arithmetic is float32 for float16/bfloat16/float32 tensors (float64 for float64
+    ones); results are rounded once.
 
     Args:
         params: parameters or parameter groups (groups may set ``lars``, and override
@@ -66,11 +67,17 @@ class Lars(Optimizer):
         nesterov: Nesterov momentum.
         trust_clip: upper bound of the trust ratio (seed: 50); ``None`` disables.
         update_clip: element-wise bound of ``d`` (seed: 10); ``None`` disables.
+        maximize: maximise the objective (``g`` is replaced by ``-g``), as in ``torch.optim``.
         foreach: ``True`` for the ``torch._foreach_*`` path (no host synchronisation).
         fused: ``True`` for the compiled multi-tensor kernel (CPU and CUDA), which also
             takes ``GradScaler``'s scale and inf flag on the device.
-            ``foreach=False, fused=False`` runs the per-parameter reference loop;
-            ``None`` picks the fused kernel where it is built, else foreach.
+
+    Paths are chosen as ``torch.optim.SGD`` chooses them: ``fused=True`` runs the kernel,
+    ``foreach=True`` the ``torch._foreach_*`` path, ``foreach=False`` (with ``fused`` not
+    ``True``) the per-parameter reference loop. With both ``None`` (the default) a group
+    runs the kernel where it is built for the group's device and dtypes, else foreach
+    (one device) or the loop. All groups that run the kernel are stepped by ONE op call,
+    which checks every group before it writes any: a failed step changes nothing.
 
     The state key ``momentum_buffer`` has ``torch.optim.SGD``'s meaning (lr and r
     stay outside the buffer), so an SGD state dict loads into ``Lars``.
@@ -88,12 +95,14 @@ class Lars(Optimizer):
         nesterov: bool = False,
         trust_clip: Optional[float] = 50.0,
         update_clip: Optional[float] = 10.0,
+        maximize: bool = False,
         foreach: Optional[bool] = None,
         fused: Optional[bool] = None,
     ):
         defaults = dict(
             lr=lr, momentum=momentum, eeta=eeta, weight_decay=weight_decay, epsilon=epsilon, lars=True,
-            nesterov=nesterov, trust_clip=trust_clip, update_clip=update_clip, foreach=foreach, fused=fused,
+            nesterov=nesterov, trust_clip=trust_clip, update_clip=update_clip, maximize=maximize,
+            foreach=foreach, fused=fused,
         )
         if lr is not required:
             _check_hyperparameters(defaults, read_tensor_lr=True)
@@ -115,18 +124,27 @@ class Lars(Optimizer):
         super().add_param_group({**param_group, "params": params})
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # Also completes groups loaded from another optimizer's state dict (torch.optim.SGD's).
+        # Completes groups from an older Lars or from torch.optim.SGD's state dict with
+        # Lars's own options only: torch's __setstate__ adds keys (``differentiable``) to
+        # self.defaults that Lars does not have, and copying those into the groups would
+        # make state_dict() change under every load, deepcopy or pickle.
         super().__setstate__(state)
         for group in self.param_groups:
-            for key, value in self.defaults.items():
-                group.setdefault(key, value)
+            for key in _GROUP_OPTIONS:
+                if key in self.defaults:
+                    group.setdefault(key, self.defaults[key])
             group.setdefault("lars", True)
+            group.setdefault("maximize", False)
 
     @property
     def _step_supports_amp_scaling(self) -> bool:
         # GradScaler then hands us grad_scale/found_inf instead of unscaling on the host;
-        # only the fused kernel consumes them, so every group must take that path.
-        return all(self._path(g, _group_params(g)) == "fused" for g in self.param_groups)
+        # only the fused kernel consumes them, so every tensor must take that path.
+        for group in self.param_groups:
+            params = _group_params(group)
+            if self._path(group, params) != "fused" or not _kernel_dtypes_only(params, [p.grad for p in params]):
+                return False
+        return True
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
@@ -138,7 +156,7 @@ class Lars(Optimizer):
         found_inf: Optional[Tensor] = getattr(self, "found_inf", None)
 
         # Check everything before touching anything: a bad input leaves the state as it was.
-        plans = []
+        fused_plans, other_plans = [], []
         for group in self.param_groups:
             _check_hyperparameters(group, read_tensor_lr=False)
             params, grads, bufs = self._gather(group)
@@ -149,35 +167,69 @@ class Lars(Optimizer):
                     "grad_scale/found_inf were given but a group does not run the fused kernel; "
                     "use fused=True or let GradScaler unscale the gradients"
                 )
-            plans.append((group, params, grads, bufs, path))
+            if path == "fused" and not _kernel_dtypes_only(params, grads):
+                # fused=True with float64 tensors (as torch's fused SGD takes): those run
+                # the foreach path, the rest the kernel.
+                if grad_scale is not None or found_inf is not None:
+                    raise RuntimeError("the fused kernel steps float32/float16/bfloat16 only; with "
+                                       "grad_scale/found_inf every tensor must be one of those")
+                (params, grads, bufs), odd = _split_kernel_dtypes(params, grads, bufs)
+                _check_path("foreach", *odd, group)
+                other_plans.append((group, *odd, "foreach"))
+            if params:
+                (fused_plans if path == "fused" else other_plans).append((group, params, grads, bufs, path))
 
-        for group, params, grads, bufs, path in plans:
-            new_bufs = [i for i, b in enumerate(bufs) if b is None]
-            lars(
-                params, grads, bufs,
-                lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"],
-                eeta=group["eeta"], epsilon=group["epsilon"], lars=group["lars"], nesterov=group["nesterov"],
-                trust_clip=group["trust_clip"], update_clip=group["update_clip"],
-                foreach=path == "foreach", fused=path == "fused",
+        # All kernel groups of a device in ONE op call, which checks every group before
+        # it writes any; the other paths cannot fail after the checks above.
+        by_device: dict[torch.device, list] = {}
+        for plan in fused_plans:
+            by_device.setdefault(plan[1][0].device, []).append(plan)
+        for plans in by_device.values():
+            new_bufs = [[i for i, b in enumerate(bufs) if b is None] for _, _, _, bufs, _ in plans]
+            fused_lars_groups(
+                [(params, grads, bufs, _group_options(group)) for group, params, grads, bufs, _ in plans],
                 grad_scale=grad_scale, found_inf=found_inf,
             )
+            for (_, params, _, bufs, _), fresh in zip(plans, new_bufs):
+                for i in fresh:
+                    self.state[params[i]]["momentum_buffer"] = bufs[i]
+        for group, params, grads, bufs, path in other_plans:
+            new_bufs = [i for i, b in enumerate(bufs) if b is None]
+            lars(params, grads, bufs, **_group_options(group), foreach=path == "foreach")
             # lars() filled in the buffers it created; only those are new state.
             for i in new_bufs:
                 self.state[params[i]]["momentum_buffer"] = bufs[i]
+        # The scale the kernel divided the grads by (GradScaler leaves the grads scaled
+        # on this path); trust_ratios(grad_scale=...) needs it to read them afterwards.
+        self._last_grad_scale = grad_scale
         return loss
 
+    @property
+    def last_grad_scale(self) -> Optional[Tensor]:
+        """The loss scale the last step divided the gradients by (set by ``GradScaler``
+        on the fused path, which leaves the gradients scaled), else ``None``."""
+        return getattr(self, "_last_grad_scale", None)
+
     @torch.no_grad()
-    def trust_ratios(self) -> Tensor:
+    def trust_ratios(self, grad_scale: Union[float, Tensor, None] = None) -> Tensor:
         """The trust ratio r the next step would give each LARS parameter (one with a
         grad, in a ``lars=True`` group), from the current weights and gradients, as one
-        float32 CPU tensor in group order. For monitoring (e.g. TensorBoard histograms)."""
+        float32 CPU tensor in group order. For monitoring (e.g. TensorBoard histograms).
+
+        ``grad_scale``: the factor the gradients are still multiplied by. Under
+        ``GradScaler`` with the fused path the gradients stay scaled (the kernel divides
+        as it reads them): pass ``scaler.get_scale()`` before ``scaler.step``, or
+        ``opt.last_grad_scale`` (the scale the last step consumed) after it."""
+        scale = 1.0 if grad_scale is None else float(grad_scale)
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"grad_scale must be a positive finite number, got {scale}")
         ratios = []
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not group["lars"] or not params:
                 continue
             w = torch.stack([torch.linalg.vector_norm(p.detach().float()).cpu() for p in params])
-            n = torch.stack([torch.linalg.vector_norm(p.grad.detach().float()).cpu() for p in params])
+            n = torch.stack([torch.linalg.vector_norm(p.grad.detach().float()).cpu() for p in params]) / scale
             r = group["eeta"] * w / (n + group["weight_decay"] * w + group["epsilon"])
             r = torch.where((w > 0) & (n > 0), r, torch.ones_like(r))
             if group["trust_clip"] is not None:
@@ -201,22 +253,54 @@ class Lars(Optimizer):
 
     @staticmethod
     def _path(group: dict[str, Any], params: list[Tensor]) -> str:
+        """As torch.optim.SGD: fused=True -> kernel; foreach=True -> foreach; foreach=False
+        -> the loop. Unset, the kernel where it serves every tensor, else foreach."""
         fused, foreach = group["fused"], group["foreach"]
         if fused:
             return "fused"
         if foreach:
             return "foreach"
+        if foreach is False:
+            return "single"
         devices = {p.device for p in params}
-        one_device = len(devices) <= 1
-        if fused is None and one_device and {p.dtype for p in params} <= set(_KERNEL_DTYPES):
+        if len(devices) > 1:
+            return "single"
+        if fused is None and {p.dtype for p in params} <= set(_KERNEL_DTYPES):
             if not params or ops.has_fused(next(iter(devices))):
                 return "fused"
-        if foreach is None and one_device:
-            return "foreach"
-        return "single"
+        return "foreach"
 
 
 _NO_STATE: dict[str, Any] = {}
+
+# The options a Lars param group carries (besides "params").
+_GROUP_OPTIONS = ("lr", "momentum", "eeta", "weight_decay", "epsilon", "lars", "nesterov", "trust_clip",
+                  "update_clip", "maximize", "foreach", "fused")
+
+
+def _group_options(group: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :func:`lars_cuda.functional.lars` a group holds."""
+    return dict(
+        lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"], eeta=group["eeta"],
+        epsilon=group["epsilon"], lars=group["lars"], nesterov=group["nesterov"], trust_clip=group["trust_clip"],
+        update_clip=group["update_clip"], maximize=group["maximize"],
+    )
+
+
+def _kernel_dtypes_only(params: list[Tensor], grads: list[Tensor]) -> bool:
+    return {p.dtype for p in params} | {g.dtype for g in grads} <= set(_KERNEL_DTYPES)
+
+
+def _split_kernel_dtypes(params, grads, bufs):
+    """(params, grads, bufs) the kernel takes, and the rest, each as three lists."""
+    keep, odd = ([], [], []), ([], [], [])
+    for i, (p, g) in enumerate(zip(params, grads)):
+        side = keep if p.dtype in _KERNEL_DTYPES and g.dtype in _KERNEL_DTYPES else odd
+        side[0].append(p)
+        side[1].append(g)
+        if bufs:
+            side[2].append(bufs[i])
+    return keep, odd
 
 
 def _group_params(group: dict[str, Any]) -> list[Tensor]:
@@ -262,12 +346,6 @@ def _check_path(path: str, params, grads, bufs, group) -> None:
     if path == "fused":
         if not ops.has_fused(device):
             raise RuntimeError(f"fused=True: the lars_cuda kernel is not built for {device}")
-        dtypes = {p.dtype for p in params} | {g.dtype for g in grads}
-        if not dtypes <= set(_KERNEL_DTYPES):
-            raise UnsupportedTensorError(
-                f"fused Lars takes float32, float16 and bfloat16 tensors, got {sorted(map(str, dtypes))}; "
-                "use foreach=True for others"
-            )
 
 
 def _is_real_number(x: Any) -> bool:
@@ -281,12 +359,15 @@ def _check_hyperparameters(group: dict[str, Any], *, read_tensor_lr: bool) -> No
         raise TypeError("Lars needs a learning rate: pass lr=... (or give every param group an 'lr')")
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
-            raise ValueError(f"a tensor lr must hold one element, got shape {tuple(lr.shape)}")
+            raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
         if not lr.is_floating_point():
             raise TypeError(f"a tensor lr must be floating point, got {lr.dtype}")
-        # Reading a CUDA tensor would synchronise, so a step only checks floats.
-        if read_tensor_lr and not (math.isfinite(lr.item()) and lr.item() >= 0):
-            raise ValueError(f"Invalid learning rate: {lr.item()}")
+        # Reading a CUDA tensor would synchronise, so a step checks its value only on
+        # the CPU (where .item() is free) and at construction.
+        if read_tensor_lr or (lr.device.type == "cpu" and not torch.compiler.is_compiling()):
+            value = lr.item()
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"Invalid learning rate: {value}")
     elif not _is_real_number(lr):
         raise TypeError(f"lr must be a float or a one-element tensor, got {type(lr).__name__}")
     elif not (math.isfinite(lr) and lr >= 0):
@@ -311,7 +392,7 @@ def _check_hyperparameters(group: dict[str, Any], *, read_tensor_lr: bool) -> No
             raise TypeError(f"{name} must be a real number or None, got {type(value).__name__}")
         if not (value >= 0 and not math.isnan(value)):
             raise ValueError(f"Invalid {name} value: {value}")
-    for name in ("lars", "nesterov"):
+    for name in ("lars", "nesterov", "maximize"):
         if not isinstance(group[name], bool):
             raise TypeError(f"{name} must be a bool, got {type(group[name]).__name__}")
     for name in ("foreach", "fused"):

@@ -23,9 +23,12 @@ def lars_step_f64(
     nesterov: bool = False,
     trust_clip: Optional[float] = 50.0,
     update_clip: Optional[float] = 10.0,
+    maximize: bool = False,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """One step for one parameter: returns (new p, new buffer) in float64."""
     p64, g64 = p.double(), g.double()
+    if maximize:
+        g64 = -g64
     if lars:
         w = p64.norm().item()
         n = g64.norm().item()

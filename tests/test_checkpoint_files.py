@@ -38,3 +38,59 @@ def test_temporaries_of_interrupted_writes_are_removed_and_named(tmp_path):
     removed = ckpt.remove_stale_temporaries(str(tmp_path))
     assert [os.path.basename(p) for p in removed] == [".tmp-abc123.pth.tar"]
     assert os.listdir(tmp_path) == ["checkpoint-1.pth.tar"]
+
+
+class _Tampered:
+    """What a tampered checkpoint can hold: unpickling it would run code (here: create a file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "checkpoint-1.pth.tar"
+    torch.save({"model": {}, "epoch": 1, "payload": _Tampered(str(marker))}, path)
+    with pytest.raises(Exception, match="[Ww]eights only load failed|weights_only"):
+        ckpt.load(str(path))
+    assert not marker.exists()
+
+
+_WRITER = """
+import sys, torch
+from train import checkpoint as ckpt
+big = {"model": {f"w{i}": torch.full((4_000_000,), float(i)) for i in range(24)}, "epoch": 2}
+print("writing", flush=True)
+ckpt.save_atomic(big, sys.argv[1])
+print("done", flush=True)
+"""
+
+
+def test_a_kill_in_the_middle_of_a_write_leaves_the_previous_checkpoint_loadable(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "checkpoint-last.pth.tar"
+    ckpt.save_atomic(state(1), str(path))
+    before = path.stat()
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], cwd=repo, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    # Wait until bytes of the new checkpoint reach the disk (in a temporary file, or in
+    # the named file itself if the write were not atomic), then kill the writer mid-write.
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        temporaries = [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-") and p.stat().st_size > 1 << 20]
+        st = path.stat() if path.exists() else None
+        if temporaries or st is None or (st.st_ino, st.st_size) != (before.st_ino, before.st_size):
+            break
+        time.sleep(0.001)
+    assert proc.poll() is None, "the writer finished before it could be killed; make the state bigger"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.load(str(path))["epoch"] == 1

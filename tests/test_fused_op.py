@@ -126,7 +126,6 @@ def test_non_fused_paths_leave_unscaling_to_grad_scaler():
         (lambda p, g, b: p.__setitem__(0, p[0].double()), TypeError, "float32, float16 or bfloat16"),
         (lambda p, g, b: g.__setitem__(1, g[1].to_sparse()), TypeError, "sparse"),
         (lambda p, g, b: b.__setitem__(0, b[0].half()), TypeError, "momentum buffer"),
-        (lambda p, g, b: p.__setitem__(1, p[0]), ValueError, "shape"),
     ],
 )
 def test_bad_arguments_raise_before_anything_is_written(mutate, error, match):
@@ -163,11 +162,44 @@ def test_mixed_dtypes_in_one_call_are_bucketed():
         assert torch.equal(a, b)
 
 
-def test_non_dense_params_are_rejected_by_the_op():
-    base = torch.randn(6, 6)
+def test_a_strided_view_param_is_stepped_like_its_contiguous_copy():
+    base = torch.randn(6, 6, generator=torch.Generator().manual_seed(5))
     p = base[:, :3]  # every other half-row: not dense
-    with pytest.raises(ValueError, match="dense"):
-        torch.ops.lars_cuda.fused_lars_(*call([p], [torch.randn(6, 3)], [torch.zeros(6, 3)]))
+    g = torch.randn(6, 3, generator=torch.Generator().manual_seed(6))
+    buf = torch.randn(6, 3, generator=torch.Generator().manual_seed(7))
+    want, want_buf = p.clone(), buf.clone()
+    torch.ops.lars_cuda.fused_lars_(*call([want], [g], [want_buf]))
+    untouched = base[:, 3:].clone()
+    torch.ops.lars_cuda.fused_lars_(*call([p], [g], [buf]))
+    assert torch.equal(p, want) and torch.equal(buf, want_buf)
+    assert torch.equal(base[:, 3:], untouched)  # the gaps between the view's rows are not written
+
+
+def test_a_buffer_laid_out_unlike_its_param_is_written_back_in_its_own_layout():
+    params, grads, bufs = op_args(n=1)
+    want, want_buf = [params[0].clone()], [bufs[0].clone()]
+    torch.ops.lars_cuda.fused_lars_(*call(want, grads, want_buf))
+    column_major = [bufs[0].t().contiguous().t()]
+    torch.ops.lars_cuda.fused_lars_(*call(params, grads, column_major))
+    assert torch.equal(params[0], want[0]) and torch.equal(column_major[0], want_buf[0])
+    assert column_major[0].stride() == (1, 5)
+
+
+def test_an_overlapping_param_is_refused():
+    p = torch.randn(1, 4).expand(3, 4)  # three rows share one row of memory
+    with pytest.raises(ValueError, match="overlapping"):
+        torch.ops.lars_cuda.fused_lars_(*call([p], [torch.randn(3, 4)], [torch.zeros(3, 4)]))
+
+
+def test_a_param_given_twice_is_refused():
+    params, grads, bufs = op_args(n=2)
+    params[1] = params[0]
+    grads[1] = grads[0]
+    bufs[1] = bufs[0]
+    before = params[0].clone()
+    with pytest.raises(ValueError, match="appears twice"):
+        torch.ops.lars_cuda.fused_lars_(*call(params, grads, bufs))
+    assert torch.equal(params[0], before)
 
 
 def test_a_step_is_bit_reproducible():

@@ -30,7 +30,7 @@ def make_param(n=4):
         (dict(lr=0.1, trust_clip=-1.0), "trust_clip"),
         (dict(lr=0.1, update_clip=-1.0), "update_clip"),
         (dict(lr=0.1, foreach=True, fused=True), "foreach and fused"),
-        (dict(lr=torch.ones(2)), "one element"),
+        (dict(lr=torch.ones(2)), "1-element"),
     ],
 )
 def test_invalid_hyperparameters_raise_value_error(kwargs, match):
@@ -128,16 +128,21 @@ def test_integer_params_raise_type_error():
         Lars([torch.ones(2, dtype=torch.int64)], lr=0.1)
 
 
-def test_float64_params_are_stepped_by_foreach_and_refused_by_fused():
-    p = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
-    p.grad = torch.ones(3, dtype=torch.float64)
-    Lars([p], lr=0.1).step()  # the default path picks one that takes float64
-    assert not torch.equal(p.detach(), torch.ones(3, dtype=torch.float64))
-    opt = Lars([p], lr=0.1, fused=True)
-    before = p.detach().clone()
-    with pytest.raises(TypeError, match="float32, float16 and bfloat16"):
-        opt.step()
-    assert torch.equal(p.detach(), before)
+def test_float64_params_in_a_fused_group_are_stepped_by_foreach_like_torch_fused_sgd():
+    from .reference import lars_step_f64
+
+    p = torch.nn.Parameter(torch.linspace(-1, 1, 6, dtype=torch.float64))
+    q = torch.nn.Parameter(torch.linspace(1, 2, 4))
+    p.grad = torch.linspace(0.5, -0.3, 6, dtype=torch.float64)
+    q.grad = torch.linspace(0.1, 0.2, 4)
+    want_p, _ = lars_step_f64(p.detach(), p.grad, None, lr=0.1, momentum=0.9, eeta=0.02)
+    want_q, _ = lars_step_f64(q.detach(), q.grad, None, lr=0.1, momentum=0.9, eeta=0.02)
+    opt = Lars([p, q], lr=0.1, momentum=0.9, eeta=0.02, fused=True)
+    assert not opt._step_supports_amp_scaling  # the float64 part cannot take GradScaler's scale
+    opt.step()
+    torch.testing.assert_close(p.detach(), want_p, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(q.detach(), want_q.float(), rtol=1e-6, atol=1e-7)
+    assert set(opt.state) == {p, q}
 
 
 def test_fused_on_a_device_without_the_kernel_raises_at_step():

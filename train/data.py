@@ -187,11 +187,61 @@ def sample_path(dataset, index: int) -> str:
     return dataset.samples[index][0]
 
 
+class EpochSampler(Sampler):
+    """Yields (epoch, index) for each index of a DistributedSampler, so that the
+    dataset can seed each sample's augmentation by both (see SeededSamples)."""
+
+    def __init__(self, sampler: DistributedSampler):
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((epoch, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed that is a pure function of (run seed, epoch, sample index)."""
+    return ((seed * 1_000_003 + epoch) * 1_000_000_007 + index) & ((1 << 63) - 1)
+
+
+class SeededSamples(Dataset):
+    """Serves dataset[i] for a key (epoch, i) with torch's RNG seeded by
+    sample_seed(seed, epoch, i) for the duration of that one sample.
+
+    A sample's random crop and flip are then the same whichever worker draws it,
+    however many workers there are, and whether the loader's workers are fresh
+    (a resumed run) or have served earlier epochs (persistent workers): resume is
+    bit-for-bit with any --workers. The caller's RNG is restored afterwards, so
+    with --workers 0 the main process's stream is untouched."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, i = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, i))
+            return self.dataset[i]
+
+
 def build_loaders(train_set, val_set, args, rank: int, size: int, pin_memory: bool):
     """Train loader batches are batch_size * B per rank (split into B chunks by the
-    trainer); drop_last keeps every step's global batch the same size."""
-    train_sampler = DistributedSampler(train_set, num_replicas=size, rank=rank, shuffle=True, seed=args.seed,
-                                       drop_last=True)
+    trainer); drop_last keeps every step's global batch the same size. Returns the
+    train sampler whose set_epoch the trainer calls."""
+    train_sampler = EpochSampler(DistributedSampler(train_set, num_replicas=size, rank=rank, shuffle=True,
+                                                    seed=args.seed, drop_last=True))
     per_rank = args.batch_size * args.batches_per_allreduce
     if len(train_sampler) < per_rank:
         raise DataError(
@@ -203,7 +253,12 @@ def build_loaders(train_set, val_set, args, rank: int, size: int, pin_memory: bo
         from train.fast_data import collate_encoded
 
         workers.update(collate_fn=collate_encoded, pin_memory=False)
-    train_loader = DataLoader(train_set, batch_size=per_rank, sampler=train_sampler, drop_last=True, **workers)
+    # Own generators: starting an iterator (fresh workers after a resume, none with
+    # persistent workers later) must not draw from torch's global RNG, whose per-epoch
+    # stream the trainer reseeds and the gpu backend's augmentation uses.
+    train_loader = DataLoader(SeededSamples(train_set, args.seed), batch_size=per_rank, sampler=train_sampler,
+                              drop_last=True, generator=torch.Generator().manual_seed(args.seed), **workers)
     val_loader = DataLoader(val_set, batch_size=args.val_batch_size,
-                            sampler=ExactShardSampler(len(val_set), rank, size), **workers)
+                            sampler=ExactShardSampler(len(val_set), rank, size),
+                            generator=torch.Generator().manual_seed(args.seed), **workers)
     return train_loader, train_sampler, val_loader

@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "../lars_op.h"
 
@@ -33,36 +34,57 @@ bool cpu_has_avx2() {
 #endif
 }
 
+// Every group was checked before this runs (parse_groups / single_group), so
+// an invalid group has already raised with nothing written.
+void run_groups_cpu(const std::vector<GroupCall>& groups, const std::optional<at::Tensor>& grad_scale,
+                    const std::optional<at::Tensor>& found_inf) {
+  // On the CPU these reads cost nothing: there is no device to wait for.
+  if (found_inf.has_value() && found_inf->item<double>() != 0.0) return;
+  const float inv_scale = grad_scale.has_value() ? static_cast<float>(1.0 / grad_scale->item<double>()) : 1.f;
+  const bool avx2 = cpu_has_avx2();
+  for (const GroupCall& g : groups) {
+    if (g.params.empty()) continue;
+    const float lr_f = static_cast<float>(g.lr_tensor.has_value() ? g.lr_tensor->item<double>() : g.lr);
+    for (Bucket& b : bucket_by_dtype(g.params, g.grads, g.bufs)) {
+#if defined(LARS_CUDA_HAS_AVX2_KERNEL)
+      if (avx2) {
+        cpu_avx2::run(b.params, b.grads, b.bufs, lr_f, inv_scale, g.hyper);
+        finish_bucket(b);
+        continue;
+      }
+#endif
+      cpu_default::run(b.params, b.grads, b.bufs, lr_f, inv_scale, g.hyper);
+      finish_bucket(b);
+    }
+  }
+}
+
 void fused_lars_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, double lr,
                     const std::optional<at::Tensor>& lr_tensor, double momentum, double weight_decay, double eeta,
                     double epsilon, bool lars, bool nesterov, std::optional<double> trust_clip,
                     std::optional<double> update_clip, const std::optional<at::Tensor>& grad_scale,
                     const std::optional<at::Tensor>& found_inf) {
-  check_fused_lars_args(params, grads, momentum_buffers, momentum, weight_decay, eeta, epsilon, trust_clip,
-                        update_clip, lr_tensor, grad_scale, found_inf);
-  if (params.empty()) return;
-  // On the CPU these reads cost nothing: there is no device to wait for.
-  if (found_inf.has_value() && found_inf->item<double>() != 0.0) return;
-  const float inv_scale = grad_scale.has_value() ? static_cast<float>(1.0 / grad_scale->item<double>()) : 1.f;
-  const float lr_f = static_cast<float>(lr_tensor.has_value() ? lr_tensor->item<double>() : lr);
-  const LarsHyper h = make_hyper(momentum, weight_decay, eeta, epsilon, lars, nesterov, trust_clip, update_clip);
+  run_groups_cpu(single_group(params, grads, momentum_buffers, lr, lr_tensor, momentum, weight_decay, eeta, epsilon,
+                              lars, nesterov, trust_clip, update_clip, grad_scale, found_inf),
+                 grad_scale, found_inf);
+}
 
-  const bool avx2 = cpu_has_avx2();
-  for (const Bucket& b : bucket_by_dtype(params, grads, momentum_buffers)) {
-#if defined(LARS_CUDA_HAS_AVX2_KERNEL)
-    if (avx2) {
-      cpu_avx2::run(b.params, b.grads, b.bufs, lr_f, inv_scale, h);
-      continue;
-    }
-#endif
-    cpu_default::run(b.params, b.grads, b.bufs, lr_f, inv_scale, h);
-  }
+void fused_lars_groups_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                           at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, at::IntArrayRef flags,
+                           const c10::List<std::optional<at::Tensor>>& lr_tensors,
+                           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  run_groups_cpu(parse_groups(params, grads, momentum_buffers, group_sizes, hyper, flags, lr_tensors, grad_scale,
+                              found_inf),
+                 grad_scale, found_inf);
 }
 
 }  // namespace
 
 std::string cpu_kernel_variant() { return cpu_has_avx2() ? "avx2" : "default"; }
 
-TORCH_LIBRARY_IMPL(lars_cuda, CPU, m) { m.impl("fused_lars_", &fused_lars_cpu); }
+TORCH_LIBRARY_IMPL(lars_cuda, CPU, m) {
+  m.impl("fused_lars_", &fused_lars_cpu);
+  m.impl("fused_lars_groups_", &fused_lars_groups_cpu);
+}
 
 }  // namespace lars_cuda

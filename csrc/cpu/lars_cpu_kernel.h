@@ -99,23 +99,24 @@ void sum_squares<float, float>(const float* p, const float* g, int64_t n, double
 
 inline Vec clamp_vec(const Vec& x, const Vec& lo, const Vec& hi) { return at::vec::clamp(x, lo, hi); }
 
-// Updates p[begin, end) (and its buffer) with `step` = lr * r.
+// Updates p[begin, end) (and its buffer) with `step` = lr * r; each grad
+// element is multiplied by `g_coef` (grad_coefficient in lars.h) as it is read.
 template <typename P, typename G>
-void update_span_scalar(P* p, const G* g, P* buf, int64_t begin, int64_t end, float step, float inv_scale,
+void update_span_scalar(P* p, const G* g, P* buf, int64_t begin, int64_t end, float step, float g_coef,
                         const LarsHyper& h) {
   const ElementCoeffs<float> c(h);
   for (int64_t i = begin; i < end; ++i) {
     float b = buf ? to_float(buf[i]) : 0.f;  // untouched when there is no momentum
-    const float out = lars_element<float>(to_float(p[i]), to_float(g[i]) * inv_scale, b, step, c, ClampNan{});
+    const float out = lars_element<float>(to_float(p[i]), to_float(g[i]) * g_coef, b, step, c, ClampNan{});
     p[i] = static_cast<P>(out);
     if (buf) buf[i] = static_cast<P>(b);
   }
 }
 
 template <typename P, typename G>
-void update_span(P* p, const G* g, P* buf, int64_t begin, int64_t end, float step, float inv_scale,
+void update_span(P* p, const G* g, P* buf, int64_t begin, int64_t end, float step, float g_coef,
                  const LarsHyper& h) {
-  update_span_scalar<P, G>(p, g, buf, begin, end, step, inv_scale, h);
+  update_span_scalar<P, G>(p, g, buf, begin, end, step, g_coef, h);
 }
 
 #if defined(CPU_CAPABILITY_AVX2)
@@ -123,14 +124,14 @@ void update_span(P* p, const G* g, P* buf, int64_t begin, int64_t end, float ste
 // vectorisation of the scalar loops, so only the AVX2 build specialises float.
 template <>
 void update_span<float, float>(float* p, const float* g, float* buf, int64_t begin, int64_t end, float step,
-                               float inv_scale, const LarsHyper& h) {
+                               float g_coef, const LarsHyper& h) {
   const ElementCoeffs<Vec> cv(h);
-  const Vec step_v(step), inv_v(inv_scale);
+  const Vec step_v(step), coef_v(g_coef);
   int64_t i = begin;
   if (buf) {
     for (; i + Vec::size() <= end; i += Vec::size()) {
       Vec b = Vec::loadu(buf + i);
-      const Vec out = lars_element<Vec>(Vec::loadu(p + i), Vec::loadu(g + i) * inv_v, b, step_v, cv, clamp_vec);
+      const Vec out = lars_element<Vec>(Vec::loadu(p + i), Vec::loadu(g + i) * coef_v, b, step_v, cv, clamp_vec);
       out.store(p + i);
       b.store(buf + i);
     }
@@ -138,14 +139,14 @@ void update_span<float, float>(float* p, const float* g, float* buf, int64_t beg
     Vec unused(0.f);
     for (; i + Vec::size() <= end; i += Vec::size()) {
       const Vec out =
-          lars_element<Vec>(Vec::loadu(p + i), Vec::loadu(g + i) * inv_v, unused, step_v, cv, clamp_vec);
+          lars_element<Vec>(Vec::loadu(p + i), Vec::loadu(g + i) * coef_v, unused, step_v, cv, clamp_vec);
       out.store(p + i);
     }
   }
   const ElementCoeffs<float> c(h);
   for (; i < end; ++i) {
     float b = buf ? buf[i] : 0.f;
-    p[i] = lars_element<float>(p[i], g[i] * inv_scale, b, step, c, ClampNan{});
+    p[i] = lars_element<float>(p[i], g[i] * g_coef, b, step, c, ClampNan{});
     if (buf) buf[i] = b;
   }
 }
@@ -191,37 +192,37 @@ void sum_squares<at::Half, at::Half>(const at::Half* p, const at::Half* g, int64
 }
 
 template <typename T>
-void update_span_reduced(T* p, const T* g, T* buf, int64_t begin, int64_t end, float step, float inv_scale,
+void update_span_reduced(T* p, const T* g, T* buf, int64_t begin, int64_t end, float step, float g_coef,
                          const LarsHyper& h) {
   using VT = at::vec::Vectorized<T>;
   constexpr int64_t kW = VT::size();
   const ElementCoeffs<Vec> cv(h);
-  const Vec step_v(step), inv_v(inv_scale);
+  const Vec step_v(step), coef_v(g_coef);
   int64_t i = begin;
   for (; i + kW <= end; i += kW) {
     auto [p0, p1] = at::vec::convert_to_float<T>(VT::loadu(p + i));
     auto [g0, g1] = at::vec::convert_to_float<T>(VT::loadu(g + i));
     Vec b0(0.f), b1(0.f);
     if (buf) std::tie(b0, b1) = at::vec::convert_to_float<T>(VT::loadu(buf + i));
-    const Vec o0 = lars_element<Vec>(p0, g0 * inv_v, b0, step_v, cv, clamp_vec);
-    const Vec o1 = lars_element<Vec>(p1, g1 * inv_v, b1, step_v, cv, clamp_vec);
+    const Vec o0 = lars_element<Vec>(p0, g0 * coef_v, b0, step_v, cv, clamp_vec);
+    const Vec o1 = lars_element<Vec>(p1, g1 * coef_v, b1, step_v, cv, clamp_vec);
     at::vec::convert_from_float<T>(o0, o1).store(p + i);
     if (buf) at::vec::convert_from_float<T>(b0, b1).store(buf + i);
   }
-  update_span_scalar<T, T>(p, g, buf, i, end, step, inv_scale, h);
+  update_span_scalar<T, T>(p, g, buf, i, end, step, g_coef, h);
 }
 
 template <>
 void update_span<at::BFloat16, at::BFloat16>(at::BFloat16* p, const at::BFloat16* g, at::BFloat16* buf,
-                                             int64_t begin, int64_t end, float step, float inv_scale,
+                                             int64_t begin, int64_t end, float step, float g_coef,
                                              const LarsHyper& h) {
-  update_span_reduced(p, g, buf, begin, end, step, inv_scale, h);
+  update_span_reduced(p, g, buf, begin, end, step, g_coef, h);
 }
 
 template <>
 void update_span<at::Half, at::Half>(at::Half* p, const at::Half* g, at::Half* buf, int64_t begin, int64_t end,
-                                     float step, float inv_scale, const LarsHyper& h) {
-  update_span_reduced(p, g, buf, begin, end, step, inv_scale, h);
+                                     float step, float g_coef, const LarsHyper& h) {
+  update_span_reduced(p, g, buf, begin, end, step, g_coef, h);
 }
 
 #endif  // CPU_CAPABILITY_AVX2
@@ -241,6 +242,7 @@ void lars_cpu_typed(at::TensorList params, at::TensorList grads, at::TensorList 
   }
 
   const int64_t bytes_per_elem = sizeof(P) + sizeof(G);
+  const float g_coef = grad_coefficient(inv_scale, h);  // the update's 1/scale, negated for maximize
   std::vector<Span> spans;
   std::vector<double> partial_p, partial_g;
   std::vector<float> steps(n_tensors, lr);
@@ -286,7 +288,7 @@ void lars_cpu_typed(at::TensorList params, at::TensorList grads, at::TensorList 
       for (int64_t i = hi - 1; i >= lo; --i) {
         const Span& s = spans[i];
         update_span<P, G>(p_ptr[s.tensor], g_ptr[s.tensor], b_ptr[s.tensor], s.begin, s.end, steps[s.tensor],
-                          inv_scale, h);
+                          g_coef, h);
       }
     });
   }

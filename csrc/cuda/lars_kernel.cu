@@ -216,7 +216,7 @@ __device__ __forceinline__ float2 chunk_sums(const P* p, const G* g, int64_t beg
 // Phase 3 for one chunk: the LARS update of [begin, end) with this tensor's step.
 template <typename P, typename G>
 __device__ __forceinline__ void chunk_update(P* p, const G* g, P* m, int64_t begin, int64_t end, bool vec_ok,
-                                             float step, float inv_scale, const ElementCoeffs<float>& coeffs) {
+                                             float step, float g_coef, const ElementCoeffs<float>& coeffs) {
   constexpr int N = vec_width<P, G>();
   int64_t tail = begin;
   if (vec_ok) {
@@ -243,7 +243,7 @@ __device__ __forceinline__ void chunk_update(P* p, const G* g, P* m, int64_t beg
           for (int k = 0; k < N; ++k) {
             float b = m != nullptr ? static_cast<float>(mm[u].v[k]) : 0.f;
             const float out = lars_element<float>(static_cast<float>(pp[u].v[k]),
-                                                  static_cast<float>(gg[u].v[k]) * inv_scale, b, step, coeffs,
+                                                  static_cast<float>(gg[u].v[k]) * g_coef, b, step, coeffs,
                                                   ClampNan{});
             pp[u].v[k] = static_cast<P>(out);
             if (m != nullptr) mm[u].v[k] = static_cast<P>(b);
@@ -257,7 +257,7 @@ __device__ __forceinline__ void chunk_update(P* p, const G* g, P* m, int64_t beg
   }
   for (int64_t i = tail + threadIdx.x; i < end; i += kThreads) {
     float b = m != nullptr ? static_cast<float>(m[i]) : 0.f;
-    const float out = lars_element<float>(static_cast<float>(p[i]), static_cast<float>(g[i]) * inv_scale, b, step,
+    const float out = lars_element<float>(static_cast<float>(p[i]), static_cast<float>(g[i]) * g_coef, b, step,
                                           coeffs, ClampNan{});
     p[i] = static_cast<P>(out);
     if (m != nullptr) m[i] = static_cast<P>(b);
@@ -272,6 +272,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   // block is left waiting at a grid barrier).
   if (found_inf != nullptr && *found_inf != 0.f) return;
   const float inv_scale = grad_scale != nullptr ? 1.f / *grad_scale : 1.f;
+  const float g_coef = grad_coefficient(inv_scale, h);  // negated for maximize; norms use inv_scale
   const float lr_v = read_lr(lr);
   const ElementCoeffs<float> coeffs(h);
   __shared__ float2 smem[kWarps];
@@ -323,7 +324,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
         const TensorRow& tr = tab.tensors[ch.tensor];
         const float step = h.lars ? __ldcg(&tab.steps[ch.tensor]) : lr_v;
         chunk_update<P, G>(static_cast<P*>(tr.p), static_cast<const G*>(tr.g), static_cast<P*>(tr.m), ch.begin,
-                           ch.end, tr.vec_ok != 0, step, inv_scale, coeffs);
+                           ch.end, tr.vec_ok != 0, step, g_coef, coeffs);
       }
     }
     // The next wave touches other tensors: no barrier needed before its norms.
@@ -523,45 +524,66 @@ const float* float_ptr_or_null(const std::optional<at::Tensor>& t, std::vector<a
   return keep.back().const_data_ptr<float>();
 }
 
+// Every group was checked before this runs (parse_groups / single_group), so
+// an invalid group has already raised with nothing written. One launch per
+// group and dtype bucket.
+void run_groups_cuda(const std::vector<GroupCall>& groups, const std::optional<at::Tensor>& grad_scale,
+                     const std::optional<at::Tensor>& found_inf) {
+  std::vector<at::Tensor> keep;
+  const float* scale_ptr = float_ptr_or_null(grad_scale, keep);
+  const float* inf_ptr = float_ptr_or_null(found_inf, keep);
+  for (const GroupCall& g : groups) {
+    if (g.params.empty()) continue;
+    const c10::cuda::CUDAGuard guard(g.params[0].device());
+    LrArg lr_arg{static_cast<float>(g.lr), nullptr, false};
+    if (g.lr_tensor.has_value()) {
+      if (g.lr_tensor->is_cpu()) {
+        lr_arg.value = static_cast<float>(g.lr_tensor->item<double>());  // a host value: no device sync
+      } else {
+        lr_arg.ptr = g.lr_tensor->const_data_ptr();
+        lr_arg.is_double = g.lr_tensor->scalar_type() == at::kDouble;
+      }
+    }
+    const int device = g.params[0].get_device();
+    for (Bucket& b : bucket_by_dtype(g.params, g.grads, g.bufs)) {
+      const DeviceTable tab = get_table(b.params, b.grads, b.bufs);
+      dispatch_lars_type(b.p_type, "params", [&](auto p_tag) {
+        using P = decltype(p_tag);
+        dispatch_lars_type(b.g_type, "grads", [&](auto g_tag) {
+          using G = decltype(g_tag);
+          launch<P, G>(tab, g.hyper, lr_arg, scale_ptr, inf_ptr, device);
+        });
+      });
+      finish_bucket(b);
+    }
+  }
+}
+
 void fused_lars_cuda(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, double lr,
                      const std::optional<at::Tensor>& lr_tensor, double momentum, double weight_decay,
                      double eeta, double epsilon, bool lars, bool nesterov, std::optional<double> trust_clip,
                      std::optional<double> update_clip, const std::optional<at::Tensor>& grad_scale,
                      const std::optional<at::Tensor>& found_inf) {
-  check_fused_lars_args(params, grads, momentum_buffers, momentum, weight_decay, eeta, epsilon, trust_clip,
-                        update_clip, lr_tensor, grad_scale, found_inf);
-  if (params.empty()) return;
-  const c10::cuda::CUDAGuard guard(params[0].device());
-  const LarsHyper h = make_hyper(momentum, weight_decay, eeta, epsilon, lars, nesterov, trust_clip, update_clip);
+  run_groups_cuda(single_group(params, grads, momentum_buffers, lr, lr_tensor, momentum, weight_decay, eeta,
+                               epsilon, lars, nesterov, trust_clip, update_clip, grad_scale, found_inf),
+                  grad_scale, found_inf);
+}
 
-  LrArg lr_arg{static_cast<float>(lr), nullptr, false};
-  if (lr_tensor.has_value()) {
-    if (lr_tensor->is_cpu()) {
-      lr_arg.value = static_cast<float>(lr_tensor->item<double>());  // a host value: no device sync
-    } else {
-      lr_arg.ptr = lr_tensor->const_data_ptr();
-      lr_arg.is_double = lr_tensor->scalar_type() == at::kDouble;
-    }
-  }
-  std::vector<at::Tensor> keep;
-  const float* scale_ptr = float_ptr_or_null(grad_scale, keep);
-  const float* inf_ptr = float_ptr_or_null(found_inf, keep);
-
-  const int device = params[0].get_device();
-  for (const Bucket& b : bucket_by_dtype(params, grads, momentum_buffers)) {
-    const DeviceTable tab = get_table(b.params, b.grads, b.bufs);
-    dispatch_lars_type(b.p_type, "params", [&](auto p_tag) {
-      using P = decltype(p_tag);
-      dispatch_lars_type(b.g_type, "grads", [&](auto g_tag) {
-        using G = decltype(g_tag);
-        launch<P, G>(tab, h, lr_arg, scale_ptr, inf_ptr, device);
-      });
-    });
-  }
+void fused_lars_groups_cuda(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                            at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, at::IntArrayRef flags,
+                            const c10::List<std::optional<at::Tensor>>& lr_tensors,
+                            const std::optional<at::Tensor>& grad_scale,
+                            const std::optional<at::Tensor>& found_inf) {
+  run_groups_cuda(parse_groups(params, grads, momentum_buffers, group_sizes, hyper, flags, lr_tensors, grad_scale,
+                               found_inf),
+                  grad_scale, found_inf);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lars_cuda, CUDA, m) { m.impl("fused_lars_", &fused_lars_cuda); }
+TORCH_LIBRARY_IMPL(lars_cuda, CUDA, m) {
+  m.impl("fused_lars_", &fused_lars_cuda);
+  m.impl("fused_lars_groups_", &fused_lars_groups_cuda);
+}
 
 }  // namespace lars_cuda
