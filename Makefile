@@ -54,7 +54,7 @@ bench: setup
 	$(PY) benchmarks/bench_step.py
 
 convergence: setup
-	$(PY) benchmarks/convergence.py
+	$(PY) benchmarks/convergence.py --sweep
 
 clean:
 	rm -rf build *.egg-info lars_cuda/*.so

@@ -241,7 +241,7 @@ TORCH_LIBRARY(lars_cuda, m) {
   // | 4 maximize, lr_tensors[k] overriding lr when given.
   m.def(
       "fused_lars_groups_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] group_sizes, "
-      "float[] hyper, int[] flags, Tensor?[] lr_tensors, Tensor? grad_scale, Tensor? found_inf) -> ()");
+      "float[] hyper, int[] flags, Tensor?[] lr_tensors, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
   // Which CUDA launch path the last CUDA call took: "cooperative", "three-kernel" or "none".
   m.def("last_cuda_launch() -> str", [] { return last_cuda_launch(); });
   // Which build of the CPU kernel runs on this machine: "avx2" or "default".

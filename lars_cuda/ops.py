@@ -107,8 +107,8 @@ if _C is not None:
         return None
 
     @torch.library.register_fake("lars_cuda::fused_lars_groups_")
-    def _fused_lars_groups_fake(params, grads, momentum_buffers, group_sizes, hyper, flags, lr_tensors, grad_scale,
-                                found_inf):
+    def _fused_lars_groups_fake(params, grads, momentum_buffers, group_sizes, hyper, flags, lr_tensors,
+                                grad_scale=None, found_inf=None):
         if len(params) != len(grads) or sum(group_sizes) != len(params):
             raise ValueError(
                 f"fused_lars_groups_: {len(params)} params, {len(grads)} grads, group sizes {list(group_sizes)}")

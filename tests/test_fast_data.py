@@ -69,28 +69,45 @@ def test_validation_tensors_match_the_pil_pipeline(tmp_path):
         assert (batch[i] - ref).abs().mean().item() < 0.02
 
 
-def test_training_crops_follow_the_same_distribution_as_the_pil_pipeline(tmp_path):
-    # A horizontal ramp: a crop's mean brightness tells where it sits and how wide it is.
-    ramp = torch.linspace(0, 255, 500).repeat(375, 1).to(torch.uint8)
-    img = Image.fromarray(torch.stack([ramp] * 3, -1).numpy())
-    path = tmp_path / "ramp.png"
+def crop_geometry(crops: torch.Tensor, width: int, height: int):
+    """Area fraction and log aspect ratio of each crop of the two-ramp image below,
+    read off its pixels: red rises left to right and green top to bottom, so a crop's
+    extreme red/green values are its edges (whichever way it was flipped)."""
+    red, green = crops[:, 0].flatten(1), crops[:, 1].flatten(1)
+    w = (red.amax(1) - red.amin(1)) * (width - 1) + 1
+    h = (green.amax(1) - green.amin(1)) * (height - 1) + 1
+    return w * h / (width * height), torch.log(w / h)
+
+
+def test_training_crops_have_random_resized_crop_scale_and_ratio(tmp_path):
+    # The oracle is the definition of RandomResizedCrop(scale=(0.08, 1), ratio=(3/4, 4/3)):
+    # area fractions spread over [0.08, 1] and log aspect ratios over [log 3/4, log 4/3]
+    # (uniform, std 0.166; crops that do not fit the image are redrawn, which thins out the
+    # large ones). Both our device pipeline and torchvision's PIL one must show it.
+    width, height = 500, 375
+    red = torch.linspace(0, 255, width).round().repeat(height, 1)
+    green = torch.linspace(0, 255, height).round().unsqueeze(1).repeat(1, width)
+    pixels = torch.stack([red, green, torch.zeros_like(red)], -1).to(torch.uint8)
+    img = Image.fromarray(pixels.numpy())
+    path = tmp_path / "ramps.png"
     img.save(path)
     from torchvision import transforms
 
     pil_tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.ToTensor()])
-    decoder = BatchDecoder(torch.device("cpu"), train=True)
-    data = open(path, "rb").read()
-    encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     torch.manual_seed(0)
-    pil_means = torch.tensor([pil_tf(img).mean().item() for _ in range(400)])
+    pil_crops = torch.stack([pil_tf(img) for _ in range(600)])
+    decoder = BatchDecoder(torch.device("cpu"), train=True)
+    encoded = torch.frombuffer(bytearray(open(path, "rb").read()), dtype=torch.uint8)
     torch.manual_seed(1)
-    batch, _ = decoder([encoded] * 400)
+    batch, _ = decoder([encoded] * 600)
     std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
     mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
-    fast_means = (batch * std + mean).mean(dim=(1, 2, 3))
-    # Flips mirror the ramp, so compare |mean - 0.5| (offset of the crop's centre) and the spread.
-    for stat in (lambda m: (m - 0.5).abs().mean(), lambda m: m.std()):
-        assert abs(stat(pil_means).item() - stat(fast_means).item()) < 0.03
+    for name, crops in (("pil", pil_crops), ("device", batch * std + mean)):
+        area, log_ratio = crop_geometry(crops, width, height)
+        assert 0.06 < area.min() < 0.11, (name, area.min())
+        assert area.quantile(0.05) < 0.16 and area.max() > 0.9, name  # a scale of (0.25, 1) fails here
+        assert 0.13 < log_ratio.std() < 0.20, (name, log_ratio.std())  # a fixed ratio gives 0
+        assert log_ratio.abs().max() < 0.31 and abs(log_ratio.mean()) < 0.03, name
 
 
 def test_grayscale_cmyk_png_and_broken_files_are_decoded_or_skipped_with_one_warning(tmp_path):

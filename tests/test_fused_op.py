@@ -246,3 +246,78 @@ def test_extension_built_with_cuda_holds_sm90_code():
 def test_has_fused_reports_the_cpu_kernel():
     assert ops.has_fused("cpu")
     assert ops.cpu_kernel() in ("avx2", "default")
+
+
+GROUP_OPTIONS = [
+    dict(lr=0.1, momentum=0.9, weight_decay=1e-4, eeta=0.02, epsilon=0.0, trust_clip=50.0, update_clip=10.0,
+         lars=True, nesterov=False, maximize=False),
+    dict(lr=0.05, momentum=0.0, weight_decay=0.0, eeta=0.02, epsilon=0.0, trust_clip=None, update_clip=0.5,
+         lars=False, nesterov=False, maximize=False),
+    dict(lr=torch.tensor([0.3]), momentum=0.8, weight_decay=0.01, eeta=0.5, epsilon=1e-3, trust_clip=2.0,
+         update_clip=None, lars=True, nesterov=True, maximize=True),
+]
+
+
+def pack(groups_of_tensors):
+    """fused_lars_groups_'s flat arguments for GROUP_OPTIONS (the layout csrc/lars_op.cpp documents)."""
+    params, grads, bufs, sizes, hyper, flags, lrs = [], [], [], [], [], [], []
+    for (p, g, b), o in zip(groups_of_tensors, GROUP_OPTIONS):
+        params += p
+        grads += g
+        bufs += b if o["momentum"] else []
+        sizes.append(len(p))
+        lr_t = o["lr"] if isinstance(o["lr"], torch.Tensor) else None
+        lrs.append(lr_t)
+        nan = float("nan")
+        hyper += [0.0 if lr_t is not None else o["lr"], o["momentum"], o["weight_decay"], o["eeta"], o["epsilon"],
+                  nan if o["trust_clip"] is None else o["trust_clip"],
+                  nan if o["update_clip"] is None else o["update_clip"]]
+        flags.append(int(o["lars"]) | 2 * int(o["nesterov"]) | 4 * int(o["maximize"]))
+    return params, grads, bufs, sizes, hyper, flags, lrs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_groups_op_steps_each_group_as_the_float64_oracle(dtype):
+    tensors = [op_args(n=3, dtype=dtype, seed=s) for s in range(3)]
+    start = [([p.clone() for p in ps], [b.clone() for b in bs]) for ps, _, bs in tensors]
+    torch.ops.lars_cuda.fused_lars_groups_(*pack(tensors))
+    for (ps, gs, bs), (p0s, b0s), o in zip(tensors, start, GROUP_OPTIONS):
+        kw = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in o.items()}
+        for i, (p, g) in enumerate(zip(ps, gs)):
+            want_p, want_b = lars_step_f64(p0s[i], g, b0s[i] if o["momentum"] else None, **kw)
+            tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+            assert not torch.equal(p, p0s[i])
+            torch.testing.assert_close(p.double(), want_p.to(dtype).double(), **tol)
+            if o["momentum"]:
+                torch.testing.assert_close(bs[i].double(), want_b.to(dtype).double(), **tol)
+
+
+def test_a_bad_tensor_in_the_last_group_leaves_every_group_unwritten():
+    tensors = [op_args(n=3, seed=s) for s in range(3)]
+    tensors[2][0][1] = tensors[2][0][1].double()  # param 1 of group 2: a dtype the kernel refuses
+    before = [t.clone() for ps, _, bs in tensors for t in ps + bs]
+    with pytest.raises(TypeError, match="param 1 must be float32"):
+        torch.ops.lars_cuda.fused_lars_groups_(*pack(tensors))
+    after = [t for ps, _, bs in tensors for t in ps + bs]
+    assert all(torch.equal(a, b) for a, b in zip(after, before))
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda a: a[3].__setitem__(0, 2), "group sizes add up to"),
+        (lambda a: a[4].pop(), "hyper values"),
+        (lambda a: a[2].pop(), "momentum buffers"),
+        (lambda a: a[4].__setitem__(0, -1.0), "invalid lr"),
+    ],
+)
+def test_the_groups_op_checks_its_layout(edit, match):
+    args = list(pack([op_args(n=3, seed=s) for s in range(3)]))
+    edit(args)
+    with pytest.raises(ValueError, match=match):
+        torch.ops.lars_cuda.fused_lars_groups_(*args)
+
+
+def test_opcheck_passes_for_the_groups_op():
+    torch.library.opcheck(torch.ops.lars_cuda.fused_lars_groups_.default,
+                          (*pack([op_args(n=3, seed=s) for s in range(3)]), torch.tensor(2.0), torch.tensor(0.0)))

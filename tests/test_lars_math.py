@@ -114,12 +114,15 @@ def _check_lars_false(path, shapes, dtype, hyper, grad_scale, seed):
 
 
 def test_trust_ratio_is_capped_at_50(path):
-    # eeta=1 and a tiny gradient give a raw ratio of ~1e6.
+    # eeta=1, ||p|| = 2, ||g|| = 2e-3: the raw ratio is 1000, so the step is lr * 50 * g.
+    # Measured as a step (p - p') so that the tolerance is on the cap, not on p's magnitude:
+    # a cap of 49 or 51 moves the step by 2 %, 10^4 times the float32 error allowed here.
     p = torch.nn.Parameter(torch.ones(4))
     opt = Lars([p], lr=1.0, eeta=1.0, **path)
-    p.grad = torch.full((4,), 1e-6)
+    p.grad = torch.full((4,), 1e-3)
     opt.step()
-    torch.testing.assert_close(p.detach(), torch.full((4,), 1 - 50 * 1e-6))
+    step = 1.0 - p.detach().double()
+    torch.testing.assert_close(step, torch.full((4,), 50 * 1e-3, dtype=torch.float64), rtol=1e-5, atol=0)
 
 
 def test_trust_clip_none_leaves_the_ratio_uncapped(path):
@@ -149,12 +152,17 @@ def test_update_clip_none_disables_the_clip(path):
 
 @pytest.mark.parametrize("which", ["weight", "grad"])
 def test_zero_norm_gives_ratio_one(path, which):
-    p = torch.nn.Parameter(torch.zeros(3) if which == "weight" else torch.ones(3))
-    opt = Lars([p], lr=0.5, eeta=1e-3, **path)
-    p.grad = torch.ones(3) if which == "weight" else torch.zeros(3)
+    # With weight decay the step is lr * r * (g + wd * p) != 0 whichever norm is zero, so
+    # only r = 1 gives the expected value: an unguarded ||g|| = 0 would give
+    # r = eeta * ||p|| / (wd * ||p||) = eeta / wd = 0.02 (and ||p|| = 0 gives r = 0).
+    p = torch.nn.Parameter(torch.zeros(3) if which == "weight" else torch.full((3,), 2.0))
+    opt = Lars([p], lr=0.5, eeta=1e-3, weight_decay=0.05, **path)
+    p.grad = torch.full((3,), 3.0) if which == "weight" else torch.zeros(3)
     before = p.detach().clone()
     opt.step()
-    torch.testing.assert_close(p.detach(), before - 0.5 * p.grad)
+    want = before - 0.5 * 1.0 * (p.grad + 0.05 * before)
+    assert not torch.equal(want, before)
+    torch.testing.assert_close(p.detach(), want, rtol=1e-6, atol=0)
 
 
 def test_lars_false_applies_no_weight_decay(path):

@@ -309,6 +309,7 @@ class Trainer:
         self.forward_model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
+        correct5 = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         # Throughput and the optimizer's share are timed after a few warm-up steps
         # (cuDNN autotuning, the first optimizer step's state), with device events on a GPU.
@@ -333,7 +334,9 @@ class Trainer:
                     scaled = loss / self.B
                     (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
                 loss_sum += loss.detach().float() * len(yc)
-                correct += accuracy_counts(out.detach(), yc, ks=(1,))[0]
+                hits1, hits5 = accuracy_counts(out.detach(), yc, ks=(1, 5))
+                correct += hits1
+                correct5 += hits5
                 seen += len(yc)
             with opt_timer.measure(enabled=timer_start is not None):
                 self.dist.optimizer_step(self.optimizer, self.scaler)
@@ -349,10 +352,11 @@ class Trainer:
         elapsed = time.perf_counter() - timer_start if timer_start is not None else 0.0
         totals = self.dist.all_reduce_sum(torch.stack([
             loss_sum.cpu().double(), correct.cpu().double(), torch.tensor(float(seen), dtype=torch.float64),
-            torch.tensor(float(timed_images), dtype=torch.float64)]))
+            torch.tensor(float(timed_images), dtype=torch.float64), correct5.cpu().double()]))
         n = max(totals[2].item(), 1.0)
         opt_s = opt_timer.total_s()
         return {"train_loss": totals[0].item() / n, "train_top1": 100.0 * totals[1].item() / n,
+                "train_top5": 100.0 * totals[4].item() / n,
                 "images_per_s": totals[3].item() / elapsed if elapsed > 0 else 0.0, "train_time_s": elapsed,
                 "optimizer_time_s": opt_s, "optimizer_share": opt_s / elapsed if elapsed > 0 else 0.0}
 
@@ -400,6 +404,7 @@ class Trainer:
             w = self.writer
             w.add_scalar("train/loss", metrics["train_loss"], epoch + 1)
             w.add_scalar("train/top1", metrics["train_top1"], epoch + 1)
+            w.add_scalar("train/top5", metrics["train_top5"], epoch + 1)
             w.add_scalar("val/loss", metrics["val_loss"], epoch + 1)
             w.add_scalar("val/top1", metrics["val_top1"], epoch + 1)
             w.add_scalar("val/top5", metrics["val_top5"], epoch + 1)
@@ -407,7 +412,8 @@ class Trainer:
             w.add_scalar("throughput/images_per_s", metrics["images_per_s"], epoch + 1)
             w.add_scalar("throughput/optimizer_share", metrics["optimizer_share"], epoch + 1)
             if hasattr(self.optimizer, "trust_ratios"):
-                ratios = self.optimizer.trust_ratios()
+                # Under fp16 AMP the fused step leaves the grads scaled: read them unscaled.
+                ratios = self.optimizer.trust_ratios(grad_scale=getattr(self.optimizer, "last_grad_scale", None))
                 if ratios.numel():
                     w.add_histogram("lars/trust_ratio", ratios, epoch + 1)
             w.flush()
