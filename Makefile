@@ -16,7 +16,7 @@ HOROVOD := $(VENV)/.horovod-installed
 BUILT := $(VENV)/.extension-built
 CSRC := $(shell find csrc -type f)
 
-.PHONY: setup test train bench convergence gpu-check clean
+.PHONY: setup test train bench convergence mutation clean
 
 setup: $(BUILT) $(HOROVOD)
 
@@ -55,6 +55,16 @@ bench: setup
 
 convergence: setup
 	$(PY) benchmarks/convergence.py --sweep
+
+# Mutation testing (not in CI: ~10 min on 2 cores): mutmut over lars_cuda/ and the
+# trainer's checkpoint code (setup.cfg), then the hand mutations of the C++ kernels.
+# OMP_NUM_THREADS=1: mutmut forks its workers, and a forked OpenMP pool hangs.
+mutation: setup
+	$(PIP) install -q mutmut==3.8.1
+	rm -rf mutants
+	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 2 || true
+	$(VENV)/bin/mutmut results --all true > mutmut-results.txt; $(PY) scripts/mutation_report.py mutmut-results.txt
+	$(PY) scripts/hand_mutations.py
 
 clean:
 	rm -rf build *.egg-info lars_cuda/*.so

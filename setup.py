@@ -6,7 +6,9 @@ Environment:
   LARS_CUDA_FORCE_CPU=1      build the CPU kernel only
   LARS_CUDA_NO_AVX2=1        leave out the AVX2 build of the CPU kernel (for a
                              compiler that rejects its target pragma)
-  TORCH_CUDA_ARCH_LIST       defaults to "8.0;9.0" when no GPU is visible
+  TORCH_CUDA_ARCH_LIST       defaults to "8.0;9.0+PTX" when no GPU is visible: SASS for
+                             A100 and H100/H200, and compute_90 PTX that the driver
+                             compiles for any newer card (Blackwell and on)
   CUDA_HOME                  the toolkit folder (not a wrapper's parent)
 """
 import glob
@@ -49,7 +51,7 @@ def _extension():
         cxx.append("-DLARS_CUDA_NO_AVX2")
     if _want_cuda():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
         return CUDAExtension(
             "lars_cuda._C",
             cpp + sorted(glob.glob("csrc/cuda/*.cu")),

@@ -29,9 +29,17 @@ def main() -> int:
     shapes = SETS["resnet50"]() if args.resnet50 else [(32, 3, 3, 3), (32,), (70_001,), (0,), (10, 32)]
     for dtype in (torch.float32, torch.bfloat16):
         params = [torch.nn.Parameter(torch.randn(s, device="cuda", dtype=dtype)) for s in shapes]
+        groups = [{"params": params}]
+        if not args.resnet50:
+            # The seed's second group (no LARS, no decay) with maximize, and a strided-view
+            # param (stepped through a dense copy): every path of fused_lars_groups_.
+            extra = [torch.nn.Parameter(torch.randn(9, device="cuda", dtype=dtype)),
+                     torch.nn.Parameter(torch.randn(12, 5, 2, device="cuda", dtype=dtype)[..., 0])]
+            groups.append({"params": extra, "lars": False, "weight_decay": 0.0, "maximize": True})
+            params = params + extra
         for p_ in params:
             p_.grad = torch.randn_like(p_)
-        opt = lars_cuda.Lars(params, lr=torch.tensor(0.1, device="cuda"), momentum=0.9, weight_decay=1e-4,
+        opt = lars_cuda.Lars(groups, lr=torch.tensor(0.1, device="cuda"), momentum=0.9, weight_decay=1e-4,
                              nesterov=True, fused=True)
         for launch in ("cooperative", "three-kernel"):
             if launch == "three-kernel":

@@ -80,7 +80,10 @@ stage build 240 env NVCC_APPEND_FLAGS="-Xptxas=-v" $PY setup.py build_ext --inpl
 # memcheck, racecheck, and the op tests once more under cuda-gdb, so a crash
 # comes back with a C++ backtrace.
 (stage cuda_tests 150 env LARS_BIG_TEST=1 $PY -m pytest -q -p no:cacheprovider -n 3 tests/test_cuda.py \
-   tests/test_fused_op.py; echo "cuda_tests rc=$?" > "$BENCH_TMP/tests.rc") &
+   tests/test_fused_op.py; echo "cuda_tests rc=$?" > "$BENCH_TMP/tests.rc"
+ # torch.optim's generic behaviours (tests/optim_info.py) with CUDA params, every path
+ stage conformance_cuda 90 env LARS_TEST_DEVICE=cuda $PY -m pytest -q -p no:cacheprovider -n 2 \
+   tests/test_conformance.py; echo "conformance_cuda rc=$?" >> "$BENCH_TMP/tests.rc") &
 (timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $PY benchmarks/gpu_case.py > "$BENCH_TMP/memcheck.log" 2>&1;
  echo "memcheck rc=$?" >> "$BENCH_TMP/memcheck.log") &
 (timeout 150 compute-sanitizer --tool racecheck --error-exitcode 9 $PY benchmarks/gpu_case.py > "$BENCH_TMP/racecheck.log" 2>&1;
@@ -90,7 +93,8 @@ stage build 240 env NVCC_APPEND_FLAGS="-Xptxas=-v" $PY setup.py build_ext --inpl
  echo "cuda-gdb rc=$?" >> "$OUT/gdb.txt") &
 wait
 for f in memcheck racecheck; do echo "=== $f"; tail -25 "$BENCH_TMP/$f.log"; done >> "$LOG"
-SUMMARY+=("$(cat "$BENCH_TMP/tests.rc" 2>/dev/null)" "$(tail -1 "$BENCH_TMP/memcheck.log")" \
+SUMMARY+=("$(head -1 "$BENCH_TMP/tests.rc" 2>/dev/null)" "$(sed -n 2p "$BENCH_TMP/tests.rc" 2>/dev/null)" \
+          "$(tail -1 "$BENCH_TMP/memcheck.log")" \
           "$(tail -1 "$BENCH_TMP/racecheck.log")")
 
 # Speed, one thing at a time on the GPU.

@@ -101,10 +101,15 @@ std::string& last_launch_storage() {
 }  // namespace
 
 void set_last_cuda_launch(const char* kind) { last_launch_storage() = kind; }
+
+CudaProbe& cuda_kernel_probe() {
+  static CudaProbe probe = [](int64_t) { return false; };
+  return probe;
+}
 std::string last_cuda_launch() { return last_launch_storage(); }
 
-std::vector<Bucket> bucket_by_dtype(at::TensorList params, at::TensorList grads, at::TensorList bufs) {
-  std::vector<Bucket> buckets;
+void add_to_buckets(std::vector<Bucket>& buckets, at::TensorList params, at::TensorList grads, at::TensorList bufs,
+                    int64_t group) {
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& p = params[i];
     if (p.numel() == 0) continue;
@@ -112,30 +117,35 @@ std::vector<Bucket> bucket_by_dtype(at::TensorList params, at::TensorList grads,
     auto it = std::find_if(buckets.begin(), buckets.end(),
                            [&](const Bucket& b) { return b.p_type == pt && b.g_type == gt; });
     if (it == buckets.end()) {
-      buckets.push_back(Bucket{pt, gt, {}, {}, {}});
+      buckets.push_back(Bucket{pt, gt, {}, {}, {}, {}, {}});
       it = buckets.end() - 1;
     }
     // The kernels walk flat memory. A param that is not dense (a strided view)
-    // or whose buffer is laid out unlike it is stepped in contiguous copies,
-    // written back after the kernel; dense params are used in place.
+    // is stepped in a contiguous copy, written back after the kernel; dense
+    // params are used in place.
     const bool dense = p.is_non_overlapping_and_dense();
     const at::Tensor pk = dense ? p : p.contiguous();
     if (!dense) it->write_back.emplace_back(p, pk);
     it->params.push_back(pk);
+    it->group.push_back(group);
     // A grad laid out unlike its param (say a contiguous grad for a
     // channels_last param) is copied into the param's layout.
     it->grads.push_back(grads[i].strides() == pk.strides() ? grads[i] : at::empty_like(pk, gt).copy_(grads[i]));
-    if (!bufs.empty()) {
-      const at::Tensor& m = bufs[i];
-      if (m.strides() == pk.strides()) {
-        it->bufs.push_back(m);
-      } else {
-        at::Tensor mk = at::empty_like(pk).copy_(m);
-        it->write_back.emplace_back(m, mk);
-        it->bufs.push_back(mk);
-      }
+    if (bufs.empty()) {
+      it->bufs.emplace_back();  // undefined: no momentum in this group
+    } else if (bufs[i].strides() == pk.strides()) {
+      it->bufs.push_back(bufs[i]);
+    } else {  // a buffer laid out unlike its param: stepped in the param's layout, written back
+      at::Tensor mk = at::empty_like(pk).copy_(bufs[i]);
+      it->write_back.emplace_back(bufs[i], mk);
+      it->bufs.push_back(mk);
     }
   }
+}
+
+std::vector<Bucket> bucket_by_dtype(at::TensorList params, at::TensorList grads, at::TensorList bufs) {
+  std::vector<Bucket> buckets;
+  add_to_buckets(buckets, params, grads, bufs, 0);
   return buckets;
 }
 
@@ -244,6 +254,8 @@ TORCH_LIBRARY(lars_cuda, m) {
       "float[] hyper, int[] flags, Tensor?[] lr_tensors, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
   // Which CUDA launch path the last CUDA call took: "cooperative", "three-kernel" or "none".
   m.def("last_cuda_launch() -> str", [] { return last_cuda_launch(); });
+  // Whether the CUDA kernel can run on CUDA device `device` (false in a CPU-only build).
+  m.def("cuda_kernel_runs(int device) -> bool", [](int64_t device) { return cuda_kernel_probe()(device); });
   // Which build of the CPU kernel runs on this machine: "avx2" or "default".
   m.def("cpu_kernel() -> str", [] { return cpu_kernel_variant(); });
 }

@@ -30,9 +30,15 @@ void check_fused_lars_args(
 struct Bucket {
   at::ScalarType p_type;
   at::ScalarType g_type;
+  // bufs[i] is undefined for a param whose group has no momentum; group[i] is
+  // the index of the param's group in the caller's list.
   std::vector<at::Tensor> params, grads, bufs;
+  std::vector<int64_t> group;
   std::vector<std::pair<at::Tensor, at::Tensor>> write_back;  // (destination, dense copy)
 };
+// Adds one group's tensors (bufs empty: no momentum) to the buckets, as group `group`.
+void add_to_buckets(std::vector<Bucket>& buckets, at::TensorList params, at::TensorList grads, at::TensorList bufs,
+                    int64_t group);
 std::vector<Bucket> bucket_by_dtype(at::TensorList params, at::TensorList grads, at::TensorList bufs);
 // Copies the dense stand-ins of non-dense params and buffers back (stream-ordered on CUDA).
 void finish_bucket(Bucket& bucket);
@@ -74,6 +80,11 @@ std::vector<GroupCall> single_group(at::TensorList params, at::TensorList grads,
 // Which launch path the CUDA implementation took last (reported to Python).
 void set_last_cuda_launch(const char* kind);
 std::string last_cuda_launch();
+
+// Whether the CUDA kernel has code (SASS, or PTX the driver can compile) for a
+// device; the CUDA translation unit installs the probe, a CPU-only build answers false.
+using CudaProbe = bool (*)(int64_t device);
+CudaProbe& cuda_kernel_probe();
 
 // Which build of the CPU kernel runs here: "avx2" or "default".
 std::string cpu_kernel_variant();

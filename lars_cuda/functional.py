@@ -156,8 +156,7 @@ def _multi_tensor_lars(
             _multi_tensor_lars(
                 [params[i] for i in idx], [grads[i] for i in idx], bufs, lr=lr, momentum=momentum,
                 weight_decay=weight_decay, eeta=eeta, epsilon=epsilon, lars=lars, nesterov=nesterov,
-                trust_clip=trust_clip, update_clip=update_clip, maximize=maximize, grad_scale=grad_scale,
-                found_inf=found_inf,
+                trust_clip=trust_clip, update_clip=update_clip, maximize=maximize, grad_scale=None, found_inf=None,
             )
             for j, i in enumerate(idx):
                 if momentum != 0:
@@ -266,6 +265,6 @@ def fused_lars_groups(
             _NO_CLIP if o["trust_clip"] is None else o["trust_clip"],
             _NO_CLIP if o["update_clip"] is None else o["update_clip"],
         ]
-        flags.append(int(o["lars"]) | 2 * int(o["nesterov"]) | 4 * int(o.get("maximize", False)))
+        flags.append(int(o["lars"]) | 2 * int(o["nesterov"]) | 4 * int(o["maximize"]))
     if params:
         ops.fused_lars_groups_(params, grads, bufs, sizes, hyper, flags, lr_tensors, grad_scale, found_inf)

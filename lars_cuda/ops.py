@@ -16,7 +16,8 @@ except ImportError as exc:  # a source checkout that was never built
     _C = None
     EXTENSION_ERROR = exc
 
-__all__ = ["cpu_kernel", "fused_lars_", "fused_lars_groups_", "has_fused", "last_cuda_launch", "EXTENSION_ERROR"]
+__all__ = ["cpu_kernel", "fused_lars_", "fused_lars_groups_", "fused_runs_on", "has_fused", "last_cuda_launch",
+           "EXTENSION_ERROR"]
 
 
 def has_fused(device: torch.device | str) -> bool:
@@ -29,6 +30,40 @@ def has_fused(device: torch.device | str) -> bool:
     if device.type == "cuda":
         return torch._C._dispatch_has_kernel_for_dispatch_key("lars_cuda::fused_lars_", "CUDA")
     return False
+
+
+_RUNS_ON: dict[int, bool] = {}
+
+
+def fused_runs_on(device: torch.device | str) -> bool:
+    """Whether the built kernel can run on ``device``: always on the CPU; on a CUDA
+    device only if the build holds code for its architecture (SASS, or PTX the
+    driver compiles). A build without a visible GPU holds sm_80 and sm_90 SASS and
+    compute_90 PTX, so it runs on every card from the A100 on."""
+    device = torch.device(device)
+    if not has_fused(device):
+        return False
+    if device.type != "cuda":
+        return True
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _RUNS_ON:
+        _RUNS_ON[index] = bool(torch.ops.lars_cuda.cuda_kernel_runs(index))
+    return _RUNS_ON[index]
+
+
+def describe_cuda_device(device: torch.device | str) -> str:
+    """'NVIDIA B200 (sm_100)': the card, for messages."""
+    device = torch.device(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"{torch.cuda.get_device_name(index)} (sm_{major}{minor})"
+
+
+def rebuild_hint(device: torch.device | str) -> str:
+    device = torch.device(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"TORCH_CUDA_ARCH_LIST={major}.{minor} pip install --no-build-isolation -e ."
 
 
 def _require_extension() -> None:

@@ -4,6 +4,7 @@ state, picks a path and hands the lists to :mod:`lars_cuda.functional`."""
 from __future__ import annotations
 
 import math
+import warnings
 from numbers import Real
 from typing import Any, Callable, Iterable, Optional, Union
 
@@ -104,8 +105,8 @@ class Lars(Optimizer):
             nesterov=nesterov, trust_clip=trust_clip, update_clip=update_clip, maximize=maximize,
             foreach=foreach, fused=fused,
         )
-        if lr is not required:
-            _check_hyperparameters(defaults, read_tensor_lr=True)
+        # add_param_group (called by Optimizer.__init__ for every group) checks each
+        # group's options merged with these defaults.
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -130,11 +131,9 @@ class Lars(Optimizer):
         # make state_dict() change under every load, deepcopy or pickle.
         super().__setstate__(state)
         for group in self.param_groups:
-            for key in _GROUP_OPTIONS:
+            for key in _GROUP_OPTIONS:  # incl. lars=True and maximize=False
                 if key in self.defaults:
                     group.setdefault(key, self.defaults[key])
-            group.setdefault("lars", True)
-            group.setdefault("maximize", False)
 
     @property
     def _step_supports_amp_scaling(self) -> bool:
@@ -266,8 +265,13 @@ class Lars(Optimizer):
         if len(devices) > 1:
             return "single"
         if fused is None and {p.dtype for p in params} <= set(_KERNEL_DTYPES):
-            if not params or ops.has_fused(next(iter(devices))):
+            if not params:
                 return "fused"
+            device = next(iter(devices))
+            if ops.fused_runs_on(device):
+                return "fused"
+            if ops.has_fused(device):  # built for CUDA, but with no code for this card
+                _warn_no_kernel_image(device)
         return "foreach"
 
 
@@ -284,6 +288,21 @@ def _group_options(group: dict[str, Any]) -> dict[str, Any]:
         lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"], eeta=group["eeta"],
         epsilon=group["epsilon"], lars=group["lars"], nesterov=group["nesterov"], trust_clip=group["trust_clip"],
         update_clip=group["update_clip"], maximize=group["maximize"],
+    )
+
+
+_WARNED_NO_IMAGE: set = set()
+
+
+def _warn_no_kernel_image(device: torch.device) -> None:
+    if device in _WARNED_NO_IMAGE:
+        return
+    _WARNED_NO_IMAGE.add(device)
+    warnings.warn(
+        f"lars_cuda: the fused kernel has no code for {ops.describe_cuda_device(device)}, so Lars runs the foreach "
+        f"path there; rebuild for this card for the fused step: {ops.rebuild_hint(device)}",
+        RuntimeWarning,
+        stacklevel=4,
     )
 
 
@@ -346,6 +365,11 @@ def _check_path(path: str, params, grads, bufs, group) -> None:
     if path == "fused":
         if not ops.has_fused(device):
             raise RuntimeError(f"fused=True: the lars_cuda kernel is not built for {device}")
+        if not ops.fused_runs_on(device):
+            raise RuntimeError(
+                f"fused=True: the lars_cuda kernel was built without code for {ops.describe_cuda_device(device)}; "
+                f"rebuild it for this card: {ops.rebuild_hint(device)}"
+            )
 
 
 def _is_real_number(x: Any) -> bool:

@@ -36,6 +36,8 @@ def lars_optim_inputs(device, dtype=None):
                        desc="no clips"),
         OptimizerInput(params=None, kwargs=dict(base, momentum=0.9, weight_decay=0.05, epsilon=1e-3),
                        desc="epsilon"),
+        OptimizerInput(params=None, kwargs=dict(base, momentum=0.9, trust_clip=0.01, update_clip=0.05),
+                       desc="tight clips"),
     ]
 
 

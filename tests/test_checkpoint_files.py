@@ -94,3 +94,39 @@ def test_a_kill_in_the_middle_of_a_write_leaves_the_previous_checkpoint_loadable
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert ckpt.load(str(path))["epoch"] == 1
+
+
+def test_what_a_killed_write_leaves_is_removed_on_the_next_start(tmp_path):
+    """The temporary a SIGKILL leaves is named like the ones remove_stale_temporaries clears."""
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "checkpoint-1.pth.tar"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], cwd=repo, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    while proc.poll() is None and not any(p.name.startswith(".tmp-") for p in tmp_path.iterdir()):
+        pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = [p.name for p in tmp_path.iterdir()]
+    assert left and all(name.startswith(".tmp-") for name in left), left
+    removed = ckpt.remove_stale_temporaries(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in removed) == sorted(left)
+    assert not os.listdir(tmp_path)
+
+
+def test_a_failed_write_raises_and_leaves_no_temporary(tmp_path):
+    with pytest.raises(Exception):
+        ckpt.save_atomic({"model": {}, "epoch": 1, "unpicklable": lambda: 0}, str(tmp_path / "checkpoint-1.pth.tar"))
+    assert not os.listdir(tmp_path)
+
+
+def test_a_newest_file_that_is_not_a_trainer_checkpoint_is_skipped(tmp_path):
+    ckpt.save_atomic(state(1), ckpt.checkpoint_path(str(tmp_path), FMT, 1))
+    torch.save({"weights": torch.ones(2)}, ckpt.checkpoint_path(str(tmp_path), FMT, 2))  # loads, but no epoch
+    torch.save(torch.ones(2), ckpt.checkpoint_path(str(tmp_path), FMT, 3))  # loads, not even a dict
+    with pytest.warns(UserWarning, match="skipping .*checkpoint-[23].pth.tar: not a trainer checkpoint"):
+        path, got = ckpt.latest_valid(str(tmp_path), FMT)
+    assert path.endswith("checkpoint-1.pth.tar") and got["epoch"] == 1

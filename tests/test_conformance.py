@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 import pickle
 from unittest import mock
 
@@ -21,6 +22,9 @@ from .optim_info import LARS_OPTIM_INFO, lars_optim_inputs
 from .reference import lars_step_f64
 
 PATHS = {"loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
+# benchmarks/gpu_check.sh runs this file again with LARS_TEST_DEVICE=cuda: the tests built on
+# model_and_closure() then step CUDA tensors (the others stay on the CPU).
+DEVICE = torch.device(os.environ.get("LARS_TEST_DEVICE", "cpu"))
 CONFIGS = lars_optim_inputs("cpu")
 
 
@@ -35,9 +39,9 @@ def with_path(kwargs, path):
 
 def model_and_closure(seed=0, dtype=torch.float32):
     gen = torch.Generator().manual_seed(seed)  # drawn in float32 so every dtype starts from the same values
-    weight = Parameter(torch.randn(10, 5, generator=gen).to(dtype))
-    bias = Parameter(torch.randn(10, generator=gen).to(dtype))
-    x = torch.randn(5, generator=gen).to(dtype)
+    weight = Parameter(torch.randn(10, 5, generator=gen).to(dtype).to(DEVICE))
+    bias = Parameter(torch.randn(10, generator=gen).to(dtype).to(DEVICE))
+    x = torch.randn(5, generator=gen).to(dtype).to(DEVICE)
 
     def closure():
         for p in (weight, bias):
@@ -79,8 +83,8 @@ def oracle_steps(kwargs, n, seed=0):
 def test_every_path_matches_the_float64_oracle_over_five_steps(config, path):
     weight, bias, _ = run_steps(with_path(config.kwargs, path))
     want_w, want_b = oracle_steps(config.kwargs, 5)
-    torch.testing.assert_close(weight.detach().double(), want_w.detach(), rtol=2e-5, atol=2e-6)
-    torch.testing.assert_close(bias.detach().double(), want_b.detach(), rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(weight.detach().double().cpu(), want_w.detach().cpu(), rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(bias.detach().double().cpu(), want_b.detach().cpu(), rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=config_id)
@@ -145,6 +149,45 @@ def test_param_groups_with_their_own_options_step_as_separate_optimizers(path):
         for opt in separate:
             opt.step()
     assert torch.equal(weight, w2) and torch.equal(bias, b2)
+
+
+@pytest.mark.parametrize("path", ["foreach", "fused"])
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
+def test_float64_and_float32_params_in_one_group_step_as_in_groups_of_their_own(config, path):
+    """foreach splits a mixed group by compute type, fused=True sends float64 to foreach:
+    either way each param steps as it would among params of its own dtype."""
+    def run(mixed):
+        w64, b64, closure64 = model_and_closure(0, torch.float64)
+        w32, b32, closure32 = model_and_closure(1)
+        kwargs = with_path(config.kwargs, path)
+        opts = [Lars([w64, b64, w32, b32], **kwargs)] if mixed else [Lars([w64, b64], **kwargs),
+                                                                      Lars([w32, b32], **with_path(config.kwargs, path))]
+        for _ in range(3):
+            closure64()
+            closure32()
+            for opt in opts:
+                opt.step()
+        params = (w64, b64, w32, b32)
+        bufs = [o.state[p]["momentum_buffer"] for p in params for o in opts if o.state.get(p)]
+        return [t.detach().clone() for t in params], bufs
+
+    (mixed, mixed_bufs), (alone, alone_bufs) = run(True), run(False)
+    assert all(torch.equal(a, b) for a, b in zip(mixed, alone))
+    assert len(mixed_bufs) == len(alone_bufs) and all(torch.equal(a, b) for a, b in zip(mixed_bufs, alone_bufs))
+
+
+@pytest.mark.parametrize("path", ["loop", "foreach"])
+@pytest.mark.parametrize("bad", ["shape", "dtype"])
+def test_a_momentum_buffer_of_the_wrong_shape_or_dtype_is_refused(path, bad):
+    a = Parameter(torch.ones(4))
+    a.grad = torch.ones(4)
+    opt = Lars([a], lr=0.1, momentum=0.9, **PATHS[path])
+    opt.step()
+    opt.state[a]["momentum_buffer"] = torch.zeros(5) if bad == "shape" else torch.zeros(4, dtype=torch.float64)
+    before = a.detach().clone()
+    with pytest.raises(ValueError, match="momentum_buffer of shape .* does not match its param"):
+        opt.step()
+    assert torch.equal(a.detach(), before)
 
 
 # ---- tensor lr: every shape torch.optim accepts, on every path ------------------------------------
@@ -242,11 +285,11 @@ def test_a_loaded_state_dict_continues_the_run_bit_for_bit(path):
     opt = Lars([weight, bias], **kwargs)
     for _ in range(3):
         opt.step(closure)
-    w2 = Parameter(weight.detach().clone())
+    w2 = Parameter(weight.detach().clone())  # same device
     b2 = Parameter(bias.detach().clone())
     opt2 = Lars([w2, b2], **kwargs)
     opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
-    x = torch.randn(5, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(5, generator=torch.Generator().manual_seed(0)).to(DEVICE)
     for _ in range(3):
         for w, b, o in ((weight, bias, opt), (w2, b2, opt2)):
             o.zero_grad()
@@ -367,7 +410,7 @@ def test_zero_grads_without_weight_decay_change_no_param(config, path):
     for p in (weight, bias):
         p.grad = torch.zeros_like(p)
     opt.step()
-    assert torch.equal(weight, before[0]) and torch.equal(bias, before[1])
+    assert torch.equal(weight, before[0]) and torch.equal(bias, before[1])  # on DEVICE
 
 
 def test_zero_grad_sets_grads_to_none_or_zero():
@@ -533,3 +576,14 @@ def test_the_fused_step_is_skipped_when_found_inf_is_set():
     opt.grad_scale, opt.found_inf = torch.ones(1), torch.ones(())
     opt.step()
     assert torch.equal(a.detach(), torch.ones(2, 2))
+
+
+def test_the_seeds_grouping_steps_in_one_op_call():
+    from lars_cuda import create_optimizer_lars
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    model(torch.randn(2, 3, 6, 6)).sum().backward()
+    opt = create_optimizer_lars(model, lr=0.1, momentum=0.9, weight_decay=1e-4, bn_bias_separately=True)
+    with mock.patch.object(functional.ops, "fused_lars_groups_", wraps=functional.ops.fused_lars_groups_) as spy:
+        opt.step()
+    assert spy.call_count == 1 and list(spy.call_args.args[3]) == [1, 3]  # conv weight | conv bias, bn weight+bias

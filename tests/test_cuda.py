@@ -183,13 +183,21 @@ def test_tensor_lr_step_is_captured_and_replayed_in_a_cuda_graph():
     torch.testing.assert_close(p.detach(), ref.param_groups[0]["params"][0].detach())
 
 
-def test_one_kernel_launch_per_step():
+@pytest.mark.parametrize("launch", ["cooperative", "three-kernel"])
+def test_one_kernel_launch_per_step_with_the_seeds_grouping(launch, monkeypatch):
+    """create_optimizer_lars(bn_bias_separately=True): two param groups (LARS + decay,
+    and BN/bias without either), ONE launch per step (three on the fallback path)."""
     from torch.profiler import ProfilerActivity, profile
 
-    ps = [torch.nn.Parameter(torch.randn(s, device="cuda")) for s in [(512, 256, 3, 3), (512,), (1000, 512)]]
-    for p in ps:
-        p.grad = torch.randn_like(p)
-    opt = Lars(ps, lr=0.1, momentum=0.9, weight_decay=1e-4, fused=True)
+    from lars_cuda import create_optimizer_lars
+
+    if launch == "three-kernel":
+        monkeypatch.setenv("LARS_CUDA_LAUNCH", "three-kernel")
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), torch.nn.BatchNorm2d(64), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(10)).cuda()
+    model(torch.randn(2, 3, 8, 8, device="cuda")).sum().backward()
+    opt = create_optimizer_lars(model, lr=0.1, momentum=0.9, weight_decay=1e-4, bn_bias_separately=True, fused=True)
+    assert len(opt.param_groups) == 2 and all(g["params"] for g in opt.param_groups)
     opt.step()
     opt.step()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -198,8 +206,9 @@ def test_one_kernel_launch_per_step():
         torch.cuda.synchronize()
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     names = [e.name for e in kernels]
-    assert len(kernels) == 3, names
+    assert len(kernels) == (3 if launch == "cooperative" else 9), names
     assert all("lars_kernel" in n for n in names), names
+    assert ops.last_cuda_launch() == launch
 
 
 @pytest.mark.skipif(os.environ.get("LARS_BIG_TEST") != "1", reason="LARS_BIG_TEST=1 (gpu_check.sh) runs it")
@@ -218,3 +227,53 @@ def test_a_tensor_over_2_to_the_31_elements_is_stepped_to_its_last_element():
     assert want != 1.0
     for i in (0, 2**31 - 1, 2**31, n - 1):
         assert p[i].item() == want, i
+
+
+def test_the_kernel_has_code_for_this_card():
+    assert ops.fused_runs_on("cuda")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_groups_op_steps_three_groups_as_the_float64_oracle_on_cuda(dtype):
+    """fused_lars_groups_ (what Lars calls): per-group options incl. maximize, a
+    disabled clip and a CUDA lr tensor, one op call."""
+    from .test_fused_op import GROUP_OPTIONS, op_args, pack
+
+    tensors = [op_args(n=3, dtype=dtype, device="cuda", seed=s) for s in range(3)]
+    start = [([p.clone() for p in ps], [b.clone() for b in bs]) for ps, _, bs in tensors]
+    args = list(pack(tensors))
+    args[6] = [t.cuda() if t is not None else None for t in args[6]]
+    torch.ops.lars_cuda.fused_lars_groups_(*args)
+    for (ps, gs, bs), (p0s, b0s), o in zip(tensors, start, GROUP_OPTIONS):
+        kw = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in o.items()}
+        for i, (p, g) in enumerate(zip(ps, gs)):
+            want_p, want_b = lars_step_f64(p0s[i].cpu(), g.cpu(), b0s[i].cpu() if o["momentum"] else None, **kw)
+            tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+            torch.testing.assert_close(p.cpu().double(), want_p.to(dtype).double(), **tol)
+            if o["momentum"]:
+                torch.testing.assert_close(bs[i].cpu().double(), want_b.to(dtype).double(), **tol)
+
+
+def test_a_strided_view_param_is_stepped_on_cuda_like_its_contiguous_copy():
+    view = torch.nn.Parameter(torch.randn(10, 5, 2, device="cuda")[..., 0])
+    dense = torch.nn.Parameter(view.detach().clone())
+    out = []
+    for p in (view, dense):
+        opt = Lars([p], lr=0.3, eeta=0.05, momentum=0.9, weight_decay=0.01, fused=True)
+        for i in range(3):
+            p.grad = torch.ones_like(p) * (i + 1) + p.detach()
+            opt.step()
+        out.append(p.detach().clone())
+    assert torch.equal(out[0], out[1])
+
+
+def test_maximize_on_cuda_equals_minimising_the_negated_gradient():
+    res = []
+    for maximize, sign in ((True, 1.0), (False, -1.0)):
+        a = torch.nn.Parameter(torch.linspace(-1, 2, 70_001, device="cuda"))
+        opt = Lars([a], lr=0.3, eeta=0.05, momentum=0.9, weight_decay=0.01, maximize=maximize, fused=True)
+        for i in range(3):
+            a.grad = sign * torch.linspace(0.5, -1.5, 70_001, device="cuda") * (i + 1)
+            opt.step()
+        res.append(a.detach().clone())
+    assert torch.equal(res[0], res[1])

@@ -240,7 +240,23 @@ def test_extension_built_with_cuda_holds_sm90_code():
 
         cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     out = subprocess.run([cuobjdump, "--list-elf", _extension_path()], capture_output=True, text=True, check=True)
-    assert "sm_90" in out.stdout, out.stdout
+    assert "sm_80" in out.stdout and "sm_90" in out.stdout, out.stdout
+
+
+def test_extension_built_with_cuda_holds_ptx_for_newer_cards():
+    """compute_90 PTX beside the SASS: a Blackwell (or any later) card JIT-compiles it
+    instead of finding no kernel image."""
+    if not ops.has_fused("cuda"):
+        pytest.skip("the extension was built without CUDA (no nvcc or a CPU build of torch)")
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        pytest.skip("TORCH_CUDA_ARCH_LIST was set for this build")
+    cuobjdump = shutil.which("cuobjdump") or next(iter(glob.glob("/usr/local/cuda*/bin/cuobjdump")), None)
+    if cuobjdump is None:
+        import triton
+
+        cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    out = subprocess.run([cuobjdump, "--list-ptx", _extension_path()], capture_output=True, text=True, check=True)
+    assert "compute_90" in out.stdout or "sm_90" in out.stdout, out.stdout
 
 
 def test_has_fused_reports_the_cpu_kernel():
@@ -321,3 +337,36 @@ def test_the_groups_op_checks_its_layout(edit, match):
 def test_opcheck_passes_for_the_groups_op():
     torch.library.opcheck(torch.ops.lars_cuda.fused_lars_groups_.default,
                           (*pack([op_args(n=3, seed=s) for s in range(3)]), torch.tensor(2.0), torch.tensor(0.0)))
+
+
+def _pretend_a_card_without_kernel_code(monkeypatch):
+    from lars_cuda import optimizer as optimizer_module
+
+    monkeypatch.setattr(ops, "fused_runs_on", lambda device: False)
+    monkeypatch.setattr(ops, "describe_cuda_device", lambda device: "NVIDIA B200 (sm_100)")
+    monkeypatch.setattr(ops, "rebuild_hint", lambda device: "TORCH_CUDA_ARCH_LIST=10.0 pip install -e .")
+    optimizer_module._WARNED_NO_IMAGE.clear()
+
+
+def test_the_default_falls_back_to_foreach_with_one_warning_where_the_kernel_has_no_code(monkeypatch):
+    _pretend_a_card_without_kernel_code(monkeypatch)
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    opt = Lars([p], lr=0.1)
+    with pytest.warns(RuntimeWarning, match=r"no code for NVIDIA B200 \(sm_100\).*foreach.*TORCH_CUDA_ARCH_LIST=10.0"):
+        opt.step()
+    assert not torch.equal(p.detach(), torch.ones(3))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()  # warned once per device
+
+
+def test_fused_true_names_the_card_and_the_rebuild_command_where_the_kernel_has_no_code(monkeypatch):
+    _pretend_a_card_without_kernel_code(monkeypatch)
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    with pytest.raises(RuntimeError, match=r"NVIDIA B200 \(sm_100\).*TORCH_CUDA_ARCH_LIST=10.0"):
+        Lars([p], lr=0.1, fused=True).step()
+    assert torch.equal(p.detach(), torch.ones(3))

@@ -1,29 +1,34 @@
-// CUDA implementation of lars_cuda::fused_lars_: the whole tensor list in one
-// cooperative launch.
+// CUDA implementation of lars_cuda::fused_lars_ and fused_lars_groups_: every
+// param group of a step in ONE cooperative launch (per dtype bucket).
 //
 // Phases, separated by grid-wide barriers:
-//   1. norms   — each block reduces fixed chunks of (p, g) to two partial sums;
+//   1. norms   — each block reduces fixed chunks of (p, g) to partial sums
+//                (traversal.cuh's NormSums policy); chunks of lars=False
+//                groups are skipped;
 //   2. ratios  — one warp per tensor sums its chunks' partials in a fixed
-//                order (double) and stores step = lr * trust_ratio;
-//   3. update  — every element, with its tensor's step.
-// Optionally (LARS_CUDA_WAVE_MB) the list is cut into waves of consecutive
-// tensors whose params and grads fit in part of the L2, and the three phases
-// run per wave, so the update re-reads p and g from L2 instead of DRAM. On an
-// H100 that raised the L2 hit rate from 29 % to 50 % but cost two grid
-// barriers per wave, and the step was 6 % slower than one wave (measured,
-// benchmarks/NOTES.md), so one wave is the default.
-// Loads and stores are 16 bytes wide where a tensor's pointers allow it, with
-// several in flight per thread (the first version, scalar and one load per
-// thread, waited on memory ~75 % of the time: benchmarks/NOTES.md).
-// The chunking and every reduction order are fixed, so a step is bit-for-bit
-// reproducible run to run. Where a cooperative launch is impossible the three
-// phases run as three ordinary launches on the same stream, each over all
-// waves (torch.ops.lars_cuda.last_cuda_launch() tells which ran). Without LARS
-// (lars=False) phases 1-2 are skipped and one ordinary launch suffices.
+//                order (double) and stores step = lr * trust_ratio with its
+//                group's options;
+//   3. update  — every element, with its tensor's step and its group's
+//                options (the ApplyLars policy below).
+// The per-group options (LarsHyper, lr) travel by value in the launch
+// arguments, up to kMaxGroups per launch (more groups: more launches); each
+// tensor row names its group. Optionally (LARS_CUDA_WAVE_MB) the list is cut
+// into waves of consecutive tensors whose params and grads fit in part of the
+// L2, and the three phases run per wave, so the update re-reads p and g from
+// L2 instead of DRAM. On an H100 that raised the L2 hit rate from 29 % to 50 %
+// but cost two grid barriers per wave, and the step was 6 % slower than one
+// wave (benchmarks/NOTES.md), so one wave is the default.
+// The element traversal (16-byte loads with cache hints, tails) is written
+// once, in traversal.cuh, and both passes are policies on it. The chunking
+// and every reduction order are fixed, so a step is bit-for-bit reproducible
+// run to run. Where a cooperative launch is impossible the three phases run
+// as three ordinary launches on the same stream (last_cuda_launch() tells
+// which ran). Without any LARS group phases 1-2 are skipped and one ordinary
+// launch suffices.
 //
-// The tensor table (pointers, sizes, chunk and wave lists) and the workspace
-// live in one device buffer that is cached per parameter list, so a
-// steady-state step does no host-to-device copy. AMP: grads are divided by
+// The tensor table (pointers, sizes, groups, chunk and wave lists) and the
+// workspace live in one device buffer that is cached per parameter list, so
+// a steady-state step does no host-to-device copy. AMP: grads are divided by
 // *grad_scale inside the kernel, and a nonzero *found_inf makes every block
 // return before writing.
 //
@@ -46,21 +51,25 @@
 #include <vector>
 
 #include "../lars_op.h"
+#include "traversal.cuh"
 
 namespace cg = cooperative_groups;
 
 namespace lars_cuda {
 namespace {
 
-constexpr int kThreads = 256;
+using cuda::kThreads;
+using cuda::kWarps;
+
 constexpr int kMinBlocksPerSm = 3;  // caps registers at 80 per thread (768 threads per SM): no spills
-constexpr int kWarps = kThreads / 32;
 // Elements per norm partial: the unit of determinism, and small enough that a
 // wave of a few MiB still spreads over every SM.
 constexpr int64_t kChunk = 8192;
 constexpr int kNormUnroll = 2;    // 16-byte loads of p and g in flight per thread
 constexpr int kUpdateUnroll = 1;  // of p, g and m (1024 threads per SM keep enough bytes in flight)
 constexpr int kPhaseNorms = 1, kPhaseRatios = 2, kPhaseUpdate = 4, kGridSync = 8;
+// Param groups per launch: their options travel in the kernel's arguments.
+constexpr int kMaxGroups = 8;
 
 struct TensorRow {
   void* p;
@@ -69,7 +78,8 @@ struct TensorRow {
   int64_t first_chunk;
   int64_t n_chunks;
   int64_t numel;
-  int64_t vec_ok;  // p, g and m all 16-byte aligned
+  int32_t vec_ok;  // p, g and m all 16-byte aligned
+  int32_t group;   // index into LaunchGroups::g
 };
 
 struct ChunkRow {
@@ -87,8 +97,8 @@ struct DeviceTable {
   const TensorRow* tensors;
   const ChunkRow* chunks;
   const WaveRow* waves;
-  float2* partials;  // per chunk: (sum p^2, sum g^2)
-  float* steps;      // per tensor: lr * r
+  cuda::Sums3* partials;  // per chunk: (sum p^2, sum g^2, sum p*g)
+  float* steps;           // per tensor: lr * r
   int64_t n_tensors;
   int64_t n_chunks;
   int64_t n_waves;
@@ -105,177 +115,34 @@ __device__ __forceinline__ float read_lr(const LrArg& lr) {
   return lr.is_double ? static_cast<float>(*static_cast<const double*>(lr.ptr)) : *static_cast<const float*>(lr.ptr);
 }
 
-// N elements of T in one 16-byte-aligned group: a 16-byte load or store per 16 bytes.
-template <typename T, int N>
-struct alignas(16) Pack {
-  T v[N];
+// The options of every group of one launch: one row per group.
+struct LaunchGroups {
+  LarsHyper h[kMaxGroups];
+  LrArg lr[kMaxGroups];
+  int n;
+  bool any_lars;
 };
 
-// Elements per vector step: 16 bytes of the narrower of the two types.
-template <typename P, typename G>
-constexpr int vec_width() {
-  return 16 / (sizeof(P) < sizeof(G) ? sizeof(P) : sizeof(G));
-}
-
-// The table's pointers are plain void*, so without help the compiler emits
-// generic loads; these name the global space and the cache policy: .cg (L2
-// only) for p and g, which the update re-reads from L2, and .cs (evict first)
-// for the momentum buffer and the stores, so they do not push the wave's p
-// and g out of L2.
-enum class Cache { kGlobal, kStreaming };
-
-template <typename T, int N, Cache C = Cache::kGlobal>
-__device__ __forceinline__ Pack<T, N> load_pack(const T* ptr) {
-  static_assert(sizeof(Pack<T, N>) % 16 == 0, "a pack is whole 16-byte words");
-  Pack<T, N> out;
-  const uint4* src = reinterpret_cast<const uint4*>(ptr);
-  uint4* dst = reinterpret_cast<uint4*>(&out);
-#pragma unroll
-  for (int j = 0; j < static_cast<int>(sizeof(Pack<T, N>) / 16); ++j)
-    dst[j] = C == Cache::kStreaming ? __ldcs(src + j) : __ldcg(src + j);
-  return out;
-}
-
-template <typename T, int N>
-__device__ __forceinline__ void store_pack(T* ptr, const Pack<T, N>& v) {
-  uint4* dst = reinterpret_cast<uint4*>(ptr);
-  const uint4* src = reinterpret_cast<const uint4*>(&v);
-#pragma unroll
-  for (int j = 0; j < static_cast<int>(sizeof(Pack<T, N>) / 16); ++j) __stcs(dst + j, src[j]);
-}
-
-// Block-wide sum of two values in a fixed order; the result is valid in thread 0.
-__device__ __forceinline__ float2 block_sum2(float a, float b, float2* smem) {
-  for (int o = 16; o > 0; o >>= 1) {
-    a += __shfl_down_sync(0xffffffffu, a, o);
-    b += __shfl_down_sync(0xffffffffu, b, o);
+// The update policy: one element of the LARS step (lars.h), with its tensor's
+// step = lr * r and its group's coefficients.
+struct ApplyLars {
+  float step, g_coef;
+  ElementCoeffs<float> coeffs;
+  __device__ __forceinline__ ApplyLars(float step_, float g_coef_, const LarsHyper& h)
+      : step(step_), g_coef(g_coef_), coeffs(h) {}
+  __device__ __forceinline__ void operator()(float& p, float g, float& m) {
+    p = lars_element<float>(p, g * g_coef, m, step, coeffs, ClampNan{});
   }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) smem[warp] = make_float2(a, b);
-  __syncthreads();
-  float2 r = make_float2(0.f, 0.f);
-  if (warp == 0) {
-    const float2 v = lane < kWarps ? smem[lane] : make_float2(0.f, 0.f);
-    a = v.x;
-    b = v.y;
-    for (int o = 16; o > 0; o >>= 1) {
-      a += __shfl_down_sync(0xffffffffu, a, o);
-      b += __shfl_down_sync(0xffffffffu, b, o);
-    }
-    r = make_float2(a, b);
-  }
-  __syncthreads();  // smem is reused by the next chunk
-  return r;
-}
-
-// Phase 1 for one chunk: sums of squares of p and g over [begin, end).
-template <typename P, typename G>
-__device__ __forceinline__ float2 chunk_sums(const P* p, const G* g, int64_t begin, int64_t end, bool vec_ok) {
-  constexpr int N = vec_width<P, G>();
-  float sp = 0.f, sg = 0.f;
-  int64_t tail = begin;
-  if (vec_ok) {
-    const int64_t vec_end = begin + (end - begin) / N * N;
-    constexpr int64_t kStride = static_cast<int64_t>(kThreads) * N;
-    for (int64_t base = begin + static_cast<int64_t>(threadIdx.x) * N; base < vec_end;
-         base += kStride * kNormUnroll) {
-      Pack<P, N> pp[kNormUnroll];
-      Pack<G, N> gg[kNormUnroll];
-#pragma unroll
-      for (int u = 0; u < kNormUnroll; ++u) {
-        const int64_t i = base + u * kStride;
-        if (i < vec_end) {
-          pp[u] = load_pack<P, N>(p + i);
-          gg[u] = load_pack<G, N>(g + i);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < kNormUnroll; ++u) {
-        if (base + u * kStride < vec_end) {
-#pragma unroll
-          for (int k = 0; k < N; ++k) {
-            const float a = static_cast<float>(pp[u].v[k]);
-            const float b = static_cast<float>(gg[u].v[k]);
-            sp += a * a;
-            sg += b * b;
-          }
-        }
-      }
-    }
-    tail = vec_end;
-  }
-  for (int64_t i = tail + threadIdx.x; i < end; i += kThreads) {
-    const float a = static_cast<float>(p[i]);
-    const float b = static_cast<float>(g[i]);
-    sp += a * a;
-    sg += b * b;
-  }
-  return make_float2(sp, sg);
-}
-
-// Phase 3 for one chunk: the LARS update of [begin, end) with this tensor's step.
-template <typename P, typename G>
-__device__ __forceinline__ void chunk_update(P* p, const G* g, P* m, int64_t begin, int64_t end, bool vec_ok,
-                                             float step, float g_coef, const ElementCoeffs<float>& coeffs) {
-  constexpr int N = vec_width<P, G>();
-  int64_t tail = begin;
-  if (vec_ok) {
-    const int64_t vec_end = begin + (end - begin) / N * N;
-    constexpr int64_t kStride = static_cast<int64_t>(kThreads) * N;
-    for (int64_t base = begin + static_cast<int64_t>(threadIdx.x) * N; base < vec_end;
-         base += kStride * kUpdateUnroll) {
-      Pack<P, N> pp[kUpdateUnroll], mm[kUpdateUnroll];
-      Pack<G, N> gg[kUpdateUnroll];
-#pragma unroll
-      for (int u = 0; u < kUpdateUnroll; ++u) {
-        const int64_t i = base + u * kStride;
-        if (i < vec_end) {
-          pp[u] = load_pack<P, N>(p + i);
-          gg[u] = load_pack<G, N>(g + i);
-          if (m != nullptr) mm[u] = load_pack<P, N, Cache::kStreaming>(m + i);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < kUpdateUnroll; ++u) {
-        const int64_t i = base + u * kStride;
-        if (i < vec_end) {
-#pragma unroll
-          for (int k = 0; k < N; ++k) {
-            float b = m != nullptr ? static_cast<float>(mm[u].v[k]) : 0.f;
-            const float out = lars_element<float>(static_cast<float>(pp[u].v[k]),
-                                                  static_cast<float>(gg[u].v[k]) * g_coef, b, step, coeffs,
-                                                  ClampNan{});
-            pp[u].v[k] = static_cast<P>(out);
-            if (m != nullptr) mm[u].v[k] = static_cast<P>(b);
-          }
-          store_pack<P, N>(p + i, pp[u]);
-          if (m != nullptr) store_pack<P, N>(m + i, mm[u]);
-        }
-      }
-    }
-    tail = vec_end;
-  }
-  for (int64_t i = tail + threadIdx.x; i < end; i += kThreads) {
-    float b = m != nullptr ? static_cast<float>(m[i]) : 0.f;
-    const float out = lars_element<float>(static_cast<float>(p[i]), static_cast<float>(g[i]) * g_coef, b, step,
-                                          coeffs, ClampNan{});
-    p[i] = static_cast<P>(out);
-    if (m != nullptr) m[i] = static_cast<P>(b);
-  }
-}
+};
 
 template <typename P, typename G>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
-    lars_kernel(DeviceTable tab, LarsHyper h, LrArg lr, const float* grad_scale, const float* found_inf,
-                int phases) {
+    lars_kernel(DeviceTable tab, LaunchGroups groups, const float* grad_scale, const float* found_inf, int phases) {
   // Every block reads the same flag, so either all return or none does (no
   // block is left waiting at a grid barrier).
   if (found_inf != nullptr && *found_inf != 0.f) return;
   const float inv_scale = grad_scale != nullptr ? 1.f / *grad_scale : 1.f;
-  const float g_coef = grad_coefficient(inv_scale, h);  // negated for maximize; norms use inv_scale
-  const float lr_v = read_lr(lr);
-  const ElementCoeffs<float> coeffs(h);
-  __shared__ float2 smem[kWarps];
+  __shared__ cuda::Sums3 smem[kWarps];
   const int lane = threadIdx.x % 32;
   const int64_t warp_id = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
   const int64_t n_warps = static_cast<int64_t>(gridDim.x) * kWarps;
@@ -286,9 +153,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       for (int64_t c = wave.first_chunk + blockIdx.x; c < wave.end_chunk; c += gridDim.x) {
         const ChunkRow ch = tab.chunks[c];
         const TensorRow& tr = tab.tensors[ch.tensor];
-        const float2 s = chunk_sums<P, G>(static_cast<const P*>(tr.p), static_cast<const G*>(tr.g), ch.begin,
-                                          ch.end, tr.vec_ok != 0);
-        const float2 total = block_sum2(s.x, s.y, smem);
+        if (!groups.h[tr.group].lars) continue;  // block-uniform: no norms without LARS
+        cuda::NormSums<false> sums;
+        cuda::traverse_chunk<kNormUnroll, false>(static_cast<P*>(tr.p), static_cast<const G*>(tr.g),
+                                                 static_cast<P*>(nullptr), ch.begin, ch.end, tr.vec_ok != 0, sums);
+        const cuda::Sums3 total = cuda::block_sum(sums.s, smem);
         if (threadIdx.x == 0) tab.partials[c] = total;
       }
     }
@@ -299,20 +168,23 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       // fixed shuffle tree; the same bits whatever the grid size.
       for (int64_t t = wave.first_tensor + warp_id; t < wave.end_tensor; t += n_warps) {
         const TensorRow& tr = tab.tensors[t];
+        const LarsHyper& h = groups.h[tr.group];
         double sp = 0.0, sg = 0.0;
-        for (int64_t c = tr.first_chunk + lane; c < tr.first_chunk + tr.n_chunks; c += 32) {
-          const float2 v = __ldcg(&tab.partials[c]);  // written by other blocks: skip L1
-          sp += v.x;
-          sg += v.y;
-        }
-        for (int o = 16; o > 0; o >>= 1) {
-          sp += __shfl_down_sync(0xffffffffu, sp, o);
-          sg += __shfl_down_sync(0xffffffffu, sg, o);
+        if (h.lars) {
+          for (int64_t c = tr.first_chunk + lane; c < tr.first_chunk + tr.n_chunks; c += 32) {
+            // written by other blocks: skip L1
+            sp += __ldcg(&tab.partials[c].pp);
+            sg += __ldcg(&tab.partials[c].gg);
+          }
+          for (int o = 16; o > 0; o >>= 1) {
+            sp += __shfl_down_sync(0xffffffffu, sp, o);
+            sg += __shfl_down_sync(0xffffffffu, sg, o);
+          }
         }
         if (lane == 0) {
           const float wn = static_cast<float>(sqrt(sp));
           const float gn = static_cast<float>(sqrt(sg)) * inv_scale;
-          tab.steps[t] = lr_v * trust_ratio(wn, gn, h);
+          tab.steps[t] = read_lr(groups.lr[tr.group]) * trust_ratio(wn, gn, h);
         }
       }
     }
@@ -322,9 +194,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       for (int64_t c = wave.first_chunk + blockIdx.x; c < wave.end_chunk; c += gridDim.x) {
         const ChunkRow ch = tab.chunks[c];
         const TensorRow& tr = tab.tensors[ch.tensor];
-        const float step = h.lars ? __ldcg(&tab.steps[ch.tensor]) : lr_v;
-        chunk_update<P, G>(static_cast<P*>(tr.p), static_cast<const G*>(tr.g), static_cast<P*>(tr.m), ch.begin,
-                           ch.end, tr.vec_ok != 0, step, g_coef, coeffs);
+        const LarsHyper& h = groups.h[tr.group];
+        // Without any LARS group the ratio phase did not run: step = lr.
+        const float step = groups.any_lars ? __ldcg(&tab.steps[ch.tensor]) : read_lr(groups.lr[tr.group]);
+        ApplyLars apply(step, grad_coefficient(inv_scale, h), h);
+        cuda::traverse_chunk<kUpdateUnroll, true>(static_cast<P*>(tr.p), static_cast<const G*>(tr.g),
+                                                  static_cast<P*>(tr.m), ch.begin, ch.end, tr.vec_ok != 0, apply);
       }
     }
     // The next wave touches other tensors: no barrier needed before its norms.
@@ -361,47 +236,49 @@ int64_t wave_bytes() {
   return std::max<int64_t>(0, static_cast<int64_t>(std::atof(env) * (1 << 20)));
 }
 
-std::vector<int64_t> table_key(at::TensorList params, at::TensorList grads, at::TensorList bufs, int64_t wave) {
+void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+
+std::vector<int64_t> table_key(const Bucket& b, int64_t wave) {
   std::vector<int64_t> key;
-  key.reserve(4 * params.size() + 4);
-  key.push_back(params[0].get_device());
-  key.push_back(static_cast<int64_t>(params[0].scalar_type()) * 64 + static_cast<int64_t>(grads[0].scalar_type()));
-  key.push_back(bufs.empty() ? 0 : 1);
+  key.reserve(5 * b.params.size() + 3);
+  key.push_back(b.params[0].get_device());
+  key.push_back(static_cast<int64_t>(b.p_type) * 64 + static_cast<int64_t>(b.g_type));
   key.push_back(wave);
-  for (size_t i = 0; i < params.size(); ++i) {
-    key.push_back(reinterpret_cast<int64_t>(params[i].data_ptr()));
-    key.push_back(reinterpret_cast<int64_t>(grads[i].data_ptr()));
-    key.push_back(bufs.empty() ? 0 : reinterpret_cast<int64_t>(bufs[i].data_ptr()));
-    key.push_back(params[i].numel());
+  for (size_t i = 0; i < b.params.size(); ++i) {
+    key.push_back(reinterpret_cast<int64_t>(b.params[i].data_ptr()));
+    key.push_back(reinterpret_cast<int64_t>(b.grads[i].data_ptr()));
+    key.push_back(reinterpret_cast<int64_t>(ptr_or_null(b.bufs[i])));
+    key.push_back(b.params[i].numel());
+    key.push_back(b.group[i]);
   }
   return key;
 }
 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
-CachedTable build_table(std::vector<int64_t> key, at::TensorList params, at::TensorList grads,
-                        at::TensorList bufs, int64_t wave_limit) {
-  const int64_t n_tensors = static_cast<int64_t>(params.size());
+CachedTable build_table(std::vector<int64_t> key, const Bucket& b, int64_t wave_limit) {
+  const int64_t n_tensors = static_cast<int64_t>(b.params.size());
   std::vector<TensorRow> rows(n_tensors);
   std::vector<ChunkRow> chunks;
   std::vector<WaveRow> waves;
   int64_t wave_used = 0;
   for (int64_t t = 0; t < n_tensors; ++t) {
-    const int64_t n = params[t].numel();
-    void* m = bufs.empty() ? nullptr : bufs[t].data_ptr();
-    const bool vec_ok = aligned16(params[t].data_ptr()) && aligned16(grads[t].data_ptr()) &&
-                        (m == nullptr || aligned16(m));
+    const at::Tensor& p = b.params[t];
+    const at::Tensor& g = b.grads[t];
+    const int64_t n = p.numel();
+    void* m = ptr_or_null(b.bufs[t]);
+    const bool vec_ok = aligned16(p.data_ptr()) && aligned16(g.data_ptr()) && (m == nullptr || aligned16(m));
     // A wave closes before the tensor that would overflow it; a tensor larger
     // than a wave is a wave of its own.
-    const int64_t bytes = n * (params[t].element_size() + grads[t].element_size());
+    const int64_t bytes = n * (p.element_size() + g.element_size());
     if (waves.empty() || (wave_limit > 0 && wave_used > 0 && wave_used + bytes > wave_limit)) {
       const int64_t c0 = static_cast<int64_t>(chunks.size());
       waves.push_back({c0, c0, t, t});
       wave_used = 0;
     }
     wave_used += bytes;
-    rows[t] = {params[t].data_ptr(), grads[t].data_ptr(), m, static_cast<int64_t>(chunks.size()), 0, n,
-               vec_ok ? 1 : 0};
+    rows[t] = {p.data_ptr(), g.data_ptr(), m, static_cast<int64_t>(chunks.size()), 0, n, vec_ok ? 1 : 0,
+               static_cast<int32_t>(b.group[t])};
     for (int64_t s = 0; s < n; s += kChunk) chunks.push_back({t, s, std::min(n, s + kChunk)});
     rows[t].n_chunks = static_cast<int64_t>(chunks.size()) - rows[t].first_chunk;
     waves.back().end_chunk = static_cast<int64_t>(chunks.size());
@@ -412,7 +289,7 @@ CachedTable build_table(std::vector<int64_t> key, at::TensorList params, at::Ten
   const int64_t off_chunks = align16(n_tensors * sizeof(TensorRow));
   const int64_t off_waves = off_chunks + align16(n_chunks * sizeof(ChunkRow));
   const int64_t off_partials = off_waves + align16(n_waves * sizeof(WaveRow));
-  const int64_t off_steps = off_partials + align16(n_chunks * sizeof(float2));
+  const int64_t off_steps = off_partials + align16(n_chunks * sizeof(cuda::Sums3));
   const int64_t bytes = off_steps + align16(n_tensors * sizeof(float));
 
   at::Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
@@ -420,7 +297,7 @@ CachedTable build_table(std::vector<int64_t> key, at::TensorList params, at::Ten
   std::memcpy(h, rows.data(), n_tensors * sizeof(TensorRow));
   std::memcpy(h + off_chunks, chunks.data(), n_chunks * sizeof(ChunkRow));
   std::memcpy(h + off_waves, waves.data(), n_waves * sizeof(WaveRow));
-  at::Tensor dev = at::empty({bytes}, params[0].options().dtype(at::kByte));
+  at::Tensor dev = at::empty({bytes}, b.params[0].options().dtype(at::kByte));
   // Asynchronous from pinned memory; the host allocator keeps `host` alive until the copy ran.
   dev.copy_(host, /*non_blocking=*/true);
 
@@ -428,15 +305,20 @@ CachedTable build_table(std::vector<int64_t> key, at::TensorList params, at::Ten
   CachedTable entry;
   entry.key = std::move(key);
   entry.storage = dev;
-  entry.table = {reinterpret_cast<const TensorRow*>(d),   reinterpret_cast<const ChunkRow*>(d + off_chunks),
-                 reinterpret_cast<const WaveRow*>(d + off_waves), reinterpret_cast<float2*>(d + off_partials),
-                 reinterpret_cast<float*>(d + off_steps), n_tensors, n_chunks, n_waves};
+  entry.table = {reinterpret_cast<const TensorRow*>(d),
+                 reinterpret_cast<const ChunkRow*>(d + off_chunks),
+                 reinterpret_cast<const WaveRow*>(d + off_waves),
+                 reinterpret_cast<cuda::Sums3*>(d + off_partials),
+                 reinterpret_cast<float*>(d + off_steps),
+                 n_tensors,
+                 n_chunks,
+                 n_waves};
   return entry;
 }
 
-DeviceTable get_table(at::TensorList params, at::TensorList grads, at::TensorList bufs) {
+DeviceTable get_table(const Bucket& b) {
   const int64_t wave = wave_bytes();
-  std::vector<int64_t> key = table_key(params, grads, bufs, wave);
+  std::vector<int64_t> key = table_key(b, wave);
   const bool capturing = at::cuda::currentStreamCaptureStatus() != at::cuda::CaptureStatus::None;
   std::lock_guard<std::mutex> lock(cache_mutex());
   auto& entries = cache();
@@ -453,7 +335,7 @@ DeviceTable get_table(at::TensorList params, at::TensorList grads, at::TensorLis
     entries.erase(std::remove_if(entries.begin(), entries.end(), [](const CachedTable& e) { return !e.used_in_graph; }),
                   entries.end());
   }
-  entries.push_back(build_table(std::move(key), params, grads, bufs, wave));
+  entries.push_back(build_table(std::move(key), b, wave));
   return entries.back().table;
 }
 
@@ -477,8 +359,8 @@ int cooperative_grid(int device) {
 }
 
 template <typename P, typename G>
-void launch(const DeviceTable& tab, const LarsHyper& h, const LrArg& lr, const float* grad_scale,
-            const float* found_inf, int device) {
+void launch(const DeviceTable& tab, const LaunchGroups& groups, const float* grad_scale, const float* found_inf,
+            int device) {
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   // LARS_CUDA_BLOCKS_PER_SM caps the grid (for tuning); by default as many
@@ -486,8 +368,8 @@ void launch(const DeviceTable& tab, const LarsHyper& h, const LrArg& lr, const f
   const char* per_sm_env = std::getenv("LARS_CUDA_BLOCKS_PER_SM");
   const int64_t per_sm = per_sm_env != nullptr && *per_sm_env != '\0' ? std::max(1, std::atoi(per_sm_env)) : 8;
   const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(tab.n_chunks, per_sm * sms));
-  if (!h.lars) {
-    lars_kernel<P, G><<<static_cast<unsigned>(wanted), kThreads, 0, stream>>>(tab, h, lr, grad_scale, found_inf,
+  if (!groups.any_lars) {
+    lars_kernel<P, G><<<static_cast<unsigned>(wanted), kThreads, 0, stream>>>(tab, groups, grad_scale, found_inf,
                                                                                kPhaseUpdate);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     set_last_cuda_launch("single");
@@ -501,16 +383,15 @@ void launch(const DeviceTable& tab, const LarsHyper& h, const LrArg& lr, const f
     const unsigned grid = static_cast<unsigned>(std::min<int64_t>(wanted, coop_max));
     int phases = kPhaseNorms | kPhaseRatios | kPhaseUpdate | kGridSync;
     DeviceTable tab_arg = tab;
-    LarsHyper h_arg = h;
-    LrArg lr_arg = lr;
-    void* args[] = {&tab_arg, &h_arg, &lr_arg, &grad_scale, &found_inf, &phases};
+    LaunchGroups groups_arg = groups;
+    void* args[] = {&tab_arg, &groups_arg, &grad_scale, &found_inf, &phases};
     C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(lars_kernel<P, G>), dim3(grid),
                                                dim3(kThreads), args, 0, stream));
     set_last_cuda_launch("cooperative");
     return;
   }
   for (int phase : {kPhaseNorms, kPhaseRatios, kPhaseUpdate}) {
-    lars_kernel<P, G><<<static_cast<unsigned>(wanted), kThreads, 0, stream>>>(tab, h, lr, grad_scale, found_inf,
+    lars_kernel<P, G><<<static_cast<unsigned>(wanted), kThreads, 0, stream>>>(tab, groups, grad_scale, found_inf,
                                                                                phase);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -524,34 +405,50 @@ const float* float_ptr_or_null(const std::optional<at::Tensor>& t, std::vector<a
   return keep.back().const_data_ptr<float>();
 }
 
+LrArg lr_arg(const GroupCall& g) {
+  LrArg lr{static_cast<float>(g.lr), nullptr, false};
+  if (g.lr_tensor.has_value()) {
+    if (g.lr_tensor->is_cpu()) {
+      lr.value = static_cast<float>(g.lr_tensor->item<double>());  // a host value: no device sync
+    } else {
+      lr.ptr = g.lr_tensor->const_data_ptr();
+      lr.is_double = g.lr_tensor->scalar_type() == at::kDouble;
+    }
+  }
+  return lr;
+}
+
 // Every group was checked before this runs (parse_groups / single_group), so
 // an invalid group has already raised with nothing written. One launch per
-// group and dtype bucket.
+// dtype bucket for up to kMaxGroups groups (the seed's two groups: one launch).
 void run_groups_cuda(const std::vector<GroupCall>& groups, const std::optional<at::Tensor>& grad_scale,
                      const std::optional<at::Tensor>& found_inf) {
   std::vector<at::Tensor> keep;
   const float* scale_ptr = float_ptr_or_null(grad_scale, keep);
   const float* inf_ptr = float_ptr_or_null(found_inf, keep);
-  for (const GroupCall& g : groups) {
-    if (g.params.empty()) continue;
-    const c10::cuda::CUDAGuard guard(g.params[0].device());
-    LrArg lr_arg{static_cast<float>(g.lr), nullptr, false};
-    if (g.lr_tensor.has_value()) {
-      if (g.lr_tensor->is_cpu()) {
-        lr_arg.value = static_cast<float>(g.lr_tensor->item<double>());  // a host value: no device sync
-      } else {
-        lr_arg.ptr = g.lr_tensor->const_data_ptr();
-        lr_arg.is_double = g.lr_tensor->scalar_type() == at::kDouble;
-      }
+  for (size_t first = 0; first < groups.size(); first += kMaxGroups) {
+    const size_t last = std::min(groups.size(), first + kMaxGroups);
+    std::vector<Bucket> buckets;
+    LaunchGroups args{};
+    args.n = static_cast<int>(last - first);
+    args.any_lars = false;
+    for (size_t k = first; k < last; ++k) {
+      const GroupCall& g = groups[k];
+      args.h[k - first] = g.hyper;
+      args.lr[k - first] = lr_arg(g);
+      if (g.params.empty()) continue;
+      args.any_lars |= g.hyper.lars;
+      add_to_buckets(buckets, g.params, g.grads, g.bufs, static_cast<int64_t>(k - first));
     }
-    const int device = g.params[0].get_device();
-    for (Bucket& b : bucket_by_dtype(g.params, g.grads, g.bufs)) {
-      const DeviceTable tab = get_table(b.params, b.grads, b.bufs);
+    for (Bucket& b : buckets) {
+      const c10::cuda::CUDAGuard guard(b.params[0].device());
+      const DeviceTable tab = get_table(b);
+      const int device = b.params[0].get_device();
       dispatch_lars_type(b.p_type, "params", [&](auto p_tag) {
         using P = decltype(p_tag);
         dispatch_lars_type(b.g_type, "grads", [&](auto g_tag) {
           using G = decltype(g_tag);
-          launch<P, G>(tab, g.hyper, lr_arg, scale_ptr, inf_ptr, device);
+          launch<P, G>(tab, args, scale_ptr, inf_ptr, device);
         });
       });
       finish_bucket(b);
@@ -578,6 +475,31 @@ void fused_lars_groups_cuda(at::TensorList params, at::TensorList grads, at::Ten
                                found_inf),
                   grad_scale, found_inf);
 }
+
+// Whether lars_kernel has an image for `device` (SASS for its architecture or PTX
+// the driver can JIT): cudaFuncGetAttributes fails with
+// cudaErrorNoKernelImageForDevice otherwise. Cached per device.
+bool kernel_runs_on(int64_t device) {
+  static std::mutex mu;
+  static std::vector<int> known;  // -1 unknown, 0 no, 1 yes
+  std::lock_guard<std::mutex> lock(mu);
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || device < 0 || device >= count) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  if (known.size() <= static_cast<size_t>(device)) known.resize(device + 1, -1);
+  if (known[device] < 0) {
+    const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+    cudaFuncAttributes attr;
+    const cudaError_t err = cudaFuncGetAttributes(&attr, lars_kernel<float, float>);
+    (void)cudaGetLastError();  // clear a sticky "no kernel image" so torch does not see it later
+    known[device] = err == cudaSuccess ? 1 : 0;
+  }
+  return known[device] == 1;
+}
+
+const bool probe_installed = (cuda_kernel_probe() = &kernel_runs_on, true);
 
 }  // namespace
 

@@ -1,0 +1,146 @@
+// The one element traversal of the CPU kernel, kept apart from the math (the
+// CPU twin of csrc/cuda/traversal.cuh): a thread walks elements [begin, end)
+// of one tensor and hands them to a policy, four float vectors at a time where
+// a vector path exists, then one element at a time:
+//
+//   op.vec(k, Vec& p, const Vec& g, Vec& m)   k = 0..3: which of four
+//                                              independent accumulators
+//   op.scalar(float& p, float g, float& m)
+//
+// A reduction policy (NormSums) accumulates and writes nothing; an update
+// policy (lars_cpu_kernel.h's ApplyLars) changes p and m, which the traversal
+// stores back (kWrite). The vector path exists in the AVX2 build for params
+// and grads of one type: float32 (8 floats per load) and float16/bfloat16
+// (16 per load, widened to two float vectors and narrowed once on store, round
+// to nearest even as a scalar cast). Elsewhere (the portable build, mixed
+// types) the scalar path runs: ATen's portable Vectorized<float> is slower than
+// the compiler's own vectorisation of the scalar loop.
+// The visiting order is fixed, so sums over a span give the same bits on
+// every run.
+#pragma once
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#ifndef LARS_CPU_NS
+#error "define LARS_CPU_NS before including traversal.h"
+#endif
+
+namespace lars_cuda {
+namespace LARS_CPU_NS {
+
+using Vec = at::vec::Vectorized<float>;
+
+inline float to_float(float x) { return x; }
+inline float to_float(at::Half x) { return static_cast<float>(x); }
+inline float to_float(at::BFloat16 x) { return static_cast<float>(x); }
+
+// How an element type is read as float vectors and written back.
+template <typename T>
+struct Lanes {  // float16 / bfloat16: one 16-element load, two float vectors
+  using VT = at::vec::Vectorized<T>;
+  static constexpr int kVecs = 2;
+  static constexpr int64_t kElems = VT::size();
+  static void load(const T* ptr, Vec* out) {
+    auto [a, b] = at::vec::convert_to_float<T>(VT::loadu(ptr));
+    out[0] = a;
+    out[1] = b;
+  }
+  static void store(T* ptr, const Vec* v) { at::vec::convert_from_float<T>(v[0], v[1]).store(ptr); }
+};
+
+template <>
+struct Lanes<float> {
+  static constexpr int kVecs = 1;
+  static constexpr int64_t kElems = Vec::size();
+  static void load(const float* ptr, Vec* out) { out[0] = Vec::loadu(ptr); }
+  static void store(float* ptr, const Vec* v) { v[0].store(ptr); }
+};
+
+template <typename P, typename G>
+constexpr bool has_vector_path() {
+#if defined(CPU_CAPABILITY_AVX2)
+  return std::is_same_v<P, G> &&
+         (std::is_same_v<P, float> || std::is_same_v<P, at::Half> || std::is_same_v<P, at::BFloat16>);
+#else
+  return false;
+#endif
+}
+
+// Float vectors in flight per iteration: four independent FMA chains hide the
+// latency, so a reduction runs at memory speed.
+constexpr int kVecsInFlight = 4;
+
+template <bool kWrite, typename P, typename G, typename Op>
+inline void traverse_span(P* p, const G* g, P* m, int64_t begin, int64_t end, Op& op) {
+  const bool with_m = kWrite && m != nullptr;
+  int64_t i = begin;
+  if constexpr (has_vector_path<P, G>()) {
+    using L = Lanes<P>;
+    constexpr int kLoads = kVecsInFlight / L::kVecs;
+    constexpr int64_t kStep = kLoads * L::kElems;
+    for (; i + kStep <= end; i += kStep) {
+      Vec pv[kVecsInFlight], gv[kVecsInFlight], mv[kVecsInFlight];
+      for (int j = 0; j < kLoads; ++j) {
+        L::load(p + i + j * L::kElems, pv + j * L::kVecs);
+        L::load(g + i + j * L::kElems, gv + j * L::kVecs);
+        if (with_m) {
+          L::load(m + i + j * L::kElems, mv + j * L::kVecs);
+        } else if constexpr (kWrite) {  // an update without momentum: m reads as 0 and is not stored
+          for (int k = 0; k < L::kVecs; ++k) mv[j * L::kVecs + k] = Vec(0.f);
+        }
+      }
+      for (int k = 0; k < kVecsInFlight; ++k) op.vec(k, pv[k], gv[k], mv[k]);
+      if constexpr (kWrite) {
+        for (int j = 0; j < kLoads; ++j) {
+          L::store(p + i + j * L::kElems, pv + j * L::kVecs);
+          if (with_m) L::store(m + i + j * L::kElems, mv + j * L::kVecs);
+        }
+      }
+    }
+  }
+  for (; i < end; ++i) {
+    float pv = to_float(p[i]);
+    float mv = with_m ? to_float(m[i]) : 0.f;
+    op.scalar(pv, to_float(g[i]), mv);
+    if constexpr (kWrite) {
+      p[i] = static_cast<P>(pv);
+      if (with_m) m[i] = static_cast<P>(mv);
+    }
+  }
+}
+
+// The reduction policy: sums of p² and g² (and, where a flavour needs
+// ‖g + βp‖² = ‖g‖² + 2β⟨g,p⟩ + β²‖p‖², of g·p) from the same read of p and g.
+// Vector lanes accumulate in float (four chains), the scalar path in double.
+template <bool kDot>
+struct NormSums {
+  Vec vp[kVecsInFlight] = {Vec(0.f), Vec(0.f), Vec(0.f), Vec(0.f)};
+  Vec vg[kVecsInFlight] = {Vec(0.f), Vec(0.f), Vec(0.f), Vec(0.f)};
+  Vec vpg[kVecsInFlight] = {Vec(0.f), Vec(0.f), Vec(0.f), Vec(0.f)};
+  double sp = 0.0, sg = 0.0, spg = 0.0;
+
+  void vec(int k, Vec& p, const Vec& g, Vec&) {
+    vp[k] = at::vec::fmadd(p, p, vp[k]);
+    vg[k] = at::vec::fmadd(g, g, vg[k]);
+    if constexpr (kDot) vpg[k] = at::vec::fmadd(p, g, vpg[k]);
+  }
+  void scalar(float& p, float g, float&) {
+    sp += static_cast<double>(p) * p;
+    sg += static_cast<double>(g) * g;
+    if constexpr (kDot) spg += static_cast<double>(p) * g;
+  }
+  // The totals: the four chains summed pairwise, then the scalar part.
+  void finish(double& p2, double& g2, double* pg = nullptr) const {
+    const auto add = [](Vec& a, Vec& b) { return a + b; };
+    p2 = sp + at::vec::vec_reduce_all<float>(add, (vp[0] + vp[1]) + (vp[2] + vp[3]));
+    g2 = sg + at::vec::vec_reduce_all<float>(add, (vg[0] + vg[1]) + (vg[2] + vg[3]));
+    if (pg != nullptr) *pg = spg + at::vec::vec_reduce_all<float>(add, (vpg[0] + vpg[1]) + (vpg[2] + vpg[3]));
+  }
+};
+
+}  // namespace LARS_CPU_NS
+}  // namespace lars_cuda

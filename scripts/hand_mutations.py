@@ -1,0 +1,118 @@
+"""Hand mutations of the C++ kernels (mutmut mutates Python only): each one is
+applied to a scratch copy of the repository, the CPU extension is rebuilt there
+(LARS_CUDA_FORCE_CPU=1, ninja rebuilds only what changed) and the kernel's tests
+are run against it. A mutant the tests do not fail is a survivor. The CUDA file
+has no CPU-runnable tests, so its mutants live in benchmarks/gpu_check.sh's
+domain; the shared math (csrc/lars.h) and op layer are covered here.
+
+    python scripts/hand_mutations.py [--keep] [--only NAME]
+
+Prints one line per mutant and a summary; exits 1 if any mutant survived."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRATCH = "/tmp/lars_cuda-hand-mutations"
+TESTS = ["tests/test_fused_op.py", "tests/test_lars_math.py", "tests/test_conformance.py", "tests/test_validation.py"]
+
+# (name, file, original text, mutated text): each original must occur exactly once.
+MUTANTS = [
+    ("kernel writes nothing", "csrc/cpu/lars_cpu.cpp",
+     "    if (g.params.empty()) continue;\n    const float lr_f",
+     "    if (true) continue;\n    const float lr_f"),
+    ("no guard for a zero gradient norm", "csrc/lars.h",
+     "(w > 0.f && n > 0.f)", "(w > 0.f)"),
+    ("trust ratio capped at 0.8x trust_clip", "csrc/lars.h",
+     "r = clamp_nan(r, 0.f, h.trust_clip);", "r = clamp_nan(r, 0.f, 0.8f * h.trust_clip);"),
+    ("nesterov uses the buffer", "csrc/lars.h",
+     "u = c.nesterov ? d + c.momentum * buf : buf;", "u = buf;"),
+    ("update clip skipped", "csrc/lars.h",
+     "if (c.clip) d = clamp_fn(d, c.clip_lo, c.clip_hi);", ""),
+    ("weight decay also without LARS", "csrc/lars.h",
+     "decay(h.lars && h.weight_decay != 0.f)", "decay(h.weight_decay != 0.f)"),
+    ("maximize ignored", "csrc/lars.h",
+     "return h.maximize ? -inv_scale : inv_scale;", "return inv_scale;"),
+    ("found_inf ignored", "csrc/cpu/lars_cpu.cpp",
+     "if (found_inf.has_value() && found_inf->item<double>() != 0.0) return;", ""),
+    ("norm of g not unscaled", "csrc/cpu/lars_cpu_kernel.h",
+     "const float n = static_cast<float>(std::sqrt(sg)) * inv_scale;",
+     "const float n = static_cast<float>(std::sqrt(sg));"),
+    ("last chunk of a tensor left out of its norm", "csrc/cpu/lars_cpu_kernel.h",
+     "for (; i < n_spans && spans[i].tensor == k; ++i) {",
+     "for (; i < n_spans && spans[i].tensor == k; ++i) {\n          if (i + 1 < n_spans && spans[i + 1].tensor != k && i > 0 && spans[i - 1].tensor == k) continue;"),
+    ("dense copies of strided params not written back", "csrc/lars_op.cpp",
+     "for (auto& [dst, src] : bucket.write_back) dst.copy_(src);", ""),
+    ("only group 0 checked", "csrc/lars_op.cpp",
+     "    check_fused_lars_args(g.params, g.grads, g.bufs,", "    if (k == 0) check_fused_lars_args(g.params, g.grads, g.bufs,"),
+    ("duplicate params not refused", "csrc/lars_op.cpp",
+     "seen.insert(p.data_ptr()).second || p.numel() == 0", "true"),
+    ("AVX2 float tail not updated", "csrc/cpu/lars_cpu_kernel.h",
+     "  for (; i < end; ++i) {\n    float b = buf ? buf[i] : 0.f;", "  for (; false; ++i) {\n    float b = buf ? buf[i] : 0.f;"),
+    ("bf16/fp16 vector path drops the buffer", "csrc/cpu/lars_cpu_kernel.h",
+     "    if (buf) at::vec::convert_from_float<T>(b0, b1).store(buf + i);", ""),
+]
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, cwd=SCRATCH, capture_output=True, text=True, **kw)
+
+
+def fresh_copy():
+    if os.path.exists(SCRATCH):
+        shutil.rmtree(SCRATCH)
+    ignore = shutil.ignore_patterns(".venv", "mutants", "build", ".git", "runs", "logs", "*.so", "__pycache__")
+    shutil.copytree(REPO, SCRATCH, ignore=ignore)
+
+
+def build_and_test(env) -> tuple[bool, str]:
+    b = run([sys.executable, "setup.py", "build_ext", "--inplace"], env=env, timeout=900)
+    if b.returncode != 0:
+        return False, "build failed: " + b.stderr[-400:]
+    t = run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:logging", "-p", "no:cacheprovider",
+             "--deselect", "tests/test_fused_op.py::test_torch_compile_traces_a_fused_step_without_graph_breaks",
+             *TESTS], env=env, timeout=900)
+    return t.returncode == 0, t.stdout.strip().splitlines()[-1] if t.stdout.strip() else t.stderr[-300:]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default=None, help="run the mutants whose name contains this")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch copy")
+    args = ap.parse_args()
+    env = dict(os.environ, LARS_CUDA_FORCE_CPU="1", PYTHONDONTWRITEBYTECODE="1")
+    fresh_copy()
+    ok, detail = build_and_test(env)
+    if not ok:
+        print(f"the unmutated copy does not pass: {detail}")
+        return 2
+    survivors = 0
+    mutants = [m for m in MUTANTS if args.only is None or args.only in m[0]]
+    for name, rel, old, new in mutants:
+        path = os.path.join(SCRATCH, rel)
+        text = open(path).read()
+        if text.count(old) != 1:
+            print(f"STALE    {name}: the original text occurs {text.count(old)} times in {rel}")
+            survivors += 1
+            continue
+        open(path, "w").write(text.replace(old, new))
+        t0 = time.time()
+        passed, detail = build_and_test(env)
+        open(path, "w").write(text)
+        verdict = "SURVIVED" if passed else "killed  "
+        survivors += passed
+        print(f"{verdict} {name} ({rel}, {time.time() - t0:.0f} s): {detail}", flush=True)
+    print(f"{len(mutants) - survivors} of {len(mutants)} hand mutants killed")
+    if not args.keep:
+        shutil.rmtree(SCRATCH, ignore_errors=True)
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
