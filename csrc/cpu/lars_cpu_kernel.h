@@ -55,6 +55,7 @@ inline Vec clamp_vec(const Vec& x, const Vec& lo, const Vec& hi) { return at::ve
 // step = lr * r; each grad element is multiplied by g_coef (grad_coefficient
 // in lars.h: 1/grad_scale, negated for maximize) as it is read.
 struct ApplyLars {
+  static constexpr int kVecs = 1;  // one load per iteration (see traversal.h)
   ElementCoeffs<Vec> cv;
   ElementCoeffs<float> c;
   Vec step_v, coef_v;
