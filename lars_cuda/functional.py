@@ -242,21 +242,15 @@ def fused_lars_groups(
     writes any. Each group is ``(params, grads, momentum_buffer_list, options)`` with
     the keyword arguments of :func:`lars` as options; missing buffers are created
     (zeros) and filled into ``momentum_buffer_list``."""
-    params: list[Tensor] = []
-    grads: list[Tensor] = []
-    bufs: list[Tensor] = []
     sizes: list[int] = []
     hyper: list[float] = []
     flags: list[int] = []
     lr_tensors: list[Optional[Tensor]] = []
-    for group_params, group_grads, group_bufs, o in groups:
+    for group_params, _, group_bufs, o in groups:
         if o["momentum"] != 0:
             for i, buf in enumerate(group_bufs):
                 if buf is None:
                     group_bufs[i] = torch.zeros_like(group_params[i], memory_format=torch.preserve_format)
-            bufs += group_bufs
-        params += group_params
-        grads += group_grads
         sizes.append(len(group_params))
         lr = o["lr"]
         lr_tensors.append(lr if isinstance(lr, Tensor) else None)
@@ -266,5 +260,13 @@ def fused_lars_groups(
             _NO_CLIP if o["update_clip"] is None else o["update_clip"],
         ]
         flags.append(int(o["lars"]) | 2 * int(o["nesterov"]) | 4 * int(o["maximize"]))
+    # The flat lists (one group, the common case: its own lists, no copy).
+    if len(groups) == 1:
+        params, grads, bufs, o = groups[0]
+        bufs = bufs if o["momentum"] != 0 else []
+    else:
+        params = [p for g in groups for p in g[0]]
+        grads = [p for g in groups for p in g[1]]
+        bufs = [b for g in groups if g[3]["momentum"] != 0 for b in g[2]]
     if params:
         ops.fused_lars_groups_(params, grads, bufs, sizes, hyper, flags, lr_tensors, grad_scale, found_inf)

@@ -53,10 +53,13 @@ MUTANTS = [
      "    check_fused_lars_args(g.params, g.grads, g.bufs,", "    if (k == 0) check_fused_lars_args(g.params, g.grads, g.bufs,"),
     ("duplicate params not refused", "csrc/lars_op.cpp",
      "seen.insert(p.data_ptr()).second || p.numel() == 0", "true"),
-    ("AVX2 float tail not updated", "csrc/cpu/lars_cpu_kernel.h",
-     "  for (; i < end; ++i) {\n    float b = buf ? buf[i] : 0.f;", "  for (; false; ++i) {\n    float b = buf ? buf[i] : 0.f;"),
-    ("bf16/fp16 vector path drops the buffer", "csrc/cpu/lars_cpu_kernel.h",
-     "    if (buf) at::vec::convert_from_float<T>(b0, b1).store(buf + i);", ""),
+    ("vector path's tail not updated", "csrc/cpu/traversal.h",
+     "  for (; i < end; ++i) {\n    float pv = to_float(p[i]);", "  for (; false; ++i) {\n    float pv = to_float(p[i]);"),
+    ("vector path drops the momentum buffer", "csrc/cpu/traversal.h",
+     "          if constexpr (kM) L::store(m + i + j * L::kElems, mv + j * L::kVecs);", ""),
+    ("one of the four norm chains left out", "csrc/cpu/traversal.h",
+     "p2 = sp + at::vec::vec_reduce_all<float>(add, (vp[0] + vp[1]) + (vp[2] + vp[3]));",
+     "p2 = sp + at::vec::vec_reduce_all<float>(add, (vp[0] + vp[1]) + vp[2]);"),
 ]
 
 
