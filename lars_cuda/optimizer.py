@@ -18,6 +18,7 @@ from .functional import fused_lars_groups, lars
 __all__ = ["Lars", "UnsupportedTensorError"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_KERNEL_DTYPE_SET = frozenset(_KERNEL_DTYPES)
 
 
 class _Required:
@@ -158,15 +159,15 @@ class Lars(Optimizer):
         fused_plans, other_plans = [], []
         for group in self.param_groups:
             _check_hyperparameters(group, read_tensor_lr=False)
-            params, grads, bufs = self._gather(group)
-            path = self._path(group, params)
+            params, grads, bufs, dtypes = self._gather(group)
+            path = self._path(group, params, dtypes)
             _check_path(path, params, grads, bufs, group)
             if path != "fused" and (grad_scale is not None or found_inf is not None):
                 raise RuntimeError(
                     "grad_scale/found_inf were given but a group does not run the fused kernel; "
                     "use fused=True or let GradScaler unscale the gradients"
                 )
-            if path == "fused" and not _kernel_dtypes_only(params, grads):
+            if path == "fused" and not dtypes <= _KERNEL_DTYPE_SET:
                 # fused=True with float64 tensors (as torch's fused SGD takes): those run
                 # the foreach path, the rest the kernel.
                 if grad_scale is not None or found_inf is not None:
@@ -236,22 +237,29 @@ class Lars(Optimizer):
             ratios.append(r)
         return torch.cat(ratios) if ratios else torch.empty(0)
 
-    def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[Optional[Tensor]]]:
+    def _gather(
+        self, group: dict[str, Any]
+    ) -> tuple[list[Tensor], list[Tensor], list[Optional[Tensor]], set[torch.dtype]]:
+        """The group's params with a grad, their grads and momentum buffers (None where
+        there is none yet), and the set of their dtypes."""
         params = [p for p in group["params"] if p.grad is not None]
         grads = [p.grad for p in params]
         if any(g.is_sparse for g in grads):
             raise UnsupportedTensorError("Lars does not support sparse gradients")
-        for dtype in {p.dtype for p in params}:  # per dtype, not per tensor: this runs every step
+        # Per dtype, not per tensor: this runs every step. (A grad's dtype is its param's:
+        # autograd refuses to assign another, and the kernel checks it again.)
+        dtypes = {p.dtype for p in params}
+        for dtype in dtypes:
             _check_dtype(dtype)
         bufs: list[Optional[Tensor]] = []
         if group["momentum"] != 0:
             # One dict lookup per param (Tensor.__hash__ is a Python call): this runs every step.
             get = self.state.get
             bufs = [(get(p) or _NO_STATE).get("momentum_buffer") for p in params]
-        return params, grads, bufs
+        return params, grads, bufs, dtypes
 
     @staticmethod
-    def _path(group: dict[str, Any], params: list[Tensor]) -> str:
+    def _path(group: dict[str, Any], params: list[Tensor], dtypes: Optional[set] = None) -> str:
         """As torch.optim.SGD: fused=True -> kernel; foreach=True -> foreach; foreach=False
         -> the loop. Unset, the kernel where it serves every tensor, else foreach."""
         fused, foreach = group["fused"], group["foreach"]
@@ -264,7 +272,9 @@ class Lars(Optimizer):
         devices = {p.device for p in params}
         if len(devices) > 1:
             return "single"
-        if fused is None and {p.dtype for p in params} <= set(_KERNEL_DTYPES):
+        if dtypes is None:
+            dtypes = {p.dtype for p in params}
+        if fused is None and dtypes <= _KERNEL_DTYPE_SET:
             if not params:
                 return "fused"
             device = next(iter(devices))
@@ -307,7 +317,7 @@ def _warn_no_kernel_image(device: torch.device) -> None:
 
 
 def _kernel_dtypes_only(params: list[Tensor], grads: list[Tensor]) -> bool:
-    return {p.dtype for p in params} | {g.dtype for g in grads} <= set(_KERNEL_DTYPES)
+    return {p.dtype for p in params} | {g.dtype for g in grads} <= _KERNEL_DTYPE_SET
 
 
 def _split_kernel_dtypes(params, grads, bufs):

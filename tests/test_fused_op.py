@@ -369,3 +369,25 @@ def test_fused_true_names_the_card_and_the_rebuild_command_where_the_kernel_has_
     with pytest.raises(RuntimeError, match=r"NVIDIA B200 \(sm_100\).*TORCH_CUDA_ARCH_LIST=10.0"):
         Lars([p], lr=0.1, fused=True).step()
     assert torch.equal(p.detach(), torch.ones(3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_multi_chunk_tensors_anywhere_in_the_list_and_across_waves_match_the_oracle(dtype):
+    """Tensors of several 16 Ki-element chunks before, between and after small ones, and
+    enough bytes for several 16 MiB waves: every chunk of every tensor enters its norm."""
+    shapes = [(70_001,), (3,), (40_000,), (5, 5), (1_500_000,), (2_500_000,), (16_385,), (7,)]
+    gen = torch.Generator().manual_seed(11)
+    params = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
+    # Grads whose last chunk dominates the norm, so a chunk left out changes the ratio a lot.
+    grads = [torch.randn(s, generator=gen).mul_(torch.linspace(0.1, 3.0, s[0]).view(-1, *[1] * (len(s) - 1)))
+             .to(dtype) for s in shapes]
+    bufs = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
+    start_p, start_b = [p.clone() for p in params], [b.clone() for b in bufs]
+    torch.ops.lars_cuda.fused_lars_(*call(params, grads, bufs, eeta=0.5, lr=0.3))
+    for p, g, p0, b0 in zip(params, grads, start_p, start_b):
+        want, _ = lars_step_f64(p0, g, b0, lr=0.3, momentum=0.9, weight_decay=1e-4, eeta=0.5)
+        step, want_step = (p0.double() - p.double()), (p0.double() - want)
+        if dtype == torch.float32:
+            torch.testing.assert_close(step, want_step, rtol=1e-4, atol=1e-6)
+        else:  # compare the step's size: one bf16 rounding per element
+            assert abs(step.norm() / want_step.norm() - 1) < 0.01
