@@ -101,12 +101,12 @@ std::string& last_launch_storage() {
 }  // namespace
 
 void set_last_cuda_launch(const char* kind) { last_launch_storage() = kind; }
+std::string last_cuda_launch() { return last_launch_storage(); }
 
 CudaProbe& cuda_kernel_probe() {
   static CudaProbe probe = [](int64_t) { return false; };
   return probe;
 }
-std::string last_cuda_launch() { return last_launch_storage(); }
 
 void add_to_buckets(std::vector<Bucket>& buckets, at::TensorList params, at::TensorList grads, at::TensorList bufs,
                     int64_t group) {
@@ -211,13 +211,13 @@ std::vector<GroupCall> parse_groups(at::TensorList params, at::TensorList grads,
 
   std::vector<GroupCall> groups;
   groups.reserve(n_groups);
+  const auto clip = [](double x) { return std::isnan(x) ? std::optional<double>() : std::optional<double>(x); };
   int64_t at = 0, at_buf = 0;
   std::optional<at::Device> device;
   for (size_t k = 0; k < n_groups; ++k) {
     const double* v = hyper.data() + k * kHyperStride;
     const int64_t n = group_sizes[k];
     const int64_t nb = v[1] != 0.0 ? n : 0;
-    const auto clip = [](double x) { return std::isnan(x) ? std::optional<double>() : std::optional<double>(x); };
     const std::optional<at::Tensor> lr_t = lr_tensors.get(k);
     GroupCall g{params.slice(at, n), grads.slice(at, n), bufs.slice(at_buf, nb),
                 make_hyper(v[1], v[2], v[3], v[4], flags[k] & kFlagLars, flags[k] & kFlagNesterov, clip(v[5]),

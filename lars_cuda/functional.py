@@ -158,8 +158,8 @@ def _multi_tensor_lars(
                 weight_decay=weight_decay, eeta=eeta, epsilon=epsilon, lars=lars, nesterov=nesterov,
                 trust_clip=trust_clip, update_clip=update_clip, maximize=maximize, grad_scale=None, found_inf=None,
             )
-            for j, i in enumerate(idx):
-                if momentum != 0:
+            if momentum != 0:  # the part's new buffers, back into the caller's list
+                for j, i in enumerate(idx):
                     momentum_buffer_list[i] = bufs[j]
         return
     device = params[0].device

@@ -35,6 +35,11 @@ def has_fused(device: torch.device | str) -> bool:
 _RUNS_ON: dict[int, bool] = {}
 
 
+def _cuda_index(device: torch.device) -> int:
+    """The device's index; a bare "cuda" means the current device."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def fused_runs_on(device: torch.device | str) -> bool:
     """Whether the built kernel can run on ``device``: always on the CPU; on a CUDA
     device only if the build holds code for its architecture (SASS, or PTX the
@@ -45,7 +50,7 @@ def fused_runs_on(device: torch.device | str) -> bool:
         return False
     if device.type != "cuda":
         return True
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _cuda_index(device)
     if index not in _RUNS_ON:
         _RUNS_ON[index] = bool(torch.ops.lars_cuda.cuda_kernel_runs(index))
     return _RUNS_ON[index]
@@ -53,16 +58,14 @@ def fused_runs_on(device: torch.device | str) -> bool:
 
 def describe_cuda_device(device: torch.device | str) -> str:
     """'NVIDIA B200 (sm_100)': the card, for messages."""
-    device = torch.device(device)
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _cuda_index(torch.device(device))
     major, minor = torch.cuda.get_device_capability(index)
     return f"{torch.cuda.get_device_name(index)} (sm_{major}{minor})"
 
 
 def rebuild_hint(device: torch.device | str) -> str:
-    device = torch.device(device)
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    major, minor = torch.cuda.get_device_capability(index)
+    """The command that builds the kernel for this card."""
+    major, minor = torch.cuda.get_device_capability(_cuda_index(torch.device(device)))
     return f"TORCH_CUDA_ARCH_LIST={major}.{minor} pip install --no-build-isolation -e ."
 
 

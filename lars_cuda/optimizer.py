@@ -142,7 +142,8 @@ class Lars(Optimizer):
         # only the fused kernel consumes them, so every tensor must take that path.
         for group in self.param_groups:
             params = _group_params(group)
-            if self._path(group, params) != "fused" or not _kernel_dtypes_only(params, [p.grad for p in params]):
+            dtypes = {p.dtype for p in params}
+            if self._path(group, params, dtypes) != "fused" or not dtypes <= _KERNEL_DTYPE_SET:
                 return False
         return True
 
@@ -287,18 +288,16 @@ class Lars(Optimizer):
 
 _NO_STATE: dict[str, Any] = {}
 
-# The options a Lars param group carries (besides "params").
-_GROUP_OPTIONS = ("lr", "momentum", "eeta", "weight_decay", "epsilon", "lars", "nesterov", "trust_clip",
-                  "update_clip", "maximize", "foreach", "fused")
+# The options a Lars param group carries (besides "params"): those the step's math
+# takes (the keyword arguments of functional.lars), then the path switches.
+_STEP_OPTIONS = ("lr", "momentum", "eeta", "weight_decay", "epsilon", "lars", "nesterov", "trust_clip",
+                 "update_clip", "maximize")
+_GROUP_OPTIONS = _STEP_OPTIONS + ("foreach", "fused")
 
 
 def _group_options(group: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments of :func:`lars_cuda.functional.lars` a group holds."""
-    return dict(
-        lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"], eeta=group["eeta"],
-        epsilon=group["epsilon"], lars=group["lars"], nesterov=group["nesterov"], trust_clip=group["trust_clip"],
-        update_clip=group["update_clip"], maximize=group["maximize"],
-    )
+    return {key: group[key] for key in _STEP_OPTIONS}
 
 
 _WARNED_NO_IMAGE: set = set()
@@ -316,15 +315,12 @@ def _warn_no_kernel_image(device: torch.device) -> None:
     )
 
 
-def _kernel_dtypes_only(params: list[Tensor], grads: list[Tensor]) -> bool:
-    return {p.dtype for p in params} | {g.dtype for g in grads} <= _KERNEL_DTYPE_SET
-
-
 def _split_kernel_dtypes(params, grads, bufs):
-    """(params, grads, bufs) the kernel takes, and the rest, each as three lists."""
+    """(params, grads, bufs) the kernel takes, and the rest, each as three lists
+    (a grad has its param's dtype: autograd refuses another)."""
     keep, odd = ([], [], []), ([], [], [])
     for i, (p, g) in enumerate(zip(params, grads)):
-        side = keep if p.dtype in _KERNEL_DTYPES and g.dtype in _KERNEL_DTYPES else odd
+        side = keep if p.dtype in _KERNEL_DTYPE_SET else odd
         side[0].append(p)
         side[1].append(g)
         if bufs:

@@ -49,11 +49,11 @@ void run_groups_cpu(const std::vector<GroupCall>& groups, const std::optional<at
 #if defined(LARS_CUDA_HAS_AVX2_KERNEL)
       if (avx2) {
         cpu_avx2::run(b.params, b.grads, b.bufs, lr_f, inv_scale, g.hyper);
-        finish_bucket(b);
-        continue;
-      }
+      } else
 #endif
-      cpu_default::run(b.params, b.grads, b.bufs, lr_f, inv_scale, g.hyper);
+      {
+        cpu_default::run(b.params, b.grads, b.bufs, lr_f, inv_scale, g.hyper);
+      }
       finish_bucket(b);
     }
   }
