@@ -109,7 +109,7 @@ CudaProbe& cuda_kernel_probe() {
 }
 
 void add_to_buckets(std::vector<Bucket>& buckets, at::TensorList params, at::TensorList grads, at::TensorList bufs,
-                    int64_t group) {
+                    int64_t group, int64_t first_index) {
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& p = params[i];
     if (p.numel() == 0) continue;
@@ -117,7 +117,7 @@ void add_to_buckets(std::vector<Bucket>& buckets, at::TensorList params, at::Ten
     auto it = std::find_if(buckets.begin(), buckets.end(),
                            [&](const Bucket& b) { return b.p_type == pt && b.g_type == gt; });
     if (it == buckets.end()) {
-      buckets.push_back(Bucket{pt, gt, {}, {}, {}, {}, {}});
+      buckets.push_back(Bucket{pt, gt, {}, {}, {}, {}, {}, {}});
       it = buckets.end() - 1;
     }
     // The kernels walk flat memory. A param that is not dense (a strided view)
@@ -128,6 +128,7 @@ void add_to_buckets(std::vector<Bucket>& buckets, at::TensorList params, at::Ten
     if (!dense) it->write_back.emplace_back(p, pk);
     it->params.push_back(pk);
     it->group.push_back(group);
+    it->index.push_back(first_index + static_cast<int64_t>(i));
     // A grad laid out unlike its param (say a contiguous grad for a
     // channels_last param) is copied into the param's layout.
     it->grads.push_back(grads[i].strides() == pk.strides() ? grads[i] : at::empty_like(pk, gt).copy_(grads[i]));
@@ -141,12 +142,6 @@ void add_to_buckets(std::vector<Bucket>& buckets, at::TensorList params, at::Ten
       it->bufs.push_back(mk);
     }
   }
-}
-
-std::vector<Bucket> bucket_by_dtype(at::TensorList params, at::TensorList grads, at::TensorList bufs) {
-  std::vector<Bucket> buckets;
-  add_to_buckets(buckets, params, grads, bufs, 0);
-  return buckets;
 }
 
 void finish_bucket(Bucket& bucket) {
@@ -222,7 +217,7 @@ std::vector<GroupCall> parse_groups(at::TensorList params, at::TensorList grads,
     GroupCall g{params.slice(at, n), grads.slice(at, n), bufs.slice(at_buf, nb),
                 make_hyper(v[1], v[2], v[3], v[4], flags[k] & kFlagLars, flags[k] & kFlagNesterov, clip(v[5]),
                            clip(v[6]), flags[k] & kFlagMaximize),
-                v[0], lr_t};
+                v[0], lr_t, at};
     TORCH_CHECK_VALUE(std::isfinite(g.lr) && g.lr >= 0.0, "fused_lars_groups_: group ", k, " has an invalid lr ",
                       g.lr);
     check_fused_lars_args(g.params, g.grads, g.bufs, v[1], v[2], v[3], v[4], clip(v[5]), clip(v[6]), lr_t,
@@ -239,6 +234,33 @@ std::vector<GroupCall> parse_groups(at::TensorList params, at::TensorList grads,
   return groups;
 }
 
+std::vector<GroupCall> parse_norm_groups(at::TensorList params, at::TensorList grads, at::IntArrayRef group_sizes,
+                                         at::IntArrayRef flags) {
+  TORCH_CHECK_VALUE(flags.size() == group_sizes.size(), "fused_lars_norms: ", group_sizes.size(),
+                    " groups need as many flags, got ", flags.size());
+  std::vector<double> hyper;
+  c10::List<std::optional<at::Tensor>> lr_tensors;
+  for (size_t k = 0; k < group_sizes.size(); ++k) {
+    // lr 0, no momentum, default coefficients: only the lars flag matters to the norms.
+    hyper.insert(hyper.end(), {0.0, 0.0, 0.0, 1e-3, 0.0, NAN, NAN});
+    lr_tensors.push_back(std::nullopt);
+  }
+  return parse_groups(params, grads, {}, group_sizes, hyper, flags, lr_tensors, std::nullopt, std::nullopt);
+}
+
+void check_sums(const at::Tensor& sums, at::TensorList params) {
+  const int64_t n = static_cast<int64_t>(params.size());
+  TORCH_CHECK_TYPE(sums.scalar_type() == at::kDouble, "fused_lars_apply_: sums must be float64, got ",
+                   sums.scalar_type());
+  TORCH_CHECK_VALUE(sums.dim() == 2 && sums.size(0) == n && sums.size(1) == kSumsPerTensor && sums.is_contiguous(),
+                    "fused_lars_apply_: sums must be a contiguous [", n, ", ", kSumsPerTensor,
+                    "] tensor (one row per param), got shape ", sums.sizes());
+  if (n > 0) {
+    TORCH_CHECK_VALUE(sums.device() == params[0].device(), "fused_lars_apply_: sums are on ", sums.device(),
+                      " but the params are on ", params[0].device());
+  }
+}
+
 TORCH_LIBRARY(lars_cuda, m) {
   m.def(
       "fused_lars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, float lr, "
@@ -252,6 +274,15 @@ TORCH_LIBRARY(lars_cuda, m) {
   m.def(
       "fused_lars_groups_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] group_sizes, "
       "float[] hyper, int[] flags, Tensor?[] lr_tensors, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+  // The sharded step (DTensor params): per tensor of the local shards (Σp², Σg²)
+  // in float64, [N, 2] (zeros for lars=False groups and empty shards); the
+  // caller all-reduces them over the shard group and passes the sums to
+  // fused_lars_apply_, which forms the ratios from them and updates in place.
+  m.def("fused_lars_norms(Tensor[] params, Tensor[] grads, int[] group_sizes, int[] flags) -> Tensor");
+  m.def(
+      "fused_lars_apply_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] group_sizes, "
+      "float[] hyper, int[] flags, Tensor?[] lr_tensors, Tensor sums, Tensor? grad_scale=None, "
+      "Tensor? found_inf=None) -> ()");
   // Which CUDA launch path the last CUDA call took: "cooperative", "three-kernel" or "none".
   m.def("last_cuda_launch() -> str", [] { return last_cuda_launch(); });
   // Whether the CUDA kernel can run on CUDA device `device` (false in a CPU-only build).
@@ -273,15 +304,29 @@ void reject_sparse_groups(at::TensorList, at::TensorList, at::TensorList, at::In
                           const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) {
   TORCH_CHECK_TYPE(false, "fused_lars_groups_: sparse tensors are not supported");
 }
+
+at::Tensor reject_sparse_norms(at::TensorList, at::TensorList, at::IntArrayRef, at::IntArrayRef) {
+  TORCH_CHECK_TYPE(false, "fused_lars_norms: sparse tensors are not supported");
+}
+
+void reject_sparse_apply(at::TensorList, at::TensorList, at::TensorList, at::IntArrayRef, at::ArrayRef<double>,
+                         at::IntArrayRef, const c10::List<std::optional<at::Tensor>>&, const at::Tensor&,
+                         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) {
+  TORCH_CHECK_TYPE(false, "fused_lars_apply_: sparse tensors are not supported");
+}
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lars_cuda, SparseCPU, m) {
   m.impl("fused_lars_", &reject_sparse);
   m.impl("fused_lars_groups_", &reject_sparse_groups);
+  m.impl("fused_lars_norms", &reject_sparse_norms);
+  m.impl("fused_lars_apply_", &reject_sparse_apply);
 }
 TORCH_LIBRARY_IMPL(lars_cuda, SparseCUDA, m) {
   m.impl("fused_lars_", &reject_sparse);
   m.impl("fused_lars_groups_", &reject_sparse_groups);
+  m.impl("fused_lars_norms", &reject_sparse_norms);
+  m.impl("fused_lars_apply_", &reject_sparse_apply);
 }
 
 }  // namespace lars_cuda

@@ -34,12 +34,15 @@ struct Bucket {
   // the index of the param's group in the caller's list.
   std::vector<at::Tensor> params, grads, bufs;
   std::vector<int64_t> group;
+  // index[i]: the tensor's position in the op call's flat list (its row of the
+  // sharded step's sums tensor).
+  std::vector<int64_t> index;
   std::vector<std::pair<at::Tensor, at::Tensor>> write_back;  // (destination, dense copy)
 };
-// Adds one group's tensors (bufs empty: no momentum) to the buckets, as group `group`.
+// Adds one group's tensors (bufs empty: no momentum) to the buckets, as group
+// `group`, the first of them at position `first_index` of the call's list.
 void add_to_buckets(std::vector<Bucket>& buckets, at::TensorList params, at::TensorList grads, at::TensorList bufs,
-                    int64_t group);
-std::vector<Bucket> bucket_by_dtype(at::TensorList params, at::TensorList grads, at::TensorList bufs);
+                    int64_t group, int64_t first_index = 0);
 // Copies the dense stand-ins of non-dense params and buffers back (stream-ordered on CUDA).
 void finish_bucket(Bucket& bucket);
 
@@ -53,7 +56,19 @@ struct GroupCall {
   LarsHyper hyper;
   double lr;
   std::optional<at::Tensor> lr_tensor;
+  int64_t first_index = 0;  // position of params[0] in the call's flat list
 };
+
+// The sharded step splits the kernel in two around one all-reduce (ops
+// fused_lars_norms and fused_lars_apply_). Sums are per tensor of the call's
+// flat list, (Σp², Σg²) of the local shard in double, row-major [N, 2]:
+// `out` set: the norm pass writes them and nothing is updated;
+// `in` set: the update takes them (the global sums) instead of a norm pass.
+struct SumsIO {
+  double* out = nullptr;
+  const double* in = nullptr;
+};
+constexpr int64_t kSumsPerTensor = 2;
 
 // fused_lars_groups_ packs each group's floats in `hyper` with this stride
 // (a disabled clip is NaN) and its switches in `flags` as these bits.
@@ -68,6 +83,12 @@ std::vector<GroupCall> parse_groups(at::TensorList params, at::TensorList grads,
                                     at::IntArrayRef flags, const c10::List<std::optional<at::Tensor>>& lr_tensors,
                                     const std::optional<at::Tensor>& grad_scale,
                                     const std::optional<at::Tensor>& found_inf);
+
+// fused_lars_norms's lists: groups with only their lars flag (no hyper-parameters).
+std::vector<GroupCall> parse_norm_groups(at::TensorList params, at::TensorList grads, at::IntArrayRef group_sizes,
+                                         at::IntArrayRef flags);
+// fused_lars_apply_'s sums: float64 [N, 2] on the params' device, contiguous.
+void check_sums(const at::Tensor& sums, at::TensorList params);
 
 // The single-group form (fused_lars_), checked the same way.
 std::vector<GroupCall> single_group(at::TensorList params, at::TensorList grads, at::TensorList bufs, double lr,

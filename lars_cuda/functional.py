@@ -57,9 +57,14 @@ def lars(
     fused: bool = False,
     grad_scale: Optional[Tensor] = None,
     found_inf: Optional[Tensor] = None,
+    sums: Optional[Tensor] = None,
 ) -> None:
     """Apply one LARS step in place. ``momentum_buffer_list`` is updated in place
-    with the (possibly new) buffers, as in ``torch.optim.sgd``."""
+    with the (possibly new) buffers, as in ``torch.optim.sgd``.
+
+    ``sums``: the sharded step's global ``(sum p², sum g²)`` per tensor (float64
+    ``[n, 2]``, :mod:`lars_cuda.sharded`); the norms are then taken from it instead
+    of from the (local) tensors."""
     lr = _scalar_lr(lr)
     if foreach and fused:
         raise ValueError("foreach and fused are mutually exclusive")
@@ -75,8 +80,14 @@ def lars(
         params, grads, momentum_buffer_list,
         lr=lr, momentum=momentum, weight_decay=weight_decay, eeta=eeta, epsilon=epsilon,
         lars=lars, nesterov=nesterov, trust_clip=trust_clip, update_clip=update_clip, maximize=maximize,
-        grad_scale=grad_scale, found_inf=found_inf,
+        grad_scale=grad_scale, found_inf=found_inf, sums=sums,
     )
+
+
+def _norms_from_sums(sums: Tensor, compute: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(||p||, ||g||) per tensor from the sharded step's global sums of squares."""
+    norms = sums.sqrt().to(compute)
+    return norms[:, 0], norms[:, 1]
 
 
 def _compute_dtype(t: Tensor) -> torch.dtype:
@@ -94,7 +105,7 @@ def _scalar_lr(lr: LR) -> LR:
 
 def _single_tensor_lars(
     params, grads, momentum_buffer_list, *, lr, momentum, weight_decay, eeta, epsilon,
-    lars, nesterov, trust_clip, update_clip, maximize, grad_scale, found_inf,
+    lars, nesterov, trust_clip, update_clip, maximize, grad_scale, found_inf, sums=None,
 ):
     for i, param in enumerate(params):
         # The compute type is float32 (float64 for float64 params); the conversion is a
@@ -105,8 +116,12 @@ def _single_tensor_lars(
         if maximize:
             g32 = -g32
         if lars:
-            w = torch.linalg.vector_norm(p32)
-            n = torch.linalg.vector_norm(g32)
+            if sums is None:
+                w = torch.linalg.vector_norm(p32)
+                n = torch.linalg.vector_norm(g32)
+            else:
+                w, n = _norms_from_sums(sums[i:i + 1], compute)
+                w, n = w[0], n[0]
             ratio = eeta * w / (n + weight_decay * w + epsilon)
             ratio = torch.where((w > 0) & (n > 0), ratio, torch.ones_like(ratio))
             if trust_clip is not None:
@@ -143,7 +158,7 @@ def _single_tensor_lars(
 
 def _multi_tensor_lars(
     params, grads, momentum_buffer_list, *, lr, momentum, weight_decay, eeta, epsilon,
-    lars, nesterov, trust_clip, update_clip, maximize, grad_scale, found_inf,
+    lars, nesterov, trust_clip, update_clip, maximize, grad_scale, found_inf, sums=None,
 ):
     if not params:
         return
@@ -157,6 +172,7 @@ def _multi_tensor_lars(
                 [params[i] for i in idx], [grads[i] for i in idx], bufs, lr=lr, momentum=momentum,
                 weight_decay=weight_decay, eeta=eeta, epsilon=epsilon, lars=lars, nesterov=nesterov,
                 trust_clip=trust_clip, update_clip=update_clip, maximize=maximize, grad_scale=None, found_inf=None,
+                sums=sums[idx] if sums is not None else None,
             )
             if momentum != 0:  # the part's new buffers, back into the caller's list
                 for j, i in enumerate(idx):
@@ -171,8 +187,11 @@ def _multi_tensor_lars(
         g32 = torch._foreach_neg(g32)
 
     if lars:
-        w = torch.stack(torch._foreach_norm(p32, 2, dtype=compute))
-        n = torch.stack(torch._foreach_norm(g32, 2, dtype=compute))
+        if sums is None:
+            w = torch.stack(torch._foreach_norm(p32, 2, dtype=compute))
+            n = torch.stack(torch._foreach_norm(g32, 2, dtype=compute))
+        else:
+            w, n = _norms_from_sums(sums, compute)
         ratio = eeta * w / (n + weight_decay * w + epsilon)
         ratio = torch.where((w > 0) & (n > 0), ratio, torch.ones_like(ratio))
         if trust_clip is not None:
@@ -218,13 +237,13 @@ def _multi_tensor_lars(
 
 def _fused_lars(
     params, grads, momentum_buffer_list, *, lr, momentum, weight_decay, eeta, epsilon,
-    lars, nesterov, trust_clip, update_clip, maximize, grad_scale, found_inf,
+    lars, nesterov, trust_clip, update_clip, maximize, grad_scale, found_inf, sums=None,
 ):
     fused_lars_groups(
         [(params, grads, momentum_buffer_list, dict(
             lr=lr, momentum=momentum, weight_decay=weight_decay, eeta=eeta, epsilon=epsilon, lars=lars,
             nesterov=nesterov, trust_clip=trust_clip, update_clip=update_clip, maximize=maximize))],
-        grad_scale=grad_scale, found_inf=found_inf,
+        grad_scale=grad_scale, found_inf=found_inf, sums=sums,
     )
 
 
@@ -236,12 +255,15 @@ def fused_lars_groups(
     *,
     grad_scale: Optional[Tensor] = None,
     found_inf: Optional[Tensor] = None,
+    sums: Optional[Tensor] = None,
 ) -> None:
     """Several param groups of one device in ONE call of the op
     ``torch.ops.lars_cuda.fused_lars_groups_``, which checks every group before it
     writes any. Each group is ``(params, grads, momentum_buffer_list, options)`` with
     the keyword arguments of :func:`lars` as options; missing buffers are created
-    (zeros) and filled into ``momentum_buffer_list``."""
+    (zeros) and filled into ``momentum_buffer_list``. With ``sums`` (the sharded
+    step's global sums of squares, one row per param of all groups in order) the
+    op ``fused_lars_apply_`` runs instead, taking its norms from them."""
     sizes: list[int] = []
     hyper: list[float] = []
     flags: list[int] = []
@@ -268,5 +290,18 @@ def fused_lars_groups(
         params = [p for g in groups for p in g[0]]
         grads = [p for g in groups for p in g[1]]
         bufs = [b for g in groups if g[3]["momentum"] != 0 for b in g[2]]
-    if params:
+    if params and sums is not None:
+        ops.fused_lars_apply_(params, grads, bufs, sizes, hyper, flags, lr_tensors, sums, grad_scale, found_inf)
+    elif params:
         ops.fused_lars_groups_(params, grads, bufs, sizes, hyper, flags, lr_tensors, grad_scale, found_inf)
+
+
+def fused_lars_norms(groups: list[tuple[list[Tensor], list[Tensor], dict]]) -> Tensor:
+    """The sharded step's first half for several groups of one device in one op
+    call: float64 ``[n, 2]`` sums of squares of each (local) param and grad, zeros
+    for the params of ``lars=False`` groups. Each group is ``(params, grads, options)``."""
+    params = [p for g in groups for p in g[0]]
+    grads = [t for g in groups for t in g[1]]
+    sizes = [len(g[0]) for g in groups]
+    flags = [int(g[2]["lars"]) for g in groups]
+    return ops.fused_lars_norms(params, grads, sizes, flags)

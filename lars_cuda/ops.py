@@ -16,7 +16,7 @@ except ImportError as exc:  # a source checkout that was never built
     _C = None
     EXTENSION_ERROR = exc
 
-__all__ = ["cpu_kernel", "fused_lars_", "fused_lars_groups_", "fused_runs_on", "has_fused", "last_cuda_launch",
+__all__ = ["cpu_kernel", "fused_lars_", "fused_lars_apply_", "fused_lars_groups_", "fused_lars_norms", "fused_runs_on", "has_fused", "last_cuda_launch",
            "EXTENSION_ERROR"]
 
 
@@ -121,6 +121,35 @@ def fused_lars_groups_(
         params, grads, momentum_buffers, group_sizes, hyper, flags, lr_tensors, grad_scale, found_inf)
 
 
+def fused_lars_norms(params: list[Tensor], grads: list[Tensor], group_sizes: list[int], flags: list[int]) -> Tensor:
+    """The sharded step's first half: per tensor, (sum p^2, sum g^2) of the given
+    (local) tensors as a float64 ``[N, 2]`` tensor on their device, zeros for the
+    tensors of groups without the lars flag. Grads are read as stored (a
+    ``GradScaler``'s scale is divided out by :func:`fused_lars_apply_`)."""
+    _require_extension()
+    return torch.ops.lars_cuda.fused_lars_norms(params, grads, group_sizes, flags)
+
+
+def fused_lars_apply_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    group_sizes: list[int],
+    hyper: list[float],
+    flags: list[int],
+    lr_tensors: list[Optional[Tensor]],
+    sums: Tensor,
+    grad_scale: Optional[Tensor] = None,
+    found_inf: Optional[Tensor] = None,
+) -> None:
+    """The sharded step's second half: :func:`fused_lars_groups_` with each tensor's
+    norms taken from ``sums`` (the all-reduced output of :func:`fused_lars_norms`)
+    instead of its own data."""
+    _require_extension()
+    torch.ops.lars_cuda.fused_lars_apply_(
+        params, grads, momentum_buffers, group_sizes, hyper, flags, lr_tensors, sums, grad_scale, found_inf)
+
+
 def last_cuda_launch() -> str:
     """'cooperative', 'three-kernel', 'single' (lars=False) or 'none': the path of the last CUDA call."""
     _require_extension()
@@ -150,4 +179,20 @@ if _C is not None:
         if len(params) != len(grads) or sum(group_sizes) != len(params):
             raise ValueError(
                 f"fused_lars_groups_: {len(params)} params, {len(grads)} grads, group sizes {list(group_sizes)}")
+        return None
+
+    @torch.library.register_fake("lars_cuda::fused_lars_norms")
+    def _fused_lars_norms_fake(params, grads, group_sizes, flags):
+        if len(params) != len(grads) or sum(group_sizes) != len(params):
+            raise ValueError(
+                f"fused_lars_norms: {len(params)} params, {len(grads)} grads, group sizes {list(group_sizes)}")
+        device = params[0].device if params else torch.device("cpu")
+        return torch.empty((len(params), 2), dtype=torch.float64, device=device)
+
+    @torch.library.register_fake("lars_cuda::fused_lars_apply_")
+    def _fused_lars_apply_fake(params, grads, momentum_buffers, group_sizes, hyper, flags, lr_tensors, sums,
+                               grad_scale=None, found_inf=None):
+        if len(params) != len(grads) or sum(group_sizes) != len(params) or tuple(sums.shape) != (len(params), 2):
+            raise ValueError(f"fused_lars_apply_: {len(params)} params, {len(grads)} grads, group sizes "
+                             f"{list(group_sizes)}, sums of shape {tuple(sums.shape)}")
         return None

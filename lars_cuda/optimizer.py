@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import ops
-from .functional import fused_lars_groups, lars
+from . import ops, sharded
+from .functional import fused_lars_groups, fused_lars_norms, lars
 
 __all__ = ["Lars", "UnsupportedTensorError"]
 
@@ -157,10 +157,15 @@ class Lars(Optimizer):
         found_inf: Optional[Tensor] = getattr(self, "found_inf", None)
 
         # Check everything before touching anything: a bad input leaves the state as it was.
-        fused_plans, other_plans = [], []
+        fused_plans, other_plans, sharded_plans = [], [], []
         for group in self.param_groups:
             _check_hyperparameters(group, read_tensor_lr=False)
             params, grads, bufs, dtypes = self._gather(group)
+            if sharded.HAS_DTENSOR and any(sharded.is_dtensor(p) for p in params):
+                # DTensor params (FSDP2, HSDP): their own plans, stepped around one all-reduce.
+                (params, grads, bufs), dparams = _split_dtensors(params, grads, bufs)
+                sharded_plans += self._sharded_plans(group, *dparams, grad_scale, found_inf)
+                dtypes = {p.dtype for p in params}
             path = self._path(group, params, dtypes)
             _check_path(path, params, grads, bufs, group)
             if path != "fused" and (grad_scale is not None or found_inf is not None):
@@ -180,6 +185,8 @@ class Lars(Optimizer):
             if params:
                 (fused_plans if path == "fused" else other_plans).append((group, params, grads, bufs, path))
 
+        if sharded_plans:
+            self._step_sharded(sharded_plans, grad_scale, found_inf)
         # All kernel groups of a device in ONE op call, which checks every group before
         # it writes any; the other paths cannot fail after the checks above.
         by_device: dict[torch.device, list] = {}
@@ -205,6 +212,79 @@ class Lars(Optimizer):
         self._last_grad_scale = grad_scale
         return loss
 
+    def _sharded_plans(self, group, params, grads, bufs, grad_scale, found_inf) -> list[sharded.ShardedPlan]:
+        """Checks a group's DTensor params and plans their step on the local shards
+        (fused where the kernel serves them, float64 ones by foreach, as unsharded)."""
+        for i, (p, g) in enumerate(zip(params, grads)):
+            sharded.check_sharded(p, g, i)
+        if group["momentum"] != 0:
+            # Buffers are DTensors like their params (DCP saves them shard by shard);
+            # a fresh one holds zeros, which makes the first step exact on every path.
+            fresh = [b is None for b in bufs]
+            bufs = [torch.zeros_like(p, memory_format=torch.preserve_format) if b is None else b
+                    for p, b in zip(params, bufs)]
+            for i, (p, b) in enumerate(zip(params, bufs)):
+                if not sharded.is_dtensor(b) or b.placements != p.placements or b.shape != p.shape:
+                    raise ValueError(f"the momentum buffer of sharded param {i} must be a DTensor laid out as "
+                                     f"the param ({tuple(p.shape)}, {tuple(p.placements)})")
+        else:
+            bufs, fresh = [], []
+        local_p = [p.to_local() for p in params]
+        local_g = [g.to_local() for g in grads]
+        local_b = [b.to_local() for b in bufs]
+        dtypes = {p.dtype for p in local_p}
+        path = self._path(group, local_p, dtypes)
+        parts = [(params, local_p, local_g, local_b, bufs, path)]
+        if path == "fused" and not dtypes <= _KERNEL_DTYPE_SET:
+            keep = [i for i, p in enumerate(local_p) if p.dtype in _KERNEL_DTYPE_SET]
+            odd = [i for i, p in enumerate(local_p) if p.dtype not in _KERNEL_DTYPE_SET]
+            parts = [tuple([lst[i] for i in idx] if lst else [] for lst in (params, local_p, local_g, local_b, bufs))
+                     + (part_path,) for idx, part_path in ((keep, "fused"), (odd, "foreach"))]
+        fresh_by_param = {id(p): f for p, f in zip(params, fresh)}
+        plans = []
+        for dparams, lp, lg, lb, dbufs, part_path in parts:
+            if not dparams:
+                continue
+            _check_path(part_path, lp, lg, lb, group)
+            if part_path != "fused" and (grad_scale is not None or found_inf is not None):
+                raise RuntimeError("grad_scale/found_inf were given but a group does not run the fused kernel; "
+                                   "use fused=True or let GradScaler unscale the gradients")
+            plan = sharded.ShardedPlan(group=group, params=dparams, local_params=lp, local_grads=lg,
+                                       local_bufs=lb, path=part_path)
+            plan.new_bufs = [(p, b) for p, b in zip(dparams, dbufs) if fresh_by_param[id(p)]]
+            plans.append(plan)
+        return plans
+
+    def _step_sharded(self, plans: list[sharded.ShardedPlan], grad_scale, found_inf) -> None:
+        """Local sums of squares, ONE all-reduce per mesh, then the update on the
+        local shards (lars_cuda/sharded.py)."""
+        fused_by_device: dict[torch.device, list[sharded.ShardedPlan]] = {}
+        for plan in plans:
+            if plan.path == "fused":
+                fused_by_device.setdefault(plan.local_params[0].device, []).append(plan)
+            elif plan.group["lars"]:
+                plan.sums = sharded.local_sums(plan.local_params, plan.local_grads, foreach=plan.path == "foreach")
+            else:
+                plan.sums = torch.zeros((len(plan.params), 2), dtype=torch.float64,
+                                        device=plan.local_params[0].device)
+        for device_plans in fused_by_device.values():
+            sums = fused_lars_norms([(p.local_params, p.local_grads, p.group) for p in device_plans])
+            for plan, rows in zip(device_plans, sums.split([len(p.params) for p in device_plans])):
+                plan.sums = rows
+        global_inf = sharded.reduce_sums(plans, found_inf)
+        for device_plans in fused_by_device.values():
+            fused_lars_groups(
+                [(p.local_params, p.local_grads, p.local_bufs, _group_options(p.group)) for p in device_plans],
+                grad_scale=grad_scale, found_inf=global_inf,
+                sums=torch.cat([p.sums for p in device_plans]).contiguous(),
+            )
+        for plan in plans:
+            if plan.path != "fused":
+                lars(plan.local_params, plan.local_grads, plan.local_bufs, **_group_options(plan.group),
+                     foreach=plan.path == "foreach", sums=plan.sums)
+            for p, buf in plan.new_bufs:
+                self.state[p]["momentum_buffer"] = buf
+
     @property
     def last_grad_scale(self) -> Optional[Tensor]:
         """The loss scale the last step divided the gradients by (set by ``GradScaler``
@@ -229,8 +309,19 @@ class Lars(Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not group["lars"] or not params:
                 continue
-            w = torch.stack([torch.linalg.vector_norm(p.detach().float()).cpu() for p in params])
-            n = torch.stack([torch.linalg.vector_norm(p.grad.detach().float()).cpu() for p in params]) / scale
+            if sharded.HAS_DTENSOR and any(sharded.is_dtensor(p) for p in params):
+                # Global norms of sharded params: local sums, one all-reduce (call on every rank).
+                dparams = [p for p in params if sharded.is_dtensor(p)]
+                rows = sharded.sharded_trust_ratio_sums(dparams)
+                plain = [p for p in params if not sharded.is_dtensor(p)]
+                params = dparams + plain
+                w = torch.cat([rows[:, 0].sqrt().float()] + [
+                    torch.linalg.vector_norm(p.detach().float()).cpu().reshape(1) for p in plain])
+                n = torch.cat([rows[:, 1].sqrt().float()] + [
+                    torch.linalg.vector_norm(p.grad.detach().float()).cpu().reshape(1) for p in plain]) / scale
+            else:
+                w = torch.stack([torch.linalg.vector_norm(p.detach().float()).cpu() for p in params])
+                n = torch.stack([torch.linalg.vector_norm(p.grad.detach().float()).cpu() for p in params]) / scale
             r = group["eeta"] * w / (n + group["weight_decay"] * w + group["epsilon"])
             r = torch.where((w > 0) & (n > 0), r, torch.ones_like(r))
             if group["trust_clip"] is not None:
@@ -326,6 +417,19 @@ def _split_kernel_dtypes(params, grads, bufs):
         if bufs:
             side[2].append(bufs[i])
     return keep, odd
+
+
+def _split_dtensors(params, grads, bufs):
+    """(params, grads, bufs) of plain tensors, and those of DTensors, each as three lists."""
+    plain, dist = ([], [], []), ([], [], [])
+    for i, (p, g) in enumerate(zip(params, grads)):
+        side = dist if sharded.is_dtensor(p) else plain
+        side[0].append(p)
+        side[1].append(g)
+        side[2].append(bufs[i] if bufs else None)
+    if not bufs:
+        plain = (plain[0], plain[1], [])
+    return plain, dist
 
 
 def _group_params(group: dict[str, Any]) -> list[Tensor]:

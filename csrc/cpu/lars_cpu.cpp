@@ -11,12 +11,12 @@
 namespace lars_cuda {
 
 namespace cpu_default {
-void run(at::TensorList, at::TensorList, at::TensorList, float, float, const LarsHyper&);
+void run(at::TensorList, at::TensorList, at::TensorList, float, float, const LarsHyper&, const int64_t*, SumsIO);
 }
 #if (defined(__x86_64__) || defined(_M_X64)) && !defined(LARS_CUDA_NO_AVX2)
 #define LARS_CUDA_HAS_AVX2_KERNEL 1
 namespace cpu_avx2 {
-void run(at::TensorList, at::TensorList, at::TensorList, float, float, const LarsHyper&);
+void run(at::TensorList, at::TensorList, at::TensorList, float, float, const LarsHyper&, const int64_t*, SumsIO);
 }
 #endif
 
@@ -35,24 +35,27 @@ bool cpu_has_avx2() {
 }
 
 // Every group was checked before this runs (parse_groups / single_group), so
-// an invalid group has already raised with nothing written.
+// an invalid group has already raised with nothing written. `io`: the sharded
+// step's halves (lars_op.h); the norms half reads no grad_scale/found_inf.
 void run_groups_cpu(const std::vector<GroupCall>& groups, const std::optional<at::Tensor>& grad_scale,
-                    const std::optional<at::Tensor>& found_inf) {
+                    const std::optional<at::Tensor>& found_inf, SumsIO io = {}) {
   // On the CPU these reads cost nothing: there is no device to wait for.
   if (found_inf.has_value() && found_inf->item<double>() != 0.0) return;
   const float inv_scale = grad_scale.has_value() ? static_cast<float>(1.0 / grad_scale->item<double>()) : 1.f;
   const bool avx2 = cpu_has_avx2();
   for (const GroupCall& g : groups) {
-    if (g.params.empty()) continue;
+    if (g.params.empty() || (io.out != nullptr && !g.hyper.lars)) continue;
     const float lr_f = static_cast<float>(g.lr_tensor.has_value() ? g.lr_tensor->item<double>() : g.lr);
-    for (Bucket& b : bucket_by_dtype(g.params, g.grads, g.bufs)) {
+    std::vector<Bucket> buckets;
+    add_to_buckets(buckets, g.params, g.grads, g.bufs, 0, g.first_index);
+    for (Bucket& b : buckets) {
 #if defined(LARS_CUDA_HAS_AVX2_KERNEL)
       if (avx2) {
-        cpu_avx2::run(b.params, b.grads, b.bufs, lr_f, inv_scale, g.hyper);
+        cpu_avx2::run(b.params, b.grads, b.bufs, lr_f, inv_scale, g.hyper, b.index.data(), io);
       } else
 #endif
       {
-        cpu_default::run(b.params, b.grads, b.bufs, lr_f, inv_scale, g.hyper);
+        cpu_default::run(b.params, b.grads, b.bufs, lr_f, inv_scale, g.hyper, b.index.data(), io);
       }
       finish_bucket(b);
     }
@@ -78,6 +81,24 @@ void fused_lars_groups_cpu(at::TensorList params, at::TensorList grads, at::Tens
                  grad_scale, found_inf);
 }
 
+at::Tensor fused_lars_norms_cpu(at::TensorList params, at::TensorList grads, at::IntArrayRef group_sizes,
+                                at::IntArrayRef flags) {
+  const std::vector<GroupCall> groups = parse_norm_groups(params, grads, group_sizes, flags);
+  at::Tensor sums = at::zeros({static_cast<int64_t>(params.size()), kSumsPerTensor}, at::kDouble);
+  run_groups_cpu(groups, std::nullopt, std::nullopt, SumsIO{sums.data_ptr<double>(), nullptr});
+  return sums;
+}
+
+void fused_lars_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                          at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, at::IntArrayRef flags,
+                          const c10::List<std::optional<at::Tensor>>& lr_tensors, const at::Tensor& sums,
+                          const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  std::vector<GroupCall> groups =
+      parse_groups(params, grads, momentum_buffers, group_sizes, hyper, flags, lr_tensors, grad_scale, found_inf);
+  check_sums(sums, params);
+  run_groups_cpu(groups, grad_scale, found_inf, SumsIO{nullptr, sums.const_data_ptr<double>()});
+}
+
 }  // namespace
 
 std::string cpu_kernel_variant() { return cpu_has_avx2() ? "avx2" : "default"; }
@@ -85,6 +106,8 @@ std::string cpu_kernel_variant() { return cpu_has_avx2() ? "avx2" : "default"; }
 TORCH_LIBRARY_IMPL(lars_cuda, CPU, m) {
   m.impl("fused_lars_", &fused_lars_cpu);
   m.impl("fused_lars_groups_", &fused_lars_groups_cpu);
+  m.impl("fused_lars_norms", &fused_lars_norms_cpu);
+  m.impl("fused_lars_apply_", &fused_lars_apply_cpu);
 }
 
 }  // namespace lars_cuda

@@ -67,9 +67,12 @@ struct ApplyLars {
   void scalar(float& p, float g, float& m) { p = lars_element<float>(p, g * coef, m, step, c, ClampNan{}); }
 };
 
+// `index` and `io`: the sharded step's halves (SumsIO in lars_op.h). With
+// io.out the norm pass stores each tensor's sums at row index[t] and nothing is
+// updated; with io.in the ratios come from those rows and the norm pass is skipped.
 template <typename P, typename G>
 void lars_cpu_typed(at::TensorList params, at::TensorList grads, at::TensorList bufs, float lr, float inv_scale,
-                    const LarsHyper& h) {
+                    const LarsHyper& h, const int64_t* index, SumsIO io) {
   const int64_t n_tensors = static_cast<int64_t>(params.size());
   const bool has_buf = !bufs.empty();
   std::vector<P*> p_ptr(n_tensors);
@@ -101,7 +104,13 @@ void lars_cpu_typed(at::TensorList params, at::TensorList grads, at::TensorList 
     const int64_t n_spans = static_cast<int64_t>(spans.size());
     if (n_spans == 0) continue;  // a wave of zero-size tensors
 
-    if (h.lars) {
+    if (h.lars && io.in != nullptr) {
+      for (int64_t k = wave_begin; k < t; ++k) {
+        const double* row = io.in + kSumsPerTensor * index[k];
+        steps[k] = lr * trust_ratio(static_cast<float>(std::sqrt(row[0])),
+                                    static_cast<float>(std::sqrt(row[1])) * inv_scale, h);
+      }
+    } else if (h.lars) {
       partial_p.assign(n_spans, 0.0);
       partial_g.assign(n_spans, 0.0);
       at::parallel_for(0, n_spans, 1, [&](int64_t lo, int64_t hi) {
@@ -119,11 +128,17 @@ void lars_cpu_typed(at::TensorList params, at::TensorList grads, at::TensorList 
           sp += partial_p[i];
           sg += partial_g[i];
         }
+        if (io.out != nullptr) {
+          io.out[kSumsPerTensor * index[k]] = sp;
+          io.out[kSumsPerTensor * index[k] + 1] = sg;
+          continue;
+        }
         const float w = static_cast<float>(std::sqrt(sp));
         const float n = static_cast<float>(std::sqrt(sg)) * inv_scale;
         steps[k] = lr * trust_ratio(w, n, h);
       }
     }
+    if (io.out != nullptr) continue;  // norms only
 
     at::parallel_for(0, n_spans, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t i = hi - 1; i >= lo; --i) {
@@ -136,12 +151,12 @@ void lars_cpu_typed(at::TensorList params, at::TensorList grads, at::TensorList 
 }
 
 void run(at::TensorList params, at::TensorList grads, at::TensorList bufs, float lr, float inv_scale,
-         const LarsHyper& h) {
+         const LarsHyper& h, const int64_t* index, SumsIO io) {
   dispatch_lars_type(params[0].scalar_type(), "params", [&](auto p_tag) {
     using P = decltype(p_tag);
     dispatch_lars_type(grads[0].scalar_type(), "grads", [&](auto g_tag) {
       using G = decltype(g_tag);
-      lars_cpu_typed<P, G>(params, grads, bufs, lr, inv_scale, h);
+      lars_cpu_typed<P, G>(params, grads, bufs, lr, inv_scale, h, index, io);
     });
   });
 }

@@ -78,6 +78,7 @@ struct TensorRow {
   int64_t first_chunk;
   int64_t n_chunks;
   int64_t numel;
+  int64_t index;   // position in the op call's flat list: the tensor's row of the sums (SumsIO)
   int32_t vec_ok;  // p, g and m all 16-byte aligned
   int32_t group;   // index into LaunchGroups::g
 };
@@ -135,9 +136,14 @@ struct ApplyLars {
   }
 };
 
+// The sharded step's halves (SumsIO in lars_op.h): with io.out the ratio phase
+// stores each tensor's (Σp², Σg²) and no update runs; with io.in the update
+// phase forms each tensor's step from those sums (no norm or ratio phase, so
+// no grid barrier: one ordinary launch).
 template <typename P, typename G>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
-    lars_kernel(DeviceTable tab, LaunchGroups groups, const float* grad_scale, const float* found_inf, int phases) {
+    lars_kernel(DeviceTable tab, LaunchGroups groups, const float* grad_scale, const float* found_inf, int phases,
+                SumsIO io) {
   // Every block reads the same flag, so either all return or none does (no
   // block is left waiting at a grid barrier).
   if (found_inf != nullptr && *found_inf != 0.f) return;
@@ -181,7 +187,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
             sg += __shfl_down_sync(0xffffffffu, sg, o);
           }
         }
-        if (lane == 0) {
+        if (lane == 0 && io.out != nullptr) {
+          io.out[kSumsPerTensor * tr.index] = sp;
+          io.out[kSumsPerTensor * tr.index + 1] = sg;
+        } else if (lane == 0) {
           const float wn = static_cast<float>(sqrt(sp));
           const float gn = static_cast<float>(sqrt(sg)) * inv_scale;
           tab.steps[t] = read_lr(groups.lr[tr.group]) * trust_ratio(wn, gn, h);
@@ -196,7 +205,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
         const TensorRow& tr = tab.tensors[ch.tensor];
         const LarsHyper& h = groups.h[tr.group];
         // Without any LARS group the ratio phase did not run: step = lr.
-        const float step = groups.any_lars ? __ldcg(&tab.steps[ch.tensor]) : read_lr(groups.lr[tr.group]);
+        float step;
+        if (io.in != nullptr) {
+          const double* row = io.in + kSumsPerTensor * tr.index;
+          step = read_lr(groups.lr[tr.group]) *
+                 trust_ratio(static_cast<float>(sqrt(row[0])), static_cast<float>(sqrt(row[1])) * inv_scale, h);
+        } else {
+          step = groups.any_lars ? __ldcg(&tab.steps[ch.tensor]) : read_lr(groups.lr[tr.group]);
+        }
         ApplyLars apply(step, grad_coefficient(inv_scale, h), h);
         cuda::traverse_chunk<kUpdateUnroll, true>(static_cast<P*>(tr.p), static_cast<const G*>(tr.g),
                                                   static_cast<P*>(tr.m), ch.begin, ch.end, tr.vec_ok != 0, apply);
@@ -240,7 +256,7 @@ void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nul
 
 std::vector<int64_t> table_key(const Bucket& b, int64_t wave) {
   std::vector<int64_t> key;
-  key.reserve(5 * b.params.size() + 3);
+  key.reserve(6 * b.params.size() + 3);
   key.push_back(b.params[0].get_device());
   key.push_back(static_cast<int64_t>(b.p_type) * 64 + static_cast<int64_t>(b.g_type));
   key.push_back(wave);
@@ -250,6 +266,7 @@ std::vector<int64_t> table_key(const Bucket& b, int64_t wave) {
     key.push_back(reinterpret_cast<int64_t>(ptr_or_null(b.bufs[i])));
     key.push_back(b.params[i].numel());
     key.push_back(b.group[i]);
+    key.push_back(b.index[i]);
   }
   return key;
 }
@@ -277,7 +294,7 @@ CachedTable build_table(std::vector<int64_t> key, const Bucket& b, int64_t wave_
       wave_used = 0;
     }
     wave_used += bytes;
-    rows[t] = {p.data_ptr(), g.data_ptr(), m, static_cast<int64_t>(chunks.size()), 0, n, vec_ok ? 1 : 0,
+    rows[t] = {p.data_ptr(), g.data_ptr(), m, static_cast<int64_t>(chunks.size()), 0, n, b.index[t], vec_ok ? 1 : 0,
                static_cast<int32_t>(b.group[t])};
     for (int64_t s = 0; s < n; s += kChunk) chunks.push_back({t, s, std::min(n, s + kChunk)});
     rows[t].n_chunks = static_cast<int64_t>(chunks.size()) - rows[t].first_chunk;
@@ -360,7 +377,7 @@ int cooperative_grid(int device) {
 
 template <typename P, typename G>
 void launch(const DeviceTable& tab, const LaunchGroups& groups, const float* grad_scale, const float* found_inf,
-            int device) {
+            int device, SumsIO io) {
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   // LARS_CUDA_BLOCKS_PER_SM caps the grid (for tuning); by default as many
@@ -368,31 +385,35 @@ void launch(const DeviceTable& tab, const LaunchGroups& groups, const float* gra
   const char* per_sm_env = std::getenv("LARS_CUDA_BLOCKS_PER_SM");
   const int64_t per_sm = per_sm_env != nullptr && *per_sm_env != '\0' ? std::max(1, std::atoi(per_sm_env)) : 8;
   const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(tab.n_chunks, per_sm * sms));
-  if (!groups.any_lars) {
+  if (!groups.any_lars || io.in != nullptr) {  // no norms to take: the update alone
     lars_kernel<P, G><<<static_cast<unsigned>(wanted), kThreads, 0, stream>>>(tab, groups, grad_scale, found_inf,
-                                                                               kPhaseUpdate);
+                                                                               kPhaseUpdate, io);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     set_last_cuda_launch("single");
     return;
   }
+  // Sums out: the norm and ratio phases only.
+  const int wanted_phases = io.out != nullptr ? kPhaseNorms | kPhaseRatios : kPhaseNorms | kPhaseRatios | kPhaseUpdate;
   // LARS_CUDA_LAUNCH=three-kernel forces the fallback (so the tests cover it).
   const char* forced = std::getenv("LARS_CUDA_LAUNCH");
   const bool force_three = forced != nullptr && std::string(forced) == "three-kernel";
   const int coop_max = force_three ? 0 : cooperative_grid<P, G>(device);
   if (coop_max > 0) {
     const unsigned grid = static_cast<unsigned>(std::min<int64_t>(wanted, coop_max));
-    int phases = kPhaseNorms | kPhaseRatios | kPhaseUpdate | kGridSync;
+    int phases = wanted_phases | kGridSync;
     DeviceTable tab_arg = tab;
     LaunchGroups groups_arg = groups;
-    void* args[] = {&tab_arg, &groups_arg, &grad_scale, &found_inf, &phases};
+    SumsIO io_arg = io;
+    void* args[] = {&tab_arg, &groups_arg, &grad_scale, &found_inf, &phases, &io_arg};
     C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(lars_kernel<P, G>), dim3(grid),
                                                dim3(kThreads), args, 0, stream));
     set_last_cuda_launch("cooperative");
     return;
   }
   for (int phase : {kPhaseNorms, kPhaseRatios, kPhaseUpdate}) {
+    if (!(wanted_phases & phase)) continue;
     lars_kernel<P, G><<<static_cast<unsigned>(wanted), kThreads, 0, stream>>>(tab, groups, grad_scale, found_inf,
-                                                                               phase);
+                                                                               phase, io);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   set_last_cuda_launch("three-kernel");
@@ -422,7 +443,7 @@ LrArg lr_arg(const GroupCall& g) {
 // an invalid group has already raised with nothing written. One launch per
 // dtype bucket for up to kMaxGroups groups (the seed's two groups: one launch).
 void run_groups_cuda(const std::vector<GroupCall>& groups, const std::optional<at::Tensor>& grad_scale,
-                     const std::optional<at::Tensor>& found_inf) {
+                     const std::optional<at::Tensor>& found_inf, SumsIO io = {}) {
   std::vector<at::Tensor> keep;
   const float* scale_ptr = float_ptr_or_null(grad_scale, keep);
   const float* inf_ptr = float_ptr_or_null(found_inf, keep);
@@ -436,9 +457,9 @@ void run_groups_cuda(const std::vector<GroupCall>& groups, const std::optional<a
       const GroupCall& g = groups[k];
       args.h[k - first] = g.hyper;
       args.lr[k - first] = lr_arg(g);
-      if (g.params.empty()) continue;
+      if (g.params.empty() || (io.out != nullptr && !g.hyper.lars)) continue;  // norms: LARS groups only
       args.any_lars |= g.hyper.lars;
-      add_to_buckets(buckets, g.params, g.grads, g.bufs, static_cast<int64_t>(k - first));
+      add_to_buckets(buckets, g.params, g.grads, g.bufs, static_cast<int64_t>(k - first), g.first_index);
     }
     for (Bucket& b : buckets) {
       const c10::cuda::CUDAGuard guard(b.params[0].device());
@@ -448,7 +469,7 @@ void run_groups_cuda(const std::vector<GroupCall>& groups, const std::optional<a
         using P = decltype(p_tag);
         dispatch_lars_type(b.g_type, "grads", [&](auto g_tag) {
           using G = decltype(g_tag);
-          launch<P, G>(tab, args, scale_ptr, inf_ptr, device);
+          launch<P, G>(tab, args, scale_ptr, inf_ptr, device, io);
         });
       });
       finish_bucket(b);
@@ -474,6 +495,26 @@ void fused_lars_groups_cuda(at::TensorList params, at::TensorList grads, at::Ten
   run_groups_cuda(parse_groups(params, grads, momentum_buffers, group_sizes, hyper, flags, lr_tensors, grad_scale,
                                found_inf),
                   grad_scale, found_inf);
+}
+
+at::Tensor fused_lars_norms_cuda(at::TensorList params, at::TensorList grads, at::IntArrayRef group_sizes,
+                                 at::IntArrayRef flags) {
+  const std::vector<GroupCall> groups = parse_norm_groups(params, grads, group_sizes, flags);
+  const at::TensorOptions opts = at::TensorOptions().dtype(at::kDouble).device(
+      params.empty() ? at::Device(at::kCUDA, c10::cuda::current_device()) : params[0].device());
+  at::Tensor sums = at::zeros({static_cast<int64_t>(params.size()), kSumsPerTensor}, opts);
+  run_groups_cuda(groups, std::nullopt, std::nullopt, SumsIO{sums.data_ptr<double>(), nullptr});
+  return sums;
+}
+
+void fused_lars_apply_cuda(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                           at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, at::IntArrayRef flags,
+                           const c10::List<std::optional<at::Tensor>>& lr_tensors, const at::Tensor& sums,
+                           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  std::vector<GroupCall> groups =
+      parse_groups(params, grads, momentum_buffers, group_sizes, hyper, flags, lr_tensors, grad_scale, found_inf);
+  check_sums(sums, params);
+  run_groups_cuda(groups, grad_scale, found_inf, SumsIO{nullptr, sums.const_data_ptr<double>()});
 }
 
 // Whether lars_kernel has an image for `device` (SASS for its architecture or PTX
@@ -506,6 +547,8 @@ const bool probe_installed = (cuda_kernel_probe() = &kernel_runs_on, true);
 TORCH_LIBRARY_IMPL(lars_cuda, CUDA, m) {
   m.impl("fused_lars_", &fused_lars_cuda);
   m.impl("fused_lars_groups_", &fused_lars_groups_cuda);
+  m.impl("fused_lars_norms", &fused_lars_norms_cuda);
+  m.impl("fused_lars_apply_", &fused_lars_apply_cuda);
 }
 
 }  // namespace lars_cuda

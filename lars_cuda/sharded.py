@@ -1,0 +1,176 @@
+"""The sharded step: LARS on DTensor parameters (FSDP2's ``fully_shard``, HSDP,
+any ``Shard``/``Replicate`` placement).
+
+LARS needs whole-tensor norms, and each rank holds one shard of each tensor.
+So a sharded step runs in two halves around ONE all-reduce:
+
+1. every rank sums p² and g² over its local shards (the fused kernel's norm
+   pass, ``torch.ops.lars_cuda.fused_lars_norms``; or ``torch._foreach_norm`` /
+   ``vector_norm`` on the other paths), float64, one row per tensor;
+2. one ``all_reduce(SUM)`` per device mesh carries every row of every param
+   group (and the AMP inf flag, so all ranks skip a step together);
+3. the ratios come from the global sums and the update runs on the local
+   shards (``fused_lars_apply_``, or the foreach/loop math with given norms).
+
+No host synchronisation: the collective runs on the current stream, so the
+step stays capturable in a CUDA graph where the collective is.
+
+Which ranks reduce: over the mesh dimensions that shard any tensor of the
+step (FSDP: its one dimension; HSDP: the shard dimension only, the replicas
+hold equal shards). A tensor replicated along a reduced dimension counts once
+(only coordinate 0 of that dimension contributes). ``Partial`` placements are
+refused: a param is never a pending sum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["HAS_DTENSOR", "is_dtensor", "ShardedPlan", "check_sharded", "reduce_sums", "sharded_trust_ratio_sums"]
+
+
+def _dtensor_type():
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch built without distributed
+        return None
+    return DTensor
+
+
+_DTENSOR = _dtensor_type()
+HAS_DTENSOR = _DTENSOR is not None
+
+
+def is_dtensor(t: Any) -> bool:
+    return _DTENSOR is not None and isinstance(t, _DTENSOR)
+
+
+def _describe(placements) -> str:
+    return "(" + ", ".join(str(p) for p in placements) + ")"
+
+
+def check_sharded(param: Tensor, grad: Tensor, index: int) -> None:
+    """Raises ValueError/TypeError for a DTensor param the sharded step cannot take."""
+    from torch.distributed.tensor import Partial, Replicate, Shard
+
+    if not is_dtensor(grad):
+        raise TypeError(f"param {index} is a DTensor but its grad is a {type(grad).__name__}; "
+                        "a sharded param needs a DTensor grad on the same mesh")
+    for what, t in (("param", param), ("grad", grad)):
+        for dim, placement in enumerate(t.placements):
+            if isinstance(placement, Partial):
+                raise ValueError(
+                    f"Lars cannot step a {what} with placement {placement} on mesh dim {dim} (param {index}, "
+                    f"placements {_describe(t.placements)}): a Partial tensor is a pending sum, not a value; "
+                    "redistribute it to Shard or Replicate first")
+            if not isinstance(placement, (Shard, Replicate)):
+                raise ValueError(f"Lars does not know the placement {placement} of {what} {index} "
+                                 f"(placements {_describe(t.placements)}); Shard and Replicate are supported")
+    if grad.device_mesh != param.device_mesh or tuple(grad.placements) != tuple(param.placements):
+        raise ValueError(
+            f"param {index} has placements {_describe(param.placements)} on {param.device_mesh}, but its grad "
+            f"{_describe(grad.placements)} on {grad.device_mesh}; LARS reads both shard by shard, so they must match")
+
+
+@dataclass
+class ShardedPlan:
+    """One param group's DTensor part: the DTensors, their local shards, and
+    (after the all-reduce) the global sums of its tensors."""
+
+    group: dict[str, Any]
+    params: list[Tensor]                    # DTensors
+    local_params: list[Tensor]
+    local_grads: list[Tensor]
+    local_bufs: list[Optional[Tensor]]      # None: the step creates the buffer
+    path: str                               # "fused", "foreach" or "single"
+    sums: Optional[Tensor] = None           # float64 [n, 2], local then global
+    new_bufs: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (param, its fresh buffer)
+
+
+def _reduce_dims_and_masks(plans: list[ShardedPlan]):
+    """The mesh dims to reduce over (those that shard some tensor) and, per tensor,
+    whether this rank's rows count (not a replica along a reduced dim)."""
+    from torch.distributed.tensor import Shard
+
+    dims: set[int] = set()
+    for plan in plans:
+        for p in plan.params:
+            dims.update(d for d, pl in enumerate(p.placements) if isinstance(pl, Shard))
+    dims_sorted = sorted(dims)
+    masks = []
+    for plan in plans:
+        for p in plan.params:
+            coordinate = p.device_mesh.get_coordinate()
+            counts = all(isinstance(p.placements[d], Shard) or coordinate[d] == 0 for d in dims_sorted)
+            masks.append(counts)
+    return dims_sorted, masks
+
+
+def reduce_sums(plans: list[ShardedPlan], found_inf: Optional[Tensor]) -> Optional[Tensor]:
+    """Sums every plan's local rows over the ranks that shard them, in ONE
+    all-reduce per device mesh (one per sharded mesh dim when tensors shard along
+    several), writing the global rows back into each plan. ``found_inf`` (AMP)
+    travels in the same buffer, so every rank gets the OR of all ranks' flags;
+    returned for the apply half (None when none was given)."""
+    import torch.distributed as dist
+
+    by_mesh: dict[Any, list[ShardedPlan]] = {}
+    for plan in plans:
+        if plan.params:
+            by_mesh.setdefault(plan.params[0].device_mesh, []).append(plan)
+    global_inf = None
+    for mesh, mesh_plans in by_mesh.items():
+        dims, masks = _reduce_dims_and_masks(mesh_plans)
+        rows = torch.cat([plan.sums for plan in mesh_plans])
+        if not all(masks):
+            keep = torch.tensor(masks, dtype=rows.dtype, device=rows.device).unsqueeze(1)
+            rows = rows * keep
+        flat = rows.reshape(-1)
+        if found_inf is not None:
+            flat = torch.cat([flat, found_inf.to(device=flat.device, dtype=flat.dtype).reshape(1)])
+        for d in dims:
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=mesh.get_group(d))
+        if found_inf is not None:
+            global_inf = flat[-1:]
+            flat = flat[:-1]
+        rows = flat.reshape(-1, 2)
+        start = 0
+        for plan in mesh_plans:
+            plan.sums = rows[start:start + len(plan.params)]
+            start += len(plan.params)
+    return global_inf
+
+
+def sharded_trust_ratio_sums(params: list[Tensor]) -> Tensor:
+    """Global (sum p², sum g²) of DTensor params and their grads, float64 [n, 2]
+    on the CPU, for ``Lars.trust_ratios``: local sums and one all-reduce."""
+    plan = ShardedPlan(group={}, params=params, local_params=[p.to_local() for p in params],
+                       local_grads=[p.grad.to_local() for p in params], local_bufs=[], path="foreach")
+    plan.sums = local_sums(plan.local_params, plan.local_grads, foreach=True)
+    reduce_sums([plan], None)
+    return plan.sums.cpu()
+
+
+def local_sums(params: list[Tensor], grads: list[Tensor], *, foreach: bool) -> Tensor:
+    """(sum p², sum g²) per local tensor as float64 [n, 2], from norms computed as
+    the unsharded paths compute them (float32, float64 for float64 tensors), with
+    ``torch._foreach_norm`` (foreach) or one ``vector_norm`` per tensor; no host sync."""
+    device = params[0].device if params else torch.device("cpu")
+    out = torch.zeros((len(params), 2), dtype=torch.float64, device=device)
+    for compute in (torch.float32, torch.float64):
+        idx = [i for i, p in enumerate(params) if (p.dtype == torch.float64) == (compute == torch.float64)]
+        if not idx:
+            continue
+        ps, gs = [params[i] for i in idx], [grads[i] for i in idx]
+        if foreach:
+            w, n = torch._foreach_norm(ps, 2, dtype=compute), torch._foreach_norm(gs, 2, dtype=compute)
+        else:
+            w = [torch.linalg.vector_norm(p, dtype=compute) for p in ps]
+            n = [torch.linalg.vector_norm(g, dtype=compute) for g in gs]
+        norms = torch.stack([torch.stack(w), torch.stack(n)], dim=1).double()
+        out[idx] = norms * norms
+    return out
