@@ -4,6 +4,12 @@ A checkpoint is a dict of tensors, numbers, strings, lists and dicts: model,
 optimizer and scheduler state, epoch, step, RNG states and the run's arguments.
 It is loaded with ``torch.load(weights_only=True)``, so a tampered file cannot
 run code; a truncated or unreadable one is skipped with a warning.
+
+Under ``--fsdp`` a checkpoint is a folder written by every rank through
+``torch.distributed.checkpoint`` (each rank its shards of the model and the
+optimizer state) plus ``trainer.pt`` (the rest, by rank 0). It is written into
+a temporary folder and renamed when every rank has finished, so a kill
+mid-save leaves the previous checkpoint as it was.
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ import contextlib
 import glob
 import os
 import re
+import shutil
 import tempfile
 import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -62,24 +69,97 @@ def list_checkpoints(log_dir: str, fmt: str) -> list[tuple[int, str]]:
 
 
 def remove_stale_temporaries(log_dir: str) -> list[str]:
-    """Delete the temporary files of writes that a kill interrupted (save_atomic
-    never renamed them). Call only while nothing is writing to log_dir."""
-    stale = glob.glob(os.path.join(log_dir, ".tmp-*.pth.tar"))
+    """Delete the temporary files and folders of writes that a kill interrupted
+    (save_atomic / save_dcp_atomic never renamed them). Call only while nothing
+    is writing to log_dir."""
+    stale = glob.glob(os.path.join(log_dir, ".tmp-*.pth.tar")) + glob.glob(os.path.join(log_dir, ".tmp-dcp-*"))
     for path in stale:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
     return stale
 
 
-def latest_valid(log_dir: str, fmt: str) -> Optional[tuple[str, dict[str, Any]]]:
-    """The newest checkpoint that loads, with its contents; None if there is none."""
+# ---- sharded (FSDP) checkpoints: one folder per epoch -------------------------------
+
+DCP_TRAINER_FILE = "trainer.pt"  # rank 0's part: scheduler, epoch, step, history, args
+DCP_METADATA_FILE = ".metadata"  # written by torch.distributed.checkpoint when a save completes
+
+
+def dcp_format(fmt: str) -> str:
+    """The folder name of a sharded checkpoint: checkpoint-{epoch}.pth.tar -> checkpoint-{epoch}.dcp."""
+    return re.sub(r"(\.pth)?(\.tar)?$", "", fmt) + ".dcp"
+
+
+def save_dcp_atomic(
+    sharded_state: dict[str, Any],
+    trainer_state: dict[str, Any],
+    path: str,
+    *,
+    is_main: bool = True,
+    broadcast_object: Callable[[Any], Any] = lambda x: x,
+    barrier: Callable[[], None] = lambda: None,
+) -> None:
+    """Every rank calls this. The shards go through torch.distributed.checkpoint
+    into a temporary folder next to ``path``, rank 0 adds ``trainer.pt``, and
+    after a barrier rank 0 renames the folder to ``path``: a crash at any point
+    leaves either the old checkpoints or the new one complete, never half of one."""
+    import torch.distributed.checkpoint as dcp
+
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = None
+    if is_main:
+        os.makedirs(folder, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-dcp-", dir=folder)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the checkpoint from the user's group
+    tmp = broadcast_object(tmp)
+    done = False
+    try:
+        dcp.save(sharded_state, checkpoint_id=tmp)
+        if is_main:
+            save_atomic(trainer_state, os.path.join(tmp, DCP_TRAINER_FILE))
+        barrier()  # every rank's shards are written
+        if is_main:
+            if os.path.isdir(path):  # the same epoch saved again (a rerun): replace it
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        barrier()
+        done = True
+    finally:
+        if not done and is_main and tmp is not None and os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_dcp_trainer_state(path: str) -> dict[str, Any]:
+    """rank 0's part of a sharded checkpoint; raises if the folder is not a complete one."""
+    if not os.path.isfile(os.path.join(path, DCP_METADATA_FILE)):
+        raise FileNotFoundError(f"{path} has no {DCP_METADATA_FILE}: not a complete sharded checkpoint")
+    return load(os.path.join(path, DCP_TRAINER_FILE))
+
+
+def load_dcp_shards(sharded_state: dict[str, Any], path: str) -> None:
+    """Every rank calls this: fills ``sharded_state`` (its shards) in place from ``path``."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.load(sharded_state, checkpoint_id=path)
+
+
+def latest_valid(log_dir: str, fmt: str, sharded: bool = False) -> Optional[tuple[str, dict[str, Any]]]:
+    """The newest checkpoint that loads, with its contents; None if there is none.
+    ``sharded``: fmt names folders (save_dcp_atomic); the contents are rank 0's
+    ``trainer.pt``, the shards are loaded by every rank with load_dcp_shards."""
+    required = {"epoch", "step", "scheduler"} if sharded else {"model", "optimizer", "epoch"}
     for _, path in list_checkpoints(log_dir, fmt):
         try:
-            state = load(path)
+            state = load_dcp_trainer_state(path) if sharded else load(path)
         except Exception as exc:  # truncated, corrupt, or not a checkpoint at all
             warnings.warn(f"skipping unreadable checkpoint {path}: {type(exc).__name__}: {exc}", stacklevel=2)
             continue
-        if not isinstance(state, dict) or not {"model", "optimizer", "epoch"} <= state.keys():
+        if not isinstance(state, dict) or not required <= state.keys():
             warnings.warn(f"skipping {path}: not a trainer checkpoint", stacklevel=2)
             continue
         return path, state

@@ -136,9 +136,12 @@ class HorovodDist(Dist):
 class TorchDist(Dist):
     name = "torch"
 
-    def __init__(self, use_cuda: bool, timeout_s: float):
+    def __init__(self, use_cuda: bool, timeout_s: float, fsdp: bool = False):
         import torch.distributed as dist
 
+        # fsdp: the trainer shards the model with fully_shard (train/fsdp.py), which
+        # reduce-scatters the grads itself: no DDP wrapper then.
+        self.fsdp = fsdp
         self.dist = dist
         backend = "nccl" if use_cuda else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
@@ -146,6 +149,8 @@ class TorchDist(Dist):
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
 
     def wrap_model(self, model, device, fp16_allreduce):
+        if self.fsdp:
+            return model
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -154,7 +159,21 @@ class TorchDist(Dist):
         return ddp
 
     def no_sync(self, model, last_chunk):
+        if self.fsdp:
+            # FSDP2 accumulates unsharded grads until the chunk that reduce-scatters them.
+            model.set_requires_gradient_sync(last_chunk)
+            return contextlib.nullcontext()
         return contextlib.nullcontext() if last_chunk else model.no_sync()
+
+    def broadcast_module(self, model: nn.Module) -> None:
+        """Rank 0's parameters and buffers to every rank, in place (before sharding)."""
+        for t in model.state_dict().values():
+            self.dist.broadcast(t, src=0)
+
+    def all_reduce_max(self, t):
+        t = t.clone()
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
+        return t
 
     def broadcast_object(self, obj):
         box = [obj]
@@ -173,12 +192,15 @@ class TorchDist(Dist):
         self.dist.destroy_process_group()
 
 
-def make_dist(backend: str, use_cuda: bool, timeout_s: float = 600.0) -> Dist:
+def make_dist(backend: str, use_cuda: bool, timeout_s: float = 600.0, fsdp: bool = False) -> Dist:
     backend = detect_backend(backend)
+    if fsdp and backend != "torch":
+        raise ValueError(f"--fsdp shards the model with torch.distributed (run under torchrun with --dist torch "
+                         f"or auto); got --dist {backend}")
     if backend == "horovod":
         return HorovodDist(timeout_s)
     if backend == "torch":
-        return TorchDist(use_cuda, timeout_s)
+        return TorchDist(use_cuda, timeout_s, fsdp=fsdp)
     if backend == "none":
         return Dist()
     raise ValueError(f"unknown --dist {backend!r}; choose auto, horovod, torch or none")

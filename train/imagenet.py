@@ -72,6 +72,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="seconds to wait for a peer before failing: torch.distributed's timeout, Horovod's "
                         "stall shutdown time (HOROVOD_STALL_SHUTDOWN_TIME_SECONDS, unless set)")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    p.add_argument("--fsdp", action="store_true",
+                   help="shard the model with FSDP2 (fully_shard per residual block and at the root; torchrun, "
+                        "--dist torch); checkpoints become torch.distributed.checkpoint folders (*.dcp)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--workers", type=int, default=4, help="data loader processes per rank")
     p.add_argument("--data-backend", choices=["pil", "gpu"], default=None,
@@ -97,6 +100,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         p.error("batch sizes must be positive")
     if args.epochs < 1:
         p.error("--epochs must be at least 1")
+    if args.fsdp and args.amp == "fp16":
+        p.error("--fsdp with --amp fp16 is not supported (GradScaler's scale would be updated from each rank's "
+                "own inf check); use --amp bf16")
+    if args.fsdp and args.dist in ("horovod", "none"):
+        p.error(f"--fsdp needs torch.distributed (torchrun, --dist torch or auto), not --dist {args.dist}")
     if args.data_backend is None:
         args.data_backend = "gpu" if torch.cuda.is_available() and not args.no_cuda else "pil"
     return args
@@ -126,8 +134,8 @@ def make_optimizer(args, model: nn.Module, lr: float, device: torch.device):
 
         return TimmLars(groups, lr=lr, momentum=args.momentum, weight_decay=args.wd, trust_coeff=args.eeta,
                         eps=args.epsilon, trust_clip=True)
-    if not impl and device.type in ("cpu", "cuda"):
-        impl = dict(fused=True)
+    if not impl and device.type in ("cpu", "cuda") and not args.fsdp:
+        impl = dict(fused=True)  # torch's fused SGD takes no DTensors: foreach under --fsdp
     return torch.optim.SGD(groups, lr=lr, momentum=args.momentum, weight_decay=args.wd, **impl)
 
 
@@ -198,6 +206,11 @@ class Trainer:
         self.model = build_model(args.model, channels, classes).to(self.device)
         self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
+        if args.fsdp:
+            from train.fsdp import shard_model
+
+            dist.broadcast_module(self.model)  # every rank shards the same weights
+            shard_model(self.model)
 
         self.B = args.batches_per_allreduce
         self.lr = scaled_lr(args.base_lr, args.lr_scaling, dist.size * self.B)
@@ -243,14 +256,15 @@ class Trainer:
             if args.resume == "auto":
                 for path in ckpt.remove_stale_temporaries(args.log_dir):
                     print(f"removed {path}: a checkpoint write that was interrupted", flush=True)
-                found = ckpt.latest_valid(args.log_dir, args.checkpoint_format)
+                found = ckpt.latest_valid(args.log_dir, self._checkpoint_format(), sharded=args.fsdp)
                 if found:
                     print(f"resuming from {found[0]}", flush=True)
-                    state = found[1]
+                    state = {**found[1], "path": found[0]}
                 else:
                     print(f"no checkpoint in {args.log_dir}: starting from scratch", flush=True)
             else:
-                state = ckpt.load(args.resume)
+                state = {**(ckpt.load_dcp_trainer_state(args.resume) if args.fsdp else ckpt.load(args.resume)),
+                         "path": args.resume}
         if args.resume:
             # Only when resuming: the optimizer state travels with the checkpoint, so no
             # engine ever broadcasts (and dummy-steps) an empty optimizer state.
@@ -258,18 +272,38 @@ class Trainer:
         if state is None:
             self.dist.broadcast_initial_state(self.model)
             return
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if args.fsdp:
+            # Every rank reads its own shards of the model and the optimizer state.
+            from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+            shards = self._sharded_state()
+            ckpt.load_dcp_shards(shards, state["path"])
+            set_model_state_dict(self.model, shards["model"])
+            set_optimizer_state_dict(self.model, self.optimizer, shards["optimizer"])
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.step = state["epoch"], state["step"]
         self.history = list(state.get("history", []))
 
+    def _checkpoint_format(self) -> str:
+        return ckpt.dcp_format(self.args.checkpoint_format) if self.args.fsdp else self.args.checkpoint_format
+
+    def _sharded_state(self) -> dict[str, Any]:
+        """This rank's shards of the model and optimizer state (DTensors), for DCP."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        return {"model": get_model_state_dict(self.model),
+                "optimizer": get_optimizer_state_dict(self.model, self.optimizer)}
+
     def _save(self, epoch: int) -> None:
+        """Rank 0 writes the checkpoint; under --fsdp every rank calls this and writes its shards."""
+        if not (self.dist.is_main or self.args.fsdp):
+            return
         state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "epoch": epoch,
@@ -279,7 +313,13 @@ class Trainer:
             "args": vars(self.args),
             "history": self.history,
         }
-        ckpt.save_atomic(state, ckpt.checkpoint_path(self.args.log_dir, self.args.checkpoint_format, epoch))
+        path = ckpt.checkpoint_path(self.args.log_dir, self._checkpoint_format(), epoch)
+        if self.args.fsdp:
+            ckpt.save_dcp_atomic(self._sharded_state(), state, path, is_main=self.dist.is_main,
+                                 broadcast_object=self.dist.broadcast_object, barrier=self.dist.barrier)
+        else:
+            ckpt.save_atomic({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), **state},
+                             path)
 
     # ---- one epoch -------------------------------------------------------------------
     def _batch(self, batch, train: bool):
@@ -325,6 +365,7 @@ class Trainer:
                     torch.cuda.synchronize()
                 timer_start = time.perf_counter()
             x, y, _ = self._batch(batch, train=True)
+            self._input_shape = tuple(x.shape[1:])
             self.optimizer.zero_grad()  # set_to_none by default; Horovod takes no argument
             for i, (xc, yc) in enumerate(zip(x.chunk(self.B), y.chunk(self.B))):
                 with self.dist.no_sync(self.forward_model, last_chunk=i == self.B - 1):
@@ -364,6 +405,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         self.forward_model.eval()
         sums = torch.zeros(5, dtype=torch.float64)  # loss*n, top1, top5, n, undecodable
+        x = None
         for batch in self._progress(self.val_loader, "validate"):
             x, y, dropped = self._batch(batch, train=False)
             sums[4] += dropped
@@ -375,6 +417,8 @@ class Trainer:
             loss = self.criterion(out.float(), y)
             top1, top5 = accuracy_counts(out, y)
             sums[:4] += torch.tensor([loss.item() * len(y), top1.item(), top5.item(), len(y)], dtype=torch.float64)
+        if self.args.fsdp:
+            self._pad_forward_passes(len(self.val_loader), x)
         sums = self.dist.all_reduce_sum(sums)
         n = sums[3].item()
         if round(n + sums[4].item()) != self.n_val:
@@ -382,6 +426,18 @@ class Trainer:
                                f"the set has {self.n_val}")
         return {"val_loss": sums[0].item() / n, "val_top1": 100.0 * sums[1].item() / n,
                 "val_top5": 100.0 * sums[2].item() / n, "val_images": n}
+
+    def _pad_forward_passes(self, done: int, example) -> None:
+        """FSDP all-gathers weights in every forward, so every rank must run as many:
+        a rank with fewer validation batches (uneven shards of the set) runs the
+        difference on a throw-away input."""
+        most = int(self.dist.all_reduce_max(torch.tensor(done)).item())
+        if most > done:
+            if example is None or example.shape[0] == 0:
+                example = torch.zeros((1, *self._input_shape), device=self.device)
+            with self.autocast():
+                for _ in range(most - done):
+                    self.forward_model(example[:1])
 
     def _progress(self, iterable, desc):
         if not self.dist.is_main or self.args.quiet:
@@ -394,7 +450,16 @@ class Trainer:
         return float(self.optimizer.param_groups[0]["lr"])
 
     # ---- logging ---------------------------------------------------------------------
-    def _log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+    def _trust_ratios(self) -> Optional[torch.Tensor]:
+        """LARS trust ratios for the histogram; under --fsdp every rank computes them
+        (one all-reduce of the shards' norms), else rank 0 alone."""
+        wanted = not self.args.no_tensorboard and hasattr(self.optimizer, "trust_ratios")
+        if not wanted or not (self.dist.is_main or self.args.fsdp):
+            return None
+        # Under fp16 AMP the fused step leaves the grads scaled: read them unscaled.
+        return self.optimizer.trust_ratios(grad_scale=getattr(self.optimizer, "last_grad_scale", None))
+
+    def _log_epoch(self, epoch: int, metrics: dict[str, float], ratios: Optional[torch.Tensor] = None) -> None:
         print(f"epoch {epoch + 1}/{self.args.epochs}  train loss {metrics['train_loss']:.4f} "
               f"top1 {metrics['train_top1']:.2f}%  val loss {metrics['val_loss']:.4f} "
               f"top1 {metrics['val_top1']:.2f}% top5 {metrics['val_top5']:.2f}%  lr {metrics['lr']:.4g}  "
@@ -411,11 +476,8 @@ class Trainer:
             w.add_scalar("lr", metrics["lr"], epoch + 1)
             w.add_scalar("throughput/images_per_s", metrics["images_per_s"], epoch + 1)
             w.add_scalar("throughput/optimizer_share", metrics["optimizer_share"], epoch + 1)
-            if hasattr(self.optimizer, "trust_ratios"):
-                # Under fp16 AMP the fused step leaves the grads scaled: read them unscaled.
-                ratios = self.optimizer.trust_ratios(grad_scale=getattr(self.optimizer, "last_grad_scale", None))
-                if ratios.numel():
-                    w.add_histogram("lars/trust_ratio", ratios, epoch + 1)
+            if ratios is not None and ratios.numel():
+                w.add_histogram("lars/trust_ratio", ratios, epoch + 1)
             w.flush()
         with open(os.path.join(self.args.log_dir, "history.json"), "w") as f:
             json.dump({"args": vars(self.args), "epochs": self.history}, f, indent=1)
@@ -436,10 +498,11 @@ class Trainer:
             metrics.update(epoch=epoch + 1, step=self.step, lr=self._lr())
             self.history.append(metrics)
             stopped_early = bool(self.args.max_steps) and self.step >= self.args.max_steps
+            if not stopped_early:  # a partial epoch is never checkpointed
+                self._save(epoch + 1)
+            ratios = self._trust_ratios()
             if self.dist.is_main:
-                if not stopped_early:  # a partial epoch is never checkpointed
-                    self._save(epoch + 1)
-                self._log_epoch(epoch, metrics)
+                self._log_epoch(epoch, metrics, ratios)
             self.watchdog.beat()
             if stopped_early:
                 break
@@ -487,9 +550,13 @@ def plot_history(history: list[dict[str, float]], path: str) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        dist = make_dist(args.dist, torch.cuda.is_available() and not args.no_cuda, args.dist_timeout)
+        dist = make_dist(args.dist, torch.cuda.is_available() and not args.no_cuda, args.dist_timeout,
+                         fsdp=args.fsdp)
     except ImportError as exc:
         print(f"error: --dist {args.dist} needs {exc.name}: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         Trainer(args, dist).fit()
