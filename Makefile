@@ -52,6 +52,7 @@ train: setup
 
 bench: setup
 	$(PY) benchmarks/bench_step.py
+	$(PY) benchmarks/bench_sharded.py
 
 convergence: setup
 	$(PY) benchmarks/convergence.py --sweep

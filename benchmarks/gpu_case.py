@@ -58,6 +58,25 @@ def main() -> int:
                 opt.step()
             del opt.grad_scale, opt.found_inf
             torch.cuda.synchronize()
+        if not args.resnet50:  # the sharded step's halves: norms out, then the update from given sums
+            from lars_cuda.functional import fused_lars_groups, fused_lars_norms
+
+            plan = []
+            for group in opt.param_groups:
+                options = {k: group[k] for k in ("lr", "momentum", "weight_decay", "eeta", "epsilon", "lars",
+                                                  "nesterov", "trust_clip", "update_clip", "maximize")}
+                ps = [p_.detach() for p_ in group["params"]]
+                plan.append((ps, [p_.grad for p_ in group["params"]],
+                             [opt.state[p_]["momentum_buffer"] for p_ in group["params"]], options))
+            for launch in ("cooperative", "three-kernel"):
+                if launch == "three-kernel":
+                    os.environ["LARS_CUDA_LAUNCH"] = "three-kernel"
+                sums = fused_lars_norms([(ps, gs, o) for ps, gs, _, o in plan])
+                fused_lars_groups(plan, sums=sums, grad_scale=torch.tensor(2.0, device="cuda"),
+                                  found_inf=torch.tensor(0.0, device="cuda", dtype=torch.float64))
+                torch.cuda.synchronize()
+                print(dtype, "sharded halves", launch, "->", lars_cuda.ops.last_cuda_launch(), flush=True)
+                os.environ.pop("LARS_CUDA_LAUNCH", None)
     print("gpu_case done", flush=True)
     return 0
 

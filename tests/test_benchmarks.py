@@ -34,3 +34,20 @@ def test_parameter_sets_have_the_documented_sizes():
     assert len(resnet50) == 161 and numel(resnet50) == 25_557_032
     assert 330e6 < numel(SETS["bert_large"]()) < 345e6
     assert len(SETS["tiny_10k"]()) == 10_000
+
+
+def test_bench_sharded_runs_on_two_ranks_and_counts_one_collective_for_our_paths(tmp_path):
+    import subprocess
+
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_sharded.py"), "--set", "smoke",
+                           "--steps", "2", "--warmup", "0", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (name,) = [f for f in os.listdir(tmp_path) if f.endswith(".json")]
+    data = json.load(open(tmp_path / name))
+    rows = {r["impl"]: r for r in data["rows"]}
+    assert set(rows) == {"unsharded_fused", "fused", "foreach", "reference", "timm"}
+    assert rows["unsharded_fused"]["collectives_per_step"] == 0
+    assert all(rows[i]["collectives_per_step"] == 1 for i in ("fused", "foreach", "reference"))
+    assert rows["timm"]["collectives_per_step"] > data["meta"]["tensors"]  # per-tensor collectives
+    assert all(r["median_ms"] > 0 for r in rows.values())

@@ -277,3 +277,100 @@ def test_maximize_on_cuda_equals_minimising_the_negated_gradient():
             opt.step()
         res.append(a.detach().clone())
     assert torch.equal(res[0], res[1])
+
+
+# ---- the sharded step's halves and DTensor params on CUDA ------------------------------
+
+@pytest.mark.parametrize("launch", ["cooperative", "three-kernel"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_apply_with_own_norms_is_bit_identical_to_the_one_call_step_on_cuda(dtype, launch, monkeypatch):
+    from lars_cuda.functional import fused_lars_groups
+
+    if launch == "three-kernel":
+        monkeypatch.setenv("LARS_CUDA_LAUNCH", "three-kernel")
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(33, 17), (70_001,), (0,), (5, 3, 3), (7,)]
+    made = [[torch.randn(s, generator=gen).to(dtype).cuda() for s in shapes] for _ in range(3)]
+    opts = dict(lr=0.1, momentum=0.9, weight_decay=1e-3, eeta=1e-3, epsilon=1e-5, trust_clip=50.0, update_clip=10.0,
+                maximize=False)
+
+    def groups():
+        ps, gs, bs = ([t.clone() for t in ts] for ts in made)
+        return [(ps[:4], gs[:4], bs[:4], dict(opts, lars=True, nesterov=True)),
+                (ps[4:], gs[4:], bs[4:], dict(opts, lars=False, nesterov=False, weight_decay=0.0))]
+
+    a, b = groups(), groups()
+    fused_lars_groups(a)
+    sums = ops.fused_lars_norms([p for g in b for p in g[0]], [t for g in b for t in g[1]], [4, 1], [1, 0])
+    assert sums.device.type == "cuda" and sums.dtype == torch.float64
+    torch.testing.assert_close(sums[1], torch.stack([made[0][1].double().square().sum(),
+                                                     made[1][1].double().square().sum()]), rtol=1e-5, atol=0)
+    assert sums[4].tolist() == [0.0, 0.0]
+    fused_lars_groups(b, sums=sums)
+    torch.cuda.synchronize()
+    for (pa, _, ba, _), (pb, _, bb, _) in zip(a, b):
+        for x, y in zip(pa + ba, pb + bb):
+            assert torch.equal(x, y)
+
+
+@pytest.fixture
+def one_rank_nccl(tmp_path):
+    """A one-rank NCCL process group and mesh: the sharded step's CUDA path end to end."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        yield init_device_mesh("cuda", (1,))
+    finally:
+        dist.destroy_process_group()
+
+
+def _dtensor_pair(mesh, fused_kw):
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from lars_cuda import create_optimizer_lars
+
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), torch.nn.BatchNorm2d(64), torch.nn.Flatten(),
+                                torch.nn.Linear(64 * 6 * 6, 10)).cuda()
+    sharded = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), torch.nn.BatchNorm2d(64), torch.nn.Flatten(),
+                                  torch.nn.Linear(64 * 6 * 6, 10)).cuda()
+    sharded.load_state_dict(plain.state_dict())
+    for module in sharded.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            setattr(module, name, torch.nn.Parameter(distribute_tensor(p.detach(), mesh, [Shard(0)])))
+    for a, b in zip(plain.parameters(), sharded.parameters()):
+        a.grad = torch.randn_like(a)
+        b.grad = distribute_tensor(a.grad.clone(), mesh, [Shard(0)])
+    kw = dict(lr=torch.tensor(0.1, device="cuda"), momentum=0.9, weight_decay=1e-4, bn_bias_separately=True)
+    return (plain, create_optimizer_lars(plain, **kw, **fused_kw),
+            sharded, create_optimizer_lars(sharded, **{**kw, "lr": torch.tensor(0.1, device="cuda")}, **fused_kw))
+
+
+def test_sharded_step_on_a_one_rank_cuda_mesh_is_bit_identical_to_the_unsharded_step(one_rank_nccl):
+    plain, opt_plain, sharded, opt_sharded = _dtensor_pair(one_rank_nccl, dict(fused=True))
+    for _ in range(3):
+        opt_plain.step()
+        opt_sharded.step()
+    torch.cuda.synchronize()
+    for a, b in zip(plain.parameters(), sharded.parameters()):
+        assert torch.equal(a.detach(), b.to_local().detach())
+
+
+def test_sharded_step_is_captured_in_a_cuda_graph_with_its_collective(one_rank_nccl):
+    plain, opt_plain, sharded, opt_sharded = _dtensor_pair(one_rank_nccl, dict(fused=True))
+    opt_plain.step()
+    opt_sharded.step()  # warm-up: state, tensor tables and the communicator exist before capture
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph):
+        opt_sharded.step()
+    torch.cuda.current_stream().wait_stream(stream)
+    for _ in range(2):
+        graph.replay()
+        opt_plain.step()
+    torch.cuda.synchronize()
+    for a, b in zip(plain.parameters(), sharded.parameters()):
+        torch.testing.assert_close(a.detach(), b.to_local().detach(), rtol=1e-6, atol=1e-7)
