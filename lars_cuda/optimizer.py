@@ -311,14 +311,13 @@ class Lars(Optimizer):
                 continue
             if sharded.HAS_DTENSOR and any(sharded.is_dtensor(p) for p in params):
                 # Global norms of sharded params: local sums, one all-reduce (call on every rank).
-                dparams = [p for p in params if sharded.is_dtensor(p)]
-                rows = sharded.sharded_trust_ratio_sums(dparams)
-                plain = [p for p in params if not sharded.is_dtensor(p)]
-                params = dparams + plain
-                w = torch.cat([rows[:, 0].sqrt().float()] + [
-                    torch.linalg.vector_norm(p.detach().float()).cpu().reshape(1) for p in plain])
-                n = torch.cat([rows[:, 1].sqrt().float()] + [
-                    torch.linalg.vector_norm(p.grad.detach().float()).cpu().reshape(1) for p in plain]) / scale
+                is_d = [sharded.is_dtensor(p) for p in params]
+                rows = iter(sharded.sharded_trust_ratio_sums([p for p, d in zip(params, is_d) if d]).sqrt().float())
+                wn = [next(rows) if d else torch.stack([torch.linalg.vector_norm(p.detach().float()).cpu(),
+                                                        torch.linalg.vector_norm(p.grad.detach().float()).cpu()])
+                      for p, d in zip(params, is_d)]
+                w = torch.stack([x[0] for x in wn])
+                n = torch.stack([x[1] for x in wn]) / scale
             else:
                 w = torch.stack([torch.linalg.vector_norm(p.detach().float()).cpu() for p in params])
                 n = torch.stack([torch.linalg.vector_norm(p.grad.detach().float()).cpu() for p in params]) / scale

@@ -77,6 +77,13 @@ def max_rel_err(ref: nn.Module, model: nn.Module, opt_ref=None, opt=None) -> flo
     return err
 
 
+def _gather(value) -> list:
+    """The value of every rank, in rank order."""
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
 def step_counting(opt, *args) -> int:
     with CommDebugMode() as comm:
         opt.step(*args)
@@ -177,6 +184,35 @@ case("shard_dim1")(placement_case((2,), lambda i, p: [Shard(p.dim() - 1)]))
 case("replicate_and_shard")(placement_case((2,), lambda i, p: [Replicate() if i % 2 else Shard(0)]))
 # Sharded along two mesh dims (the second of size 1).
 case("shard_two_mesh_dims")(placement_case((2, 1), lambda i, p: [Shard(0), Shard(p.dim() - 1)]))
+
+
+@case("empty_shard_and_mixed_trust_ratios")
+def _():
+    """A tensor of one row leaves rank 1 an empty shard; a group mixing sharded and
+    plain params gets its trust ratios in group order."""
+    mesh = init_device_mesh("cpu", (2,))
+    gen = torch.Generator().manual_seed(11)
+    shapes = [(1, 4), (6,), (2, 3), (5,)]
+    full_p = [torch.randn(s, generator=gen) for s in shapes]
+    full_g = [torch.randn(s, generator=gen) for s in shapes]
+    results = {}
+    for path, impl in PATHS.items():
+        ref = [nn.Parameter(p.clone()) for p in full_p]
+        mine = [nn.Parameter(distribute_tensor(p.clone(), mesh, [Shard(0)])) if i % 2 == 0
+                else nn.Parameter(p.clone()) for i, p in enumerate(full_p)]
+        for r, m, g in zip(ref, mine, full_g):
+            r.grad = g.clone()
+            m.grad = distribute_tensor(g.clone(), mesh, [Shard(0)]) if isinstance(m, DTensor) else g.clone()
+        opt_ref = lars_cuda.Lars(ref, lr=0.1, momentum=0.9, weight_decay=1e-3, **impl)
+        opt = lars_cuda.Lars(mine, lr=0.1, momentum=0.9, weight_decay=1e-3, **impl)
+        ratios_ref, ratios = opt_ref.trust_ratios(), opt.trust_ratios()
+        for _ in range(2):
+            opt_ref.step()
+            opt.step()
+        err = max(((r - full(m.detach())).abs().max() / r.abs().max()).item() for r, m in zip(ref, mine))
+        results[path] = {"err": err, "ratio_err": ((ratios - ratios_ref).abs() / ratios_ref).max().item(),
+                         "local_rows": _gather(mine[0].to_local().shape[0])}
+    return results
 
 
 @case("partial_refused")

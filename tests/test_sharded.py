@@ -99,6 +99,14 @@ def test_sharding_along_two_mesh_dims_reduces_along_each(two_ranks):
         assert r["collectives"] == [2, 2], path  # one per sharded mesh dim (documented)
 
 
+def test_an_empty_local_shard_is_stepped_and_mixed_group_ratios_keep_group_order(two_ranks):
+    for path in PATHS:
+        r = result(two_ranks, "empty_shard_and_mixed_trust_ratios")[path]
+        assert r["local_rows"] == [1, 0], path  # the (1, 4) tensor's one row is on rank 0
+        assert r["err"] < TOL, path
+        assert r["ratio_err"] < 1e-6, path
+
+
 def test_partial_placement_is_refused_naming_it_and_nothing_changes(two_ranks):
     r = result(two_ranks, "partial_refused")
     assert r["message"] is not None and "Partial" in r["message"] and "P(sum)" in r["message"]
