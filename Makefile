@@ -53,6 +53,7 @@ train: setup
 bench: setup
 	$(PY) benchmarks/bench_step.py
 	$(PY) benchmarks/bench_sharded.py
+	$(PY) benchmarks/bench_flavours.py
 
 convergence: setup
 	$(PY) benchmarks/convergence.py --sweep

@@ -109,6 +109,9 @@ bench -resnet50 90 --sets resnet50 --impls reference,foreach,fused,timm,sgd_fuse
 stage ncu 60 bash -c "ncu --clock-control none -k regex:lars_kernel -c 2 --section SpeedOfLight \
   --section Occupancy --section MemoryWorkloadAnalysis --section LaunchStats --section WarpStateStats \
   $PY benchmarks/gpu_case.py --resnet50 --steps 2 > '$OUT/ncu.txt' 2>&1"
+# Every LARS flavour's fused step vs the seed's and vs its original (lars_cuda.compat)
+stage flavours 60 $PY benchmarks/bench_flavours.py --device cuda --sets resnet50,vit_b_16 --steps 10 \
+  --out-dir "$BENCH_TMP" && cp "$BENCH_TMP"/flavours-cuda-*.json "$OUT/" 2>/dev/null
 stage train_throughput 200 $PY benchmarks/train_throughput.py --steps 30 --run-timeout 60 \
   --out "$OUT/train_throughput.json"
 bench -compiled 120 --sets resnet50 --impls compiled_foreach,fused,sgd_fused

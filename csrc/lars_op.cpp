@@ -159,6 +159,7 @@ LarsHyper make_hyper(double momentum, double weight_decay, double eeta, double e
   h.eeta = static_cast<float>(eeta);
   h.epsilon = static_cast<float>(epsilon);
   h.lars = lars;
+  h.decay = lars;  // the seed: weight decay exactly where LARS adapts
   h.nesterov = nesterov;
   h.has_trust_clip = trust_clip.has_value();
   h.trust_clip = static_cast<float>(trust_clip.value_or(0.0));
@@ -218,6 +219,16 @@ std::vector<GroupCall> parse_groups(at::TensorList params, at::TensorList grads,
                 make_hyper(v[1], v[2], v[3], v[4], flags[k] & kFlagLars, flags[k] & kFlagNesterov, clip(v[5]),
                            clip(v[6]), flags[k] & kFlagMaximize),
                 v[0], lr_t, at};
+    g.hyper.decay = flags[k] & kFlagDecay;
+    g.hyper.ratio_on_grad = flags[k] & kFlagRatioOnGrad;
+    g.hyper.norm_of_update = flags[k] & kFlagNormOfUpdate;
+    g.hyper.larc_clip = flags[k] & kFlagLarcClip;
+    g.hyper.zero_norm_skip = flags[k] & kFlagZeroNormSkip;
+    g.hyper.dampening = static_cast<float>(v[7]);
+    TORCH_CHECK_VALUE(std::isfinite(v[7]) && v[7] >= 0.0 && v[7] <= 1.0, "fused_lars_groups_: group ", k,
+                      " has an invalid dampening ", v[7], " (it must lie in [0, 1])");
+    TORCH_CHECK_VALUE(!(g.hyper.nesterov && v[7] != 0.0), "fused_lars_groups_: group ", k,
+                      ": Nesterov momentum requires zero dampening");
     TORCH_CHECK_VALUE(std::isfinite(g.lr) && g.lr >= 0.0, "fused_lars_groups_: group ", k, " has an invalid lr ",
                       g.lr);
     check_fused_lars_args(g.params, g.grads, g.bufs, v[1], v[2], v[3], v[4], clip(v[5]), clip(v[6]), lr_t,
@@ -241,14 +252,21 @@ std::vector<GroupCall> parse_norm_groups(at::TensorList params, at::TensorList g
   std::vector<double> hyper;
   c10::List<std::optional<at::Tensor>> lr_tensors;
   for (size_t k = 0; k < group_sizes.size(); ++k) {
-    // lr 0, no momentum, default coefficients: only the lars flag matters to the norms.
-    hyper.insert(hyper.end(), {0.0, 0.0, 0.0, 1e-3, 0.0, NAN, NAN});
+    // lr 0, no momentum, default coefficients: only the lars and norm-of-update flags matter to the norms.
+    hyper.insert(hyper.end(), {0.0, 0.0, 0.0, 1e-3, 0.0, NAN, NAN, 0.0});
     lr_tensors.push_back(std::nullopt);
   }
   return parse_groups(params, grads, {}, group_sizes, hyper, flags, lr_tensors, std::nullopt, std::nullopt);
 }
 
-void check_sums(const at::Tensor& sums, at::TensorList params) {
+std::vector<GroupCall> parse_apply_groups(at::TensorList params, at::TensorList grads, at::TensorList bufs,
+                                          at::IntArrayRef group_sizes, at::ArrayRef<double> hyper,
+                                          at::IntArrayRef flags,
+                                          const c10::List<std::optional<at::Tensor>>& lr_tensors,
+                                          const at::Tensor& sums, const std::optional<at::Tensor>& grad_scale,
+                                          const std::optional<at::Tensor>& found_inf) {
+  std::vector<GroupCall> groups =
+      parse_groups(params, grads, bufs, group_sizes, hyper, flags, lr_tensors, grad_scale, found_inf);
   const int64_t n = static_cast<int64_t>(params.size());
   TORCH_CHECK_TYPE(sums.scalar_type() == at::kDouble, "fused_lars_apply_: sums must be float64, got ",
                    sums.scalar_type());
@@ -259,6 +277,7 @@ void check_sums(const at::Tensor& sums, at::TensorList params) {
     TORCH_CHECK_VALUE(sums.device() == params[0].device(), "fused_lars_apply_: sums are on ", sums.device(),
                       " but the params are on ", params[0].device());
   }
+  return groups;
 }
 
 TORCH_LIBRARY(lars_cuda, m) {
@@ -268,14 +287,16 @@ TORCH_LIBRARY(lars_cuda, m) {
       "bool nesterov, float? trust_clip, float? update_clip, Tensor? grad_scale, Tensor? found_inf) -> ()");
   // Several param groups in one call: every group is checked before any is
   // written. Per group k: group_sizes[k] params (and as many buffers when its
-  // momentum is nonzero), hyper[7k:7k+7] = lr, momentum, weight_decay, eeta,
-  // epsilon, trust_clip, update_clip (NaN: no clip), flags[k] = lars | 2 nesterov
-  // | 4 maximize, lr_tensors[k] overriding lr when given.
+  // momentum is nonzero), hyper[8k:8k+8] = lr, momentum, weight_decay, eeta,
+  // epsilon, trust_clip, update_clip (NaN: no clip), dampening; flags[k] = lars
+  // | 2 nesterov | 4 maximize | 8 decay | 16 ratio on the gradient | 32 norm of
+  // the update (SSL) | 64 LARC clip | 128 zero norm skips decay (LARC);
+  // lr_tensors[k] overriding lr when given.
   m.def(
       "fused_lars_groups_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] group_sizes, "
       "float[] hyper, int[] flags, Tensor?[] lr_tensors, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
-  // The sharded step (DTensor params): per tensor of the local shards (Σp², Σg²)
-  // in float64, [N, 2] (zeros for lars=False groups and empty shards); the
+  // The sharded step (DTensor params): per tensor of the local shards (Σp², Σg², Σg·p)
+  // in float64, [N, 3] (zeros for lars=False groups and empty shards); the
   // caller all-reduces them over the shard group and passes the sums to
   // fused_lars_apply_, which forms the ratios from them and updates in place.
   m.def("fused_lars_norms(Tensor[] params, Tensor[] grads, int[] group_sizes, int[] flags) -> Tensor");

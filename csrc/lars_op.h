@@ -61,19 +61,22 @@ struct GroupCall {
 
 // The sharded step splits the kernel in two around one all-reduce (ops
 // fused_lars_norms and fused_lars_apply_). Sums are per tensor of the call's
-// flat list, (Σp², Σg²) of the local shard in double, row-major [N, 2]:
+// flat list, (Σp², Σg², Σg·p) of the local shard in double, row-major [N, 3]
+// (Σg·p only for groups whose ratio needs it, the SSL flavour's; else 0):
 // `out` set: the norm pass writes them and nothing is updated;
 // `in` set: the update takes them (the global sums) instead of a norm pass.
 struct SumsIO {
   double* out = nullptr;
   const double* in = nullptr;
 };
-constexpr int64_t kSumsPerTensor = 2;
+constexpr int64_t kSumsPerTensor = 3;
 
 // fused_lars_groups_ packs each group's floats in `hyper` with this stride
 // (a disabled clip is NaN) and its switches in `flags` as these bits.
-constexpr int64_t kHyperStride = 7;  // lr, momentum, weight_decay, eeta, epsilon, trust_clip, update_clip
-constexpr int64_t kFlagLars = 1, kFlagNesterov = 2, kFlagMaximize = 4;
+constexpr int64_t kHyperStride = 8;  // lr, momentum, weight_decay, eeta, epsilon, trust_clip, update_clip,
+                                     // dampening
+constexpr int64_t kFlagLars = 1, kFlagNesterov = 2, kFlagMaximize = 4, kFlagDecay = 8, kFlagRatioOnGrad = 16,
+                  kFlagNormOfUpdate = 32, kFlagLarcClip = 64, kFlagZeroNormSkip = 128;
 
 // Splits the flat lists of fused_lars_groups_ into groups and checks every
 // group (and grad_scale/found_inf) before the caller writes anything, so a bad
@@ -87,8 +90,14 @@ std::vector<GroupCall> parse_groups(at::TensorList params, at::TensorList grads,
 // fused_lars_norms's lists: groups with only their lars flag (no hyper-parameters).
 std::vector<GroupCall> parse_norm_groups(at::TensorList params, at::TensorList grads, at::IntArrayRef group_sizes,
                                          at::IntArrayRef flags);
-// fused_lars_apply_'s sums: float64 [N, 2] on the params' device, contiguous.
-void check_sums(const at::Tensor& sums, at::TensorList params);
+// fused_lars_apply_'s arguments: parse_groups, and the sums must be float64
+// [N, 3] on the params' device, contiguous.
+std::vector<GroupCall> parse_apply_groups(at::TensorList params, at::TensorList grads, at::TensorList bufs,
+                                          at::IntArrayRef group_sizes, at::ArrayRef<double> hyper,
+                                          at::IntArrayRef flags,
+                                          const c10::List<std::optional<at::Tensor>>& lr_tensors,
+                                          const at::Tensor& sums, const std::optional<at::Tensor>& grad_scale,
+                                          const std::optional<at::Tensor>& found_inf);
 
 // The single-group form (fused_lars_), checked the same way.
 std::vector<GroupCall> single_group(at::TensorList params, at::TensorList grads, at::TensorList bufs, double lr,

@@ -2,17 +2,20 @@
 to the seed project and fused into one multi-tensor kernel on CPU and CUDA.
 
     from lars_cuda import Lars, create_optimizer_lars, PolynomialWarmup
+    from lars_cuda.compat import TimmLars, LARC, SSLLars   # the other flavours, drop-in
 """
 
 from .grouping import create_optimizer_lars, is_norm_layer, split_lars_parameters
 from .optimizer import Lars, UnsupportedTensorError
 from .ops import has_fused
 from .scheduler import PolynomialWarmup, polynomial_warmup_lr
+from . import compat  # noqa: E402  (after Lars, which it subclasses)
 
 __all__ = [
     "Lars",
     "PolynomialWarmup",
     "UnsupportedTensorError",
+    "compat",
     "create_optimizer_lars",
     "has_fused",
     "is_norm_layer",

@@ -122,9 +122,10 @@ def fused_lars_groups_(
 
 
 def fused_lars_norms(params: list[Tensor], grads: list[Tensor], group_sizes: list[int], flags: list[int]) -> Tensor:
-    """The sharded step's first half: per tensor, (sum p^2, sum g^2) of the given
-    (local) tensors as a float64 ``[N, 2]`` tensor on their device, zeros for the
-    tensors of groups without the lars flag. Grads are read as stored (a
+    """The sharded step's first half: per tensor, (sum p^2, sum g^2, sum g*p) of the
+    given (local) tensors as a float64 ``[N, 3]`` tensor on their device (g*p only
+    for groups with flag 32, norm of the update), zeros for the tensors of groups
+    without the lars flag. Grads are read as stored (a
     ``GradScaler``'s scale is divided out by :func:`fused_lars_apply_`)."""
     _require_extension()
     return torch.ops.lars_cuda.fused_lars_norms(params, grads, group_sizes, flags)
@@ -187,12 +188,12 @@ if _C is not None:
             raise ValueError(
                 f"fused_lars_norms: {len(params)} params, {len(grads)} grads, group sizes {list(group_sizes)}")
         device = params[0].device if params else torch.device("cpu")
-        return torch.empty((len(params), 2), dtype=torch.float64, device=device)
+        return torch.empty((len(params), 3), dtype=torch.float64, device=device)
 
     @torch.library.register_fake("lars_cuda::fused_lars_apply_")
     def _fused_lars_apply_fake(params, grads, momentum_buffers, group_sizes, hyper, flags, lr_tensors, sums,
                                grad_scale=None, found_inf=None):
-        if len(params) != len(grads) or sum(group_sizes) != len(params) or tuple(sums.shape) != (len(params), 2):
+        if len(params) != len(grads) or sum(group_sizes) != len(params) or tuple(sums.shape) != (len(params), 3):
             raise ValueError(f"fused_lars_apply_: {len(params)} params, {len(grads)} grads, group sizes "
                              f"{list(group_sizes)}, sums of shape {tuple(sums.shape)}")
         return None

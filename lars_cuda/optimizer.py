@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import ops, sharded
-from .functional import fused_lars_groups, fused_lars_norms, lars
+from .functional import Flavour, _ratio_and_decay, fused_lars_groups, fused_lars_norms, lars
 
 __all__ = ["Lars", "UnsupportedTensorError"]
 
@@ -70,6 +70,16 @@ class Lars(Optimizer):
         trust_clip: upper bound of the trust ratio (seed: 50); ``None`` disables.
         update_clip: element-wise bound of ``d`` (seed: 10); ``None`` disables.
         maximize: maximise the objective (``g`` is replaced by ``-g``), as in ``torch.optim``.
+        dampening, decay, ratio_on_grad, norm_of_update, larc_clip, zero_norm_skip,
+        always_adapt, decay_filter, adaptation_filter: the switches of the other LARS
+            flavours (timm, apex LARC, the self-supervised repos), group options like
+            the rest; :mod:`lars_cuda.compat` sets them from each original's own
+            arguments, and ``lars_cuda.functional`` documents them. The defaults are
+            the seed's: no dampening, weight decay exactly where LARS adapts
+            (``decay=None``), the ratio outside the buffer, ``||g|| + wd*||p|| + eps``
+            in the denominator, adaptation whatever the weight decay
+            (``always_adapt=True``), no filters (``decay_filter`` /
+            ``adaptation_filter`` exclude 1-D params from decay / adaptation).
         foreach: ``True`` for the ``torch._foreach_*`` path (no host synchronisation).
         fused: ``True`` for the compiled multi-tensor kernel (CPU and CUDA), which also
             takes ``GradScaler``'s scale and inf flag on the device.
@@ -98,12 +108,24 @@ class Lars(Optimizer):
         trust_clip: Optional[float] = 50.0,
         update_clip: Optional[float] = 10.0,
         maximize: bool = False,
+        dampening: float = 0.0,
+        decay: Optional[bool] = None,
+        ratio_on_grad: bool = False,
+        norm_of_update: bool = False,
+        larc_clip: bool = False,
+        zero_norm_skip: bool = False,
+        always_adapt: bool = True,
+        decay_filter: bool = False,
+        adaptation_filter: bool = False,
         foreach: Optional[bool] = None,
         fused: Optional[bool] = None,
     ):
         defaults = dict(
             lr=lr, momentum=momentum, eeta=eeta, weight_decay=weight_decay, epsilon=epsilon, lars=True,
             nesterov=nesterov, trust_clip=trust_clip, update_clip=update_clip, maximize=maximize,
+            dampening=dampening, decay=decay, ratio_on_grad=ratio_on_grad, norm_of_update=norm_of_update,
+            larc_clip=larc_clip, zero_norm_skip=zero_norm_skip, always_adapt=always_adapt,
+            decay_filter=decay_filter, adaptation_filter=adaptation_filter,
             foreach=foreach, fused=fused,
         )
         # add_param_group (called by Optimizer.__init__ for every group) checks each
@@ -158,32 +180,12 @@ class Lars(Optimizer):
 
         # Check everything before touching anything: a bad input leaves the state as it was.
         fused_plans, other_plans, sharded_plans = [], [], []
-        for group in self.param_groups:
-            _check_hyperparameters(group, read_tensor_lr=False)
-            params, grads, bufs, dtypes = self._gather(group)
-            if sharded.HAS_DTENSOR and any(sharded.is_dtensor(p) for p in params):
-                # DTensor params (FSDP2, HSDP): their own plans, stepped around one all-reduce.
-                (params, grads, bufs), dparams = _split_dtensors(params, grads, bufs)
-                sharded_plans += self._sharded_plans(group, *dparams, grad_scale, found_inf)
-                dtypes = {p.dtype for p in params}
-            path = self._path(group, params, dtypes)
-            _check_path(path, params, grads, bufs, group)
-            if path != "fused" and (grad_scale is not None or found_inf is not None):
-                raise RuntimeError(
-                    "grad_scale/found_inf were given but a group does not run the fused kernel; "
-                    "use fused=True or let GradScaler unscale the gradients"
-                )
-            if path == "fused" and not dtypes <= _KERNEL_DTYPE_SET:
-                # fused=True with float64 tensors (as torch's fused SGD takes): those run
-                # the foreach path, the rest the kernel.
-                if grad_scale is not None or found_inf is not None:
-                    raise RuntimeError("the fused kernel steps float32/float16/bfloat16 only; with "
-                                       "grad_scale/found_inf every tensor must be one of those")
-                (params, grads, bufs), odd = _split_kernel_dtypes(params, grads, bufs)
-                _check_path("foreach", *odd, group)
-                other_plans.append((group, *odd, "foreach"))
-            if params:
-                (fused_plans if path == "fused" else other_plans).append((group, params, grads, bufs, path))
+        for group_ in self.param_groups:
+            _check_hyperparameters(group_, read_tensor_lr=False)
+            params_, grads_, bufs_, dtypes_ = self._gather(group_)
+            for group, params, grads, bufs, dtypes in _flavour_views(group_, params_, grads_, bufs_, dtypes_):
+                self._plan_view(group, params, grads, bufs, dtypes, grad_scale, found_inf,
+                                fused_plans, other_plans, sharded_plans)
 
         if sharded_plans:
             self._step_sharded(sharded_plans, grad_scale, found_inf)
@@ -211,6 +213,44 @@ class Lars(Optimizer):
         # on this path); trust_ratios(grad_scale=...) needs it to read them afterwards.
         self._last_grad_scale = grad_scale
         return loss
+
+    def _plan_view(self, group, params, grads, bufs, dtypes, grad_scale, found_inf,
+                   fused_plans, other_plans, sharded_plans) -> None:
+        """Checks one view of a group (lars_cuda.compat's filters split a group in two)
+        and appends its plans; nothing is written here."""
+        if sharded.HAS_DTENSOR and any(sharded.is_dtensor(p) for p in params):
+            # DTensor params (FSDP2, HSDP): their own plans, stepped around one all-reduce.
+            (params, grads, bufs), (dp, dg, db) = _split_dtensors(params, grads, bufs)
+            if group["momentum"] != 0 and group["dampening"] != 0 and any(b is None for b in db):
+                # A fresh buffer's first step copies d (torch.optim.SGD): those tensors step
+                # with dampening 0 from zero buffers, which gives exactly d.
+                fresh = [i for i, b in enumerate(db) if b is None]
+                old = [i for i, b in enumerate(db) if b is not None]
+                for idx, view in ((fresh, {**group, "dampening": 0.0}), (old, group)):
+                    if idx:
+                        sharded_plans += self._sharded_plans(view, [dp[i] for i in idx], [dg[i] for i in idx],
+                                                             [db[i] for i in idx], grad_scale, found_inf)
+            else:
+                sharded_plans += self._sharded_plans(group, dp, dg, db, grad_scale, found_inf)
+            dtypes = {p.dtype for p in params}
+        path = self._path(group, params, dtypes)
+        _check_path(path, params, grads, bufs, group)
+        if path != "fused" and (grad_scale is not None or found_inf is not None):
+            raise RuntimeError(
+                "grad_scale/found_inf were given but a group does not run the fused kernel; "
+                "use fused=True or let GradScaler unscale the gradients"
+            )
+        if path == "fused" and not dtypes <= _KERNEL_DTYPE_SET:
+            # fused=True with float64 tensors (as torch's fused SGD takes): those run
+            # the foreach path, the rest the kernel.
+            if grad_scale is not None or found_inf is not None:
+                raise RuntimeError("the fused kernel steps float32/float16/bfloat16 only; with "
+                                   "grad_scale/found_inf every tensor must be one of those")
+            (params, grads, bufs), odd = _split_kernel_dtypes(params, grads, bufs)
+            _check_path("foreach", *odd, group)
+            other_plans.append((group, *odd, "foreach"))
+        if params:
+            (fused_plans if path == "fused" else other_plans).append((group, params, grads, bufs, path))
 
     def _sharded_plans(self, group, params, grads, bufs, grad_scale, found_inf) -> list[sharded.ShardedPlan]:
         """Checks a group's DTensor params and plans their step on the local shards
@@ -263,9 +303,10 @@ class Lars(Optimizer):
             if plan.path == "fused":
                 fused_by_device.setdefault(plan.local_params[0].device, []).append(plan)
             elif plan.group["lars"]:
-                plan.sums = sharded.local_sums(plan.local_params, plan.local_grads, foreach=plan.path == "foreach")
+                plan.sums = sharded.local_sums(plan.local_params, plan.local_grads, foreach=plan.path == "foreach",
+                                               dot=plan.group["norm_of_update"])
             else:
-                plan.sums = torch.zeros((len(plan.params), 2), dtype=torch.float64,
+                plan.sums = torch.zeros((len(plan.params), 3), dtype=torch.float64,
                                         device=plan.local_params[0].device)
         for device_plans in fused_by_device.values():
             sums = fused_lars_norms([(p.local_params, p.local_grads, p.group) for p in device_plans])
@@ -309,23 +350,32 @@ class Lars(Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not group["lars"] or not params:
                 continue
-            if sharded.HAS_DTENSOR and any(sharded.is_dtensor(p) for p in params):
-                # Global norms of sharded params: local sums, one all-reduce (call on every rank).
-                is_d = [sharded.is_dtensor(p) for p in params]
-                rows = iter(sharded.sharded_trust_ratio_sums([p for p, d in zip(params, is_d) if d]).sqrt().float())
-                wn = [next(rows) if d else torch.stack([torch.linalg.vector_norm(p.detach().float()).cpu(),
-                                                        torch.linalg.vector_norm(p.grad.detach().float()).cpu()])
-                      for p, d in zip(params, is_d)]
-                w = torch.stack([x[0] for x in wn])
-                n = torch.stack([x[1] for x in wn]) / scale
-            else:
-                w = torch.stack([torch.linalg.vector_norm(p.detach().float()).cpu() for p in params])
-                n = torch.stack([torch.linalg.vector_norm(p.grad.detach().float()).cpu() for p in params]) / scale
-            r = group["eeta"] * w / (n + group["weight_decay"] * w + group["epsilon"])
-            r = torch.where((w > 0) & (n > 0), r, torch.ones_like(r))
-            if group["trust_clip"] is not None:
-                r = r.clamp(0.0, group["trust_clip"])
-            ratios.append(r)
+            # (||p||, ||g||, <g,p>) per param in group order; sharded params' global
+            # sums come from one all-reduce (so call this on every rank).
+            is_d = [sharded.HAS_DTENSOR and sharded.is_dtensor(p) for p in params]
+            rows = iter(sharded.sharded_trust_ratio_sums([p for p, d in zip(params, is_d) if d])) if any(is_d) \
+                else iter(())
+            stats = []
+            for p, d in zip(params, is_d):
+                if d:
+                    pp, gg, pg = next(rows).tolist()
+                else:
+                    pf, gf = p.detach().float(), p.grad.detach().float()
+                    pp, gg, pg = (pf * pf).sum().item(), (gf * gf).sum().item(), (gf * pf).sum().item()
+                stats.append((math.sqrt(pp), math.sqrt(gg) / scale, pg / scale))
+            view_of = {id(p): view for view, ps, _, _, _ in _flavour_views(group, params, params, [], set())
+                       for p in ps}
+            for p, (w, n, dot) in zip(params, stats):
+                view = view_of[id(p)]
+                if not view["lars"]:
+                    continue
+                flavour = Flavour(decay=view["lars"] if view["decay"] is None else view["decay"],
+                                  **{k: view[k] for k in Flavour._fields if k != "decay"})
+                r, _, _ = _ratio_and_decay(torch.tensor(w), torch.tensor(n), torch.tensor(dot),
+                                           float(view["lr"]), weight_decay=view["weight_decay"],
+                                           eeta=view["eeta"], epsilon=view["epsilon"],
+                                           trust_clip=view["trust_clip"], flavour=flavour)
+                ratios.append(r.float().reshape(1))
         return torch.cat(ratios) if ratios else torch.empty(0)
 
     def _gather(
@@ -381,8 +431,31 @@ _NO_STATE: dict[str, Any] = {}
 # The options a Lars param group carries (besides "params"): those the step's math
 # takes (the keyword arguments of functional.lars), then the path switches.
 _STEP_OPTIONS = ("lr", "momentum", "eeta", "weight_decay", "epsilon", "lars", "nesterov", "trust_clip",
-                 "update_clip", "maximize")
-_GROUP_OPTIONS = _STEP_OPTIONS + ("foreach", "fused")
+                 "update_clip", "maximize", "dampening", "decay", "ratio_on_grad", "norm_of_update", "larc_clip",
+                 "zero_norm_skip")
+# ... and the options that decide which tensors a step adapts and decays (views below).
+_GROUP_OPTIONS = _STEP_OPTIONS + ("always_adapt", "decay_filter", "adaptation_filter", "foreach", "fused")
+
+
+def _flavour_views(group, params, grads, bufs, dtypes):
+    """The group as the step sees it: timm's "adapt only where weight_decay != 0"
+    (``always_adapt=False``) turns LARS off for the group, and the self-supervised
+    filters give 1-D params (biases, norms) their own view without decay and/or
+    adaptation. The common case is the group itself (no copy)."""
+    lars_on = group["lars"] and (group["always_adapt"] or group["weight_decay"] != 0)
+    view = group if lars_on == group["lars"] else {**group, "lars": lars_on}
+    if not (group["decay_filter"] or group["adaptation_filter"]):
+        return [(view, params, grads, bufs, dtypes)]
+    decay = lars_on if group["decay"] is None else group["decay"]
+    flat = {**view, "lars": lars_on and not group["adaptation_filter"],
+            "decay": decay and not group["decay_filter"]}
+    views = []
+    for want_flat, options in ((False, {**view, "decay": decay}), (True, flat)):
+        idx = [i for i, p in enumerate(params) if (p.ndim == 1) == want_flat]
+        if idx:
+            views.append((options, [params[i] for i in idx], [grads[i] for i in idx],
+                          [bufs[i] for i in idx] if bufs else [], {params[i].dtype for i in idx}))
+    return views
 
 
 def _group_options(group: dict[str, Any]) -> dict[str, Any]:
@@ -525,13 +598,21 @@ def _check_hyperparameters(group: dict[str, Any], *, read_tensor_lr: bool) -> No
             raise TypeError(f"{name} must be a real number or None, got {type(value).__name__}")
         if not (value >= 0 and not math.isnan(value)):
             raise ValueError(f"Invalid {name} value: {value}")
-    for name in ("lars", "nesterov", "maximize"):
+    for name in ("lars", "nesterov", "maximize", "ratio_on_grad", "norm_of_update", "larc_clip", "zero_norm_skip",
+                 "always_adapt", "decay_filter", "adaptation_filter"):
         if not isinstance(group[name], bool):
             raise TypeError(f"{name} must be a bool, got {type(group[name]).__name__}")
+    if group["decay"] is not None and not isinstance(group["decay"], bool):
+        raise TypeError(f"decay must be None or a bool, got {type(group['decay']).__name__}")
+    dampening = group["dampening"]
+    if not _is_real_number(dampening):
+        raise TypeError(f"dampening must be a real number, got {type(dampening).__name__}")
+    if not 0 <= dampening <= 1:
+        raise ValueError(f"Invalid dampening value: {dampening}; it must lie in [0, 1]")
     for name in ("foreach", "fused"):
         if group[name] is not None and not isinstance(group[name], bool):
             raise TypeError(f"{name} must be None or a bool, got {type(group[name]).__name__}")
     if group["foreach"] and group["fused"]:
         raise ValueError("foreach and fused cannot both be True")
-    if group["nesterov"] and group["momentum"] == 0:
-        raise ValueError("Nesterov momentum requires a nonzero momentum")
+    if group["nesterov"] and (group["momentum"] == 0 or group["dampening"] != 0):
+        raise ValueError("Nesterov momentum requires a nonzero momentum and zero dampening")

@@ -87,7 +87,7 @@ class ShardedPlan:
     local_grads: list[Tensor]
     local_bufs: list[Optional[Tensor]]      # None: the step creates the buffer
     path: str                               # "fused", "foreach" or "single"
-    sums: Optional[Tensor] = None           # float64 [n, 2], local then global
+    sums: Optional[Tensor] = None           # float64 [n, 3] (p², g², g·p), local then global
     new_bufs: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (param, its fresh buffer)
 
 
@@ -137,7 +137,7 @@ def reduce_sums(plans: list[ShardedPlan], found_inf: Optional[Tensor]) -> Option
         if found_inf is not None:
             global_inf = flat[-1:]
             flat = flat[:-1]
-        rows = flat.reshape(-1, 2)
+        rows = flat.reshape(-1, 3)
         start = 0
         for plan in mesh_plans:
             plan.sums = rows[start:start + len(plan.params)]
@@ -146,21 +146,22 @@ def reduce_sums(plans: list[ShardedPlan], found_inf: Optional[Tensor]) -> Option
 
 
 def sharded_trust_ratio_sums(params: list[Tensor]) -> Tensor:
-    """Global (sum p², sum g²) of DTensor params and their grads, float64 [n, 2]
-    on the CPU, for ``Lars.trust_ratios``: local sums and one all-reduce."""
+    """Global (sum p², sum g², sum g·p) of DTensor params and their grads, float64
+    [n, 3] on the CPU, for ``Lars.trust_ratios``: local sums and one all-reduce."""
     plan = ShardedPlan(group={}, params=params, local_params=[p.to_local() for p in params],
                        local_grads=[p.grad.to_local() for p in params], local_bufs=[], path="foreach")
-    plan.sums = local_sums(plan.local_params, plan.local_grads, foreach=True)
+    plan.sums = local_sums(plan.local_params, plan.local_grads, foreach=True, dot=True)
     reduce_sums([plan], None)
     return plan.sums.cpu()
 
 
-def local_sums(params: list[Tensor], grads: list[Tensor], *, foreach: bool) -> Tensor:
-    """(sum p², sum g²) per local tensor as float64 [n, 2], from norms computed as
-    the unsharded paths compute them (float32, float64 for float64 tensors), with
-    ``torch._foreach_norm`` (foreach) or one ``vector_norm`` per tensor; no host sync."""
+def local_sums(params: list[Tensor], grads: list[Tensor], *, foreach: bool, dot: bool = False) -> Tensor:
+    """(sum p², sum g², sum g·p) per local tensor as float64 [n, 3], from norms
+    computed as the unsharded paths compute them (float32, float64 for float64
+    tensors), with ``torch._foreach_norm`` (foreach) or one ``vector_norm`` per
+    tensor; g·p only with ``dot`` (else 0); no host sync."""
     device = params[0].device if params else torch.device("cpu")
-    out = torch.zeros((len(params), 2), dtype=torch.float64, device=device)
+    out = torch.zeros((len(params), 3), dtype=torch.float64, device=device)
     for compute in (torch.float32, torch.float64):
         idx = [i for i, p in enumerate(params) if (p.dtype == torch.float64) == (compute == torch.float64)]
         if not idx:
@@ -172,5 +173,8 @@ def local_sums(params: list[Tensor], grads: list[Tensor], *, foreach: bool) -> T
             w = [torch.linalg.vector_norm(p, dtype=compute) for p in ps]
             n = [torch.linalg.vector_norm(g, dtype=compute) for g in gs]
         norms = torch.stack([torch.stack(w), torch.stack(n)], dim=1).double()
-        out[idx] = norms * norms
+        out[idx, :2] = norms * norms
+        if dot:
+            out[idx, 2] = torch.stack([torch.dot(g.flatten().to(compute), p.flatten().to(compute))
+                                       for p, g in zip(ps, gs)]).double()
     return out

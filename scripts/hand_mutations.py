@@ -20,30 +20,41 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRATCH = "/tmp/lars_cuda-hand-mutations"
-TESTS = ["tests/test_fused_op.py", "tests/test_lars_math.py", "tests/test_conformance.py", "tests/test_validation.py"]
+TESTS = ["tests/test_fused_op.py", "tests/test_lars_math.py", "tests/test_conformance.py", "tests/test_validation.py",
+         "tests/test_compat.py"]
 
 # (name, file, original text, mutated text): each original must occur exactly once.
 MUTANTS = [
     ("kernel writes nothing", "csrc/cpu/lars_cpu.cpp",
-     "    if (g.params.empty()) continue;\n    const float lr_f",
-     "    if (true) continue;\n    const float lr_f"),
+     "    if (g.params.empty() || (io.out != nullptr && !g.hyper.lars)) continue;\n",
+     "    if (true) continue;\n"),
     ("no guard for a zero gradient norm", "csrc/lars.h",
      "(w > 0.f && n > 0.f)", "(w > 0.f)"),
     ("trust ratio capped at 0.8x trust_clip", "csrc/lars.h",
      "r = clamp_nan(r, 0.f, h.trust_clip);", "r = clamp_nan(r, 0.f, 0.8f * h.trust_clip);"),
     ("nesterov uses the buffer", "csrc/lars.h",
-     "u = c.nesterov ? d + c.momentum * buf : buf;", "u = buf;"),
+     "    buf = c.momentum * buf + d;\n    u = c.nesterov ? d + c.momentum * buf : buf;",
+     "    buf = c.momentum * buf + d;\n    u = buf;"),
     ("update clip skipped", "csrc/lars.h",
-     "if (c.clip) d = clamp_fn(d, c.clip_lo, c.clip_hi);", ""),
+     "  if (c.clip) d = clamp_fn(d, c.clip_lo, c.clip_hi);\n  V u = d;", "  V u = d;"),
     ("weight decay also without LARS", "csrc/lars.h",
-     "decay(h.lars && h.weight_decay != 0.f)", "decay(h.weight_decay != 0.f)"),
+     "{ return h.decay ? h.weight_decay : 0.f; }", "{ return h.weight_decay; }"),
     ("maximize ignored", "csrc/lars.h",
      "return h.maximize ? -inv_scale : inv_scale;", "return inv_scale;"),
     ("found_inf ignored", "csrc/cpu/lars_cpu.cpp",
      "if (found_inf.has_value() && found_inf->item<double>() != 0.0) return;", ""),
-    ("norm of g not unscaled", "csrc/cpu/lars_cpu_kernel.h",
-     "const float n = static_cast<float>(std::sqrt(sg)) * inv_scale;",
-     "const float n = static_cast<float>(std::sqrt(sg));"),
+    ("norm of g not unscaled", "csrc/lars.h",
+     "static_cast<float>(sqrt(gg)) * (g_coef < 0.f ? -g_coef : g_coef);",
+     "static_cast<float>(sqrt(gg));"),
+    # The flavours (lars_cuda.compat): each switch of lars.h dropped in turn.
+    ("ratio on the gradient ignored", "csrc/lars.h",
+     "return h.ratio_on_grad ? TensorStep{lr, r, wd} : TensorStep{lr * r, 1.f, wd};",
+     "return TensorStep{lr * r, 1.f, wd};"),
+    ("dampening ignored", "csrc/lars.h", "undamped(V(1.f - h.dampening))", "undamped(V(1.f))"),
+    ("<g, p> left out of the SSL denominator", "csrc/lars.h", "2.0 * wd * dot", "0.0 * wd * dot"),
+    ("LARC clip skipped", "csrc/lars.h", "if (h.larc_clip) r = fminf(r / lr, 1.f);", ""),
+    ("LARC zero-norm branch decays", "csrc/lars.h", "if (zero && h.zero_norm_skip) return {lr, 1.f, 0.f};",
+     "if (zero && h.zero_norm_skip) return {lr, 1.f, wd};"),
     ("last chunk of a tensor left out of its norm", "csrc/cpu/lars_cpu_kernel.h",
      "for (; i < n_spans && spans[i].tensor == k; ++i) {",
      "for (; i < n_spans && spans[i].tensor == k; ++i) {\n          if (i + 1 < n_spans && spans[i + 1].tensor != k && i > 0 && spans[i - 1].tensor == k) continue;"),

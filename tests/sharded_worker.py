@@ -215,6 +215,37 @@ def _():
     return results
 
 
+FLAVOURS = {
+    "timm": lambda ps, **kw: lars_cuda.compat.TimmLars(ps, lr=0.5, momentum=0.9, dampening=0.1, weight_decay=1e-3,
+                                                       trust_clip=True, **kw),
+    "larc": lambda ps, **kw: lars_cuda.compat.LARC(torch.optim.SGD(ps, lr=0.5, momentum=0.9, weight_decay=1e-3),
+                                                   **kw),
+    "ssl": lambda ps, **kw: lars_cuda.compat.SSLLars(ps, lr=0.5, weight_decay=1e-3, **kw),
+}
+
+
+@case("flavours_fsdp")
+def _():
+    """Every flavour on fully_shard with uneven shards equals its unsharded step
+    (SSL's denominator needs <g, p>: the third sum of the same all-reduce)."""
+    import lars_cuda.compat  # noqa: F401
+
+    mesh = init_device_mesh("cpu", (2,))
+    results = {}
+    for flavour, make in FLAVOURS.items():
+        for path, impl in PATHS.items():
+            ref, model = net(), shard(net(), mesh)
+            opt_ref = make(list(ref.parameters()), **impl)
+            opt = make(list(model.parameters()), **impl)
+            counts = []
+            for step in range(3):
+                set_grads(ref, model, step)
+                opt_ref.step()
+                counts.append(step_counting(opt))
+            results[f"{flavour}_{path}"] = {"err": max_rel_err(ref, model, opt_ref, opt), "collectives": counts}
+    return results
+
+
 @case("partial_refused")
 def _():
     mesh = init_device_mesh("cpu", (2,))

@@ -51,3 +51,16 @@ def test_bench_sharded_runs_on_two_ranks_and_counts_one_collective_for_our_paths
     assert all(rows[i]["collectives_per_step"] == 1 for i in ("fused", "foreach", "reference"))
     assert rows["timm"]["collectives_per_step"] > data["meta"]["tensors"]  # per-tensor collectives
     assert all(r["median_ms"] > 0 for r in rows.values())
+
+
+def test_bench_flavours_runs_every_pair_and_writes_json_and_markdown(tmp_path):
+    import bench_flavours
+
+    assert bench_flavours.main(["--device", "cpu", "--sets", "smoke", "--steps", "2", "--warmup", "0",
+                                "--out-dir", str(tmp_path)]) == 0
+    (name,) = [f for f in os.listdir(tmp_path) if f.endswith(".json")]
+    rows = {r["impl"]: r for r in json.load(open(tmp_path / name))["rows"]}
+    assert set(rows) == set(bench_flavours.IMPLS)
+    for impl in ("timm_fused", "larc_fused", "ssl_fused"):
+        assert rows[impl]["speedup_vs_original"] > 0 and rows[impl]["x_seed_fused"] > 0
+    assert (tmp_path / name.replace(".json", ".md")).exists()

@@ -286,8 +286,9 @@ def pack(groups_of_tensors):
         nan = float("nan")
         hyper += [0.0 if lr_t is not None else o["lr"], o["momentum"], o["weight_decay"], o["eeta"], o["epsilon"],
                   nan if o["trust_clip"] is None else o["trust_clip"],
-                  nan if o["update_clip"] is None else o["update_clip"]]
-        flags.append(int(o["lars"]) | 2 * int(o["nesterov"]) | 4 * int(o["maximize"]))
+                  nan if o["update_clip"] is None else o["update_clip"], 0.0]  # no dampening
+        # the seed: weight decay (8) exactly where LARS adapts (1)
+        flags.append(int(o["lars"]) | 2 * int(o["nesterov"]) | 4 * int(o["maximize"]) | 8 * int(o["lars"]))
     return params, grads, bufs, sizes, hyper, flags, lrs
 
 

@@ -39,7 +39,7 @@ P = [Parameter(torch.ones(2))]
         (dict(lr=0.1, foreach=1), TypeError, r"^foreach must be None or a bool, got int$"),
         (dict(lr=0.1, fused="no"), TypeError, r"^fused must be None or a bool, got str$"),
         (dict(lr=0.1, foreach=True, fused=True), ValueError, r"^foreach and fused cannot both be True$"),
-        (dict(lr=0.1, nesterov=True), ValueError, r"^Nesterov momentum requires a nonzero momentum$"),
+        (dict(lr=0.1, nesterov=True), ValueError, r"^Nesterov momentum requires a nonzero momentum and zero dampening$"),
     ],
     ids=lambda v: v.__name__ if isinstance(v, type) else None,
 )

@@ -120,6 +120,14 @@ def test_group_of_sharded_and_plain_params_matches_unsharded(two_ranks):
         assert r["err"] < TOL, path
 
 
+@pytest.mark.parametrize("flavour", ["timm", "larc", "ssl"])
+def test_every_flavour_on_fsdp_equals_its_unsharded_step_with_one_collective(two_ranks, flavour):
+    for path in PATHS:
+        r = result(two_ranks, "flavours_fsdp")[f"{flavour}_{path}"]
+        assert r["err"] < TOL, path
+        assert r["collectives"] == [1, 1, 1], path
+
+
 # ---- AMP, monitoring, checkpoints, ZeRO-1 ---------------------------------------------
 
 def test_grad_scale_is_divided_on_device_in_the_sharded_step(two_ranks):
@@ -176,12 +184,24 @@ def _clone(groups):
     return [([p.clone() for p in ps], [g.clone() for g in gs], [b.clone() for b in bs], o) for ps, gs, bs, o in groups]
 
 
+FLAVOUR_OPTIONS = {
+    "seed": {},
+    "timm": dict(ratio_on_grad=True, larc_clip=True, dampening=0.1, nesterov=False, trust_clip=None),
+    "ssl": dict(ratio_on_grad=True, norm_of_update=True, decay=True, epsilon=0.0, trust_clip=None,
+                update_clip=None, nesterov=False),
+}
+
+
+@pytest.mark.parametrize("flavour", FLAVOUR_OPTIONS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_apply_with_own_norms_is_bit_identical_to_the_one_call_step(dtype):
-    groups = _groups(dtype)
+def test_apply_with_own_norms_is_bit_identical_to_the_one_call_step(dtype, flavour):
+    groups = [(ps, gs, bs, {**o, **FLAVOUR_OPTIONS[flavour]}) for ps, gs, bs, o in _groups(dtype)]
     a, b = _clone(groups), _clone(groups)
     fused_lars_groups(a)
-    sums = ops.fused_lars_norms([p for g in b for p in g[0]], [t for g in b for t in g[1]], [4, 1], [1, 0])
+    flags = [int(o["lars"]) | 32 * int(o.get("norm_of_update", False)) for _, _, _, o in groups]
+    sums = ops.fused_lars_norms([p for g in b for p in g[0]], [t for g in b for t in g[1]], [4, 1], flags)
+    if flavour == "ssl":
+        assert sums[0, 2] != 0  # <g, p> carried for the SSL ratio
     fused_lars_groups(b, sums=sums)
     for (pa, _, ba, _), (pb, _, bb, _) in zip(a, b):
         for x, y in zip(pa + ba, pb + bb):
@@ -193,12 +213,13 @@ def test_norms_are_float64_sums_of_squares_and_zero_where_lars_is_off():
     params = [p for g in groups for p in g[0]]
     grads = [t for g in groups for t in g[1]]
     sums = ops.fused_lars_norms(params, grads, [4, 1], [1, 0])
-    assert sums.dtype == torch.float64 and sums.shape == (5, 2)
+    assert sums.dtype == torch.float64 and sums.shape == (5, 3)
     for i in range(4):
-        expect = torch.stack([params[i].double().square().sum(), grads[i].double().square().sum()])
+        expect = torch.stack([params[i].double().square().sum(), grads[i].double().square().sum(),
+                              torch.zeros((), dtype=torch.float64)])  # no <g,p>: the seed's ratio needs none
         torch.testing.assert_close(sums[i], expect, rtol=1e-6, atol=0)
-    assert sums[4].tolist() == [0.0, 0.0]  # lars=False: no norms
-    assert sums[2].tolist() == [0.0, 0.0]  # an empty shard
+    assert sums[4].tolist() == [0.0, 0.0, 0.0]  # lars=False: no norms
+    assert sums[2].tolist() == [0.0, 0.0, 0.0]  # an empty shard
 
 
 def test_apply_takes_the_given_norms_not_the_tensors_own():
@@ -217,10 +238,10 @@ def test_apply_takes_the_given_norms_not_the_tensors_own():
 def test_apply_rejects_sums_of_the_wrong_shape_or_dtype_and_writes_nothing():
     (ps, gs, bs, o), = _groups(torch.float32)[:1]
     before = [p.clone() for p in ps]
-    with pytest.raises(ValueError, match=r"sums must be a contiguous \[4, 2\]"):
-        fused_lars_groups([(ps, gs, bs, o)], sums=torch.zeros(3, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"sums must be a contiguous \[4, 3\]"):
+        fused_lars_groups([(ps, gs, bs, o)], sums=torch.zeros(3, 3, dtype=torch.float64))
     with pytest.raises(TypeError, match="sums must be float64"):
-        fused_lars_groups([(ps, gs, bs, o)], sums=torch.zeros(4, 2))
+        fused_lars_groups([(ps, gs, bs, o)], sums=torch.zeros(4, 3))
     assert all(torch.equal(a, b) for a, b in zip(ps, before))
 
 
@@ -231,6 +252,6 @@ def test_norms_and_apply_ops_pass_opcheck():
     bufs = [b for g in groups for b in g[2]]
     torch.library.opcheck(torch.ops.lars_cuda.fused_lars_norms.default, (params, grads, [4, 1], [1, 0]))
     sums = ops.fused_lars_norms(params, grads, [4, 1], [1, 0])
-    hyper = [0.1, 0.9, 1e-3, 1e-3, 1e-5, 50.0, 10.0] * 2
+    hyper = [0.1, 0.9, 1e-3, 1e-3, 1e-5, 50.0, 10.0, 0.0] * 2
     torch.library.opcheck(torch.ops.lars_cuda.fused_lars_apply_.default,
-                          (params, grads, bufs, [4, 1], hyper, [3, 0], [None, None], sums))
+                          (params, grads, bufs, [4, 1], hyper, [11, 0], [None, None], sums))

@@ -54,6 +54,18 @@ def launch(args, log_dir, nproc=1, launcher="none", timeout=150, wait=True):
     return proc.stdout + proc.stderr
 
 
+def kill_when_written(proc, first, last, timeout=240):
+    """SIGKILL a run's process group as soon as `first` (a checkpoint) exists; the
+    run must not have written `last` by then."""
+    deadline = time.time() + timeout
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first.exists(), proc.stdout.read()
+    assert not last.exists(), "the run finished before it could be killed"
+
+
 def weights(log_dir, epoch):
     state = torch.load(os.path.join(log_dir, f"checkpoint-{epoch}.pth.tar"), weights_only=True)
     return state["model"]
@@ -139,15 +151,8 @@ def test_kill_after_epoch_one_then_resume_auto_gives_the_uninterrupted_weights(t
     launch(args, tmp_path / "full")
 
     killed = tmp_path / "killed"
-    proc = launch(args, killed, wait=False)
-    first = killed / "checkpoint-1.pth.tar"
-    deadline = time.time() + 180
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert first.exists(), proc.stdout.read()
-    assert not (killed / "checkpoint-3.pth.tar").exists(), "the run finished before it could be killed"
+    kill_when_written(launch(args, killed, wait=False), killed / "checkpoint-1.pth.tar",
+                      killed / "checkpoint-3.pth.tar")
 
     out = launch([*args, "--resume", "auto"], killed)
     assert "resuming from" in out

@@ -5,14 +5,12 @@ torch.distributed.checkpoint, and resumes bit for bit after a kill."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import torch
 
-from tests.test_trainer import FMNIST, TRAIN, assert_same_weights, launch, needs_fashion, weights
+from tests.test_trainer import FMNIST, TRAIN, assert_same_weights, kill_when_written, launch, needs_fashion, weights
 
 
 def sharded_weights(log_dir, epoch, tmp_path):
@@ -41,15 +39,8 @@ def test_fsdp_kill_after_epoch_one_then_resume_auto_gives_the_uninterrupted_weig
     launch(args, tmp_path / "full", nproc=2, launcher="torchrun", timeout=300)
 
     killed = tmp_path / "killed"
-    proc = launch(args, killed, nproc=2, launcher="torchrun", wait=False)
-    first = killed / "checkpoint-1.dcp"
-    deadline = time.time() + 240
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert first.exists(), proc.stdout.read()
-    assert not (killed / "checkpoint-3.dcp").exists(), "the run finished before it could be killed"
+    kill_when_written(launch(args, killed, nproc=2, launcher="torchrun", wait=False), killed / "checkpoint-1.dcp",
+                      killed / "checkpoint-3.dcp")
 
     out = launch([*args, "--resume", "auto"], killed, nproc=2, launcher="torchrun", timeout=300)
     assert "resuming from" in out

@@ -93,9 +93,9 @@ void fused_lars_apply_cpu(at::TensorList params, at::TensorList grads, at::Tenso
                           at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, at::IntArrayRef flags,
                           const c10::List<std::optional<at::Tensor>>& lr_tensors, const at::Tensor& sums,
                           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
-  std::vector<GroupCall> groups =
-      parse_groups(params, grads, momentum_buffers, group_sizes, hyper, flags, lr_tensors, grad_scale, found_inf);
-  check_sums(sums, params);
+  // Checked first: the sums' data pointer is read only once they are known to be float64.
+  const std::vector<GroupCall> groups = parse_apply_groups(params, grads, momentum_buffers, group_sizes, hyper,
+                                                           flags, lr_tensors, sums, grad_scale, found_inf);
   run_groups_cpu(groups, grad_scale, found_inf, SumsIO{nullptr, sums.const_data_ptr<double>()});
 }
 

@@ -61,11 +61,39 @@ struct ApplyLars {
   Vec step_v, coef_v;
   float step, coef;
 
-  ApplyLars(float step_, float g_coef, const LarsHyper& h)
-      : cv(h), c(h), step_v(step_), coef_v(g_coef), step(step_), coef(g_coef) {}
+  ApplyLars(const TensorStep& ts, float g_coef, const LarsHyper& h)
+      : cv(h, ts.weight_decay), c(h, ts.weight_decay), step_v(ts.step), coef_v(g_coef), step(ts.step), coef(g_coef) {}
   void vec(int, Vec& p, const Vec& g, Vec& m) { p = lars_element<Vec>(p, g * coef_v, m, step_v, cv, clamp_vec); }
   void scalar(float& p, float g, float& m) { p = lars_element<float>(p, g * coef, m, step, c, ClampNan{}); }
 };
+
+// The flavours' update policy (ratio on the gradient, dampening): a policy of
+// its own, so the seed's loop keeps its registers (two more AVX2 vectors).
+struct ApplyFlavour : ApplyLars {
+  FlavourCoeffs<Vec> fv;
+  FlavourCoeffs<float> f;
+  ApplyFlavour(const TensorStep& ts, float g_coef, const LarsHyper& h)
+      : ApplyLars(ts, g_coef, h), fv(ts.dscale, h), f(ts.dscale, h) {}
+  void vec(int, Vec& p, const Vec& g, Vec& m) {
+    p = flavour_element<Vec>(p, g * coef_v, m, step_v, cv, fv, clamp_vec);
+  }
+  void scalar(float& p, float g, float& m) { p = flavour_element<float>(p, g * coef, m, step, c, f, ClampNan{}); }
+};
+
+// A span's partial sums, with <g, p> where the group's ratio needs it (SSL).
+template <typename P, typename G>
+void span_sums(P* p, const G* g, int64_t begin, int64_t end, bool dot, double* out) {
+  if (dot) {
+    NormSums<true> sums;
+    traverse_span<false>(p, g, static_cast<P*>(nullptr), begin, end, sums);
+    sums.finish(out[0], out[1], &out[2]);
+  } else {
+    NormSums<false> sums;
+    traverse_span<false>(p, g, static_cast<P*>(nullptr), begin, end, sums);
+    sums.finish(out[0], out[1]);
+    out[2] = 0.0;
+  }
+}
 
 // `index` and `io`: the sharded step's halves (SumsIO in lars_op.h). With
 // io.out the norm pass stores each tensor's sums at row index[t] and nothing is
@@ -87,8 +115,8 @@ void lars_cpu_typed(at::TensorList params, at::TensorList grads, at::TensorList 
   const int64_t bytes_per_elem = sizeof(P) + sizeof(G);
   const float g_coef = grad_coefficient(inv_scale, h);  // the update's 1/scale, negated for maximize
   std::vector<Span> spans;
-  std::vector<double> partial_p, partial_g;
-  std::vector<float> steps(n_tensors, lr);
+  std::vector<double> partials;  // per span: sum p², sum g², sum g*p
+  std::vector<TensorStep> steps(n_tensors, TensorStep{lr, 1.f, applied_decay(h)});  // lars=False: these stay
   int64_t t = 0;
   while (t < n_tensors) {
     // One wave: tensors [wave_begin, t).
@@ -107,44 +135,48 @@ void lars_cpu_typed(at::TensorList params, at::TensorList grads, at::TensorList 
     if (h.lars && io.in != nullptr) {
       for (int64_t k = wave_begin; k < t; ++k) {
         const double* row = io.in + kSumsPerTensor * index[k];
-        steps[k] = lr * trust_ratio(static_cast<float>(std::sqrt(row[0])),
-                                    static_cast<float>(std::sqrt(row[1])) * inv_scale, h);
+        steps[k] = tensor_step(lr, row[0], row[1], row[2], g_coef, h);
       }
     } else if (h.lars) {
-      partial_p.assign(n_spans, 0.0);
-      partial_g.assign(n_spans, 0.0);
+      const bool dot = h.norm_of_update;
+      partials.assign(3 * n_spans, 0.0);
       at::parallel_for(0, n_spans, 1, [&](int64_t lo, int64_t hi) {
         for (int64_t i = lo; i < hi; ++i) {
           const Span& s = spans[i];
-          NormSums<false> sums;
-          traverse_span<false>(p_ptr[s.tensor], g_ptr[s.tensor], static_cast<P*>(nullptr), s.begin, s.end, sums);
-          sums.finish(partial_p[i], partial_g[i]);
+          span_sums(p_ptr[s.tensor], g_ptr[s.tensor], s.begin, s.end, dot, &partials[3 * i]);
         }
       });
       int64_t i = 0;
       for (int64_t k = wave_begin; k < t; ++k) {
-        double sp = 0.0, sg = 0.0;
+        double sp = 0.0, sg = 0.0, spg = 0.0;
         for (; i < n_spans && spans[i].tensor == k; ++i) {
-          sp += partial_p[i];
-          sg += partial_g[i];
+          sp += partials[3 * i];
+          sg += partials[3 * i + 1];
+          spg += partials[3 * i + 2];
         }
         if (io.out != nullptr) {
-          io.out[kSumsPerTensor * index[k]] = sp;
-          io.out[kSumsPerTensor * index[k] + 1] = sg;
+          double* row = io.out + kSumsPerTensor * index[k];
+          row[0] = sp;
+          row[1] = sg;
+          row[2] = spg;
           continue;
         }
-        const float w = static_cast<float>(std::sqrt(sp));
-        const float n = static_cast<float>(std::sqrt(sg)) * inv_scale;
-        steps[k] = lr * trust_ratio(w, n, h);
+        steps[k] = tensor_step(lr, sp, sg, spg, g_coef, h);
       }
     }
     if (io.out != nullptr) continue;  // norms only
 
+    const bool flavour = needs_flavour_element(h);
     at::parallel_for(0, n_spans, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t i = hi - 1; i >= lo; --i) {
         const Span& s = spans[i];
-        ApplyLars apply(steps[s.tensor], g_coef, h);
-        traverse_span<true>(p_ptr[s.tensor], g_ptr[s.tensor], b_ptr[s.tensor], s.begin, s.end, apply);
+        if (flavour) {
+          ApplyFlavour apply(steps[s.tensor], g_coef, h);
+          traverse_span<true>(p_ptr[s.tensor], g_ptr[s.tensor], b_ptr[s.tensor], s.begin, s.end, apply);
+        } else {
+          ApplyLars apply(steps[s.tensor], g_coef, h);
+          traverse_span<true>(p_ptr[s.tensor], g_ptr[s.tensor], b_ptr[s.tensor], s.begin, s.end, apply);
+        }
       }
     });
   }

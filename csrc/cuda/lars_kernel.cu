@@ -6,7 +6,8 @@
 //                (traversal.cuh's NormSums policy); chunks of lars=False
 //                groups are skipped;
 //   2. ratios  — one warp per tensor sums its chunks' partials in a fixed
-//                order (double) and stores step = lr * trust_ratio with its
+//                order (double) and stores the tensor's step (lars.h's
+//                tensor_step: every flavour's ratio rule) with its
 //                group's options;
 //   3. update  — every element, with its tensor's step and its group's
 //                options (the ApplyLars policy below).
@@ -99,7 +100,7 @@ struct DeviceTable {
   const ChunkRow* chunks;
   const WaveRow* waves;
   cuda::Sums3* partials;  // per chunk: (sum p^2, sum g^2, sum p*g)
-  float* steps;           // per tensor: lr * r
+  TensorStep* steps;      // per tensor: step, d's scale, applied weight decay (lars.h)
   int64_t n_tensors;
   int64_t n_chunks;
   int64_t n_waves;
@@ -129,10 +130,22 @@ struct LaunchGroups {
 struct ApplyLars {
   float step, g_coef;
   ElementCoeffs<float> coeffs;
-  __device__ __forceinline__ ApplyLars(float step_, float g_coef_, const LarsHyper& h)
-      : step(step_), g_coef(g_coef_), coeffs(h) {}
+  __device__ __forceinline__ ApplyLars(const TensorStep& ts, float g_coef_, const LarsHyper& h)
+      : step(ts.step), g_coef(g_coef_), coeffs(h, ts.weight_decay) {}
   __device__ __forceinline__ void operator()(float& p, float g, float& m) {
     p = lars_element<float>(p, g * g_coef, m, step, coeffs, ClampNan{});
+  }
+};
+
+// The flavours' update policy: r on the gradient before momentum, dampening.
+struct ApplyFlavour {
+  float step, g_coef;
+  ElementCoeffs<float> coeffs;
+  FlavourCoeffs<float> flavour;
+  __device__ __forceinline__ ApplyFlavour(const TensorStep& ts, float g_coef_, const LarsHyper& h)
+      : step(ts.step), g_coef(g_coef_), coeffs(h, ts.weight_decay), flavour(ts.dscale, h) {}
+  __device__ __forceinline__ void operator()(float& p, float g, float& m) {
+    p = flavour_element<float>(p, g * g_coef, m, step, coeffs, flavour, ClampNan{});
   }
 };
 
@@ -159,11 +172,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       for (int64_t c = wave.first_chunk + blockIdx.x; c < wave.end_chunk; c += gridDim.x) {
         const ChunkRow ch = tab.chunks[c];
         const TensorRow& tr = tab.tensors[ch.tensor];
-        if (!groups.h[tr.group].lars) continue;  // block-uniform: no norms without LARS
-        cuda::NormSums<false> sums;
-        cuda::traverse_chunk<kNormUnroll, false>(static_cast<P*>(tr.p), static_cast<const G*>(tr.g),
-                                                 static_cast<P*>(nullptr), ch.begin, ch.end, tr.vec_ok != 0, sums);
-        const cuda::Sums3 total = cuda::block_sum(sums.s, smem);
+        const LarsHyper& h = groups.h[tr.group];
+        if (!h.lars) continue;  // block-uniform: no norms without LARS
+        cuda::Sums3 local;
+        if (h.norm_of_update) {  // block-uniform: <g, p> only where the ratio needs it (SSL)
+          cuda::NormSums<true> sums;
+          cuda::traverse_chunk<kNormUnroll, false>(static_cast<P*>(tr.p), static_cast<const G*>(tr.g),
+                                                   static_cast<P*>(nullptr), ch.begin, ch.end, tr.vec_ok != 0, sums);
+          local = sums.s;
+        } else {
+          cuda::NormSums<false> sums;
+          cuda::traverse_chunk<kNormUnroll, false>(static_cast<P*>(tr.p), static_cast<const G*>(tr.g),
+                                                   static_cast<P*>(nullptr), ch.begin, ch.end, tr.vec_ok != 0, sums);
+          local = sums.s;
+        }
+        const cuda::Sums3 total = cuda::block_sum(local, smem);
         if (threadIdx.x == 0) tab.partials[c] = total;
       }
     }
@@ -175,25 +198,27 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       for (int64_t t = wave.first_tensor + warp_id; t < wave.end_tensor; t += n_warps) {
         const TensorRow& tr = tab.tensors[t];
         const LarsHyper& h = groups.h[tr.group];
-        double sp = 0.0, sg = 0.0;
+        double sp = 0.0, sg = 0.0, spg = 0.0;
         if (h.lars) {
           for (int64_t c = tr.first_chunk + lane; c < tr.first_chunk + tr.n_chunks; c += 32) {
             // written by other blocks: skip L1
             sp += __ldcg(&tab.partials[c].pp);
             sg += __ldcg(&tab.partials[c].gg);
+            spg += __ldcg(&tab.partials[c].pg);
           }
           for (int o = 16; o > 0; o >>= 1) {
             sp += __shfl_down_sync(0xffffffffu, sp, o);
             sg += __shfl_down_sync(0xffffffffu, sg, o);
+            spg += __shfl_down_sync(0xffffffffu, spg, o);
           }
         }
         if (lane == 0 && io.out != nullptr) {
-          io.out[kSumsPerTensor * tr.index] = sp;
-          io.out[kSumsPerTensor * tr.index + 1] = sg;
+          double* row = io.out + kSumsPerTensor * tr.index;
+          row[0] = sp;
+          row[1] = sg;
+          row[2] = spg;
         } else if (lane == 0) {
-          const float wn = static_cast<float>(sqrt(sp));
-          const float gn = static_cast<float>(sqrt(sg)) * inv_scale;
-          tab.steps[t] = read_lr(groups.lr[tr.group]) * trust_ratio(wn, gn, h);
+          tab.steps[t] = tensor_step(read_lr(groups.lr[tr.group]), sp, sg, spg, grad_coefficient(inv_scale, h), h);
         }
       }
     }
@@ -204,18 +229,27 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
         const ChunkRow ch = tab.chunks[c];
         const TensorRow& tr = tab.tensors[ch.tensor];
         const LarsHyper& h = groups.h[tr.group];
+        const float g_coef = grad_coefficient(inv_scale, h);
         // Without any LARS group the ratio phase did not run: step = lr.
-        float step;
+        TensorStep ts;
         if (io.in != nullptr) {
           const double* row = io.in + kSumsPerTensor * tr.index;
-          step = read_lr(groups.lr[tr.group]) *
-                 trust_ratio(static_cast<float>(sqrt(row[0])), static_cast<float>(sqrt(row[1])) * inv_scale, h);
+          ts = tensor_step(read_lr(groups.lr[tr.group]), row[0], row[1], row[2], g_coef, h);
+        } else if (groups.any_lars) {
+          const TensorStep* st = &tab.steps[ch.tensor];
+          ts = TensorStep{__ldcg(&st->step), __ldcg(&st->dscale), __ldcg(&st->weight_decay)};
         } else {
-          step = groups.any_lars ? __ldcg(&tab.steps[ch.tensor]) : read_lr(groups.lr[tr.group]);
+          ts = TensorStep{read_lr(groups.lr[tr.group]), 1.f, applied_decay(h)};
         }
-        ApplyLars apply(step, grad_coefficient(inv_scale, h), h);
-        cuda::traverse_chunk<kUpdateUnroll, true>(static_cast<P*>(tr.p), static_cast<const G*>(tr.g),
-                                                  static_cast<P*>(tr.m), ch.begin, ch.end, tr.vec_ok != 0, apply);
+        if (needs_flavour_element(h)) {  // block-uniform
+          ApplyFlavour apply(ts, g_coef, h);
+          cuda::traverse_chunk<kUpdateUnroll, true>(static_cast<P*>(tr.p), static_cast<const G*>(tr.g),
+                                                    static_cast<P*>(tr.m), ch.begin, ch.end, tr.vec_ok != 0, apply);
+        } else {
+          ApplyLars apply(ts, g_coef, h);
+          cuda::traverse_chunk<kUpdateUnroll, true>(static_cast<P*>(tr.p), static_cast<const G*>(tr.g),
+                                                    static_cast<P*>(tr.m), ch.begin, ch.end, tr.vec_ok != 0, apply);
+        }
       }
     }
     // The next wave touches other tensors: no barrier needed before its norms.
@@ -307,7 +341,7 @@ CachedTable build_table(std::vector<int64_t> key, const Bucket& b, int64_t wave_
   const int64_t off_waves = off_chunks + align16(n_chunks * sizeof(ChunkRow));
   const int64_t off_partials = off_waves + align16(n_waves * sizeof(WaveRow));
   const int64_t off_steps = off_partials + align16(n_chunks * sizeof(cuda::Sums3));
-  const int64_t bytes = off_steps + align16(n_tensors * sizeof(float));
+  const int64_t bytes = off_steps + align16(n_tensors * sizeof(TensorStep));
 
   at::Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
   uint8_t* h = host.data_ptr<uint8_t>();
@@ -326,7 +360,7 @@ CachedTable build_table(std::vector<int64_t> key, const Bucket& b, int64_t wave_
                  reinterpret_cast<const ChunkRow*>(d + off_chunks),
                  reinterpret_cast<const WaveRow*>(d + off_waves),
                  reinterpret_cast<cuda::Sums3*>(d + off_partials),
-                 reinterpret_cast<float*>(d + off_steps),
+                 reinterpret_cast<TensorStep*>(d + off_steps),
                  n_tensors,
                  n_chunks,
                  n_waves};
@@ -511,9 +545,9 @@ void fused_lars_apply_cuda(at::TensorList params, at::TensorList grads, at::Tens
                            at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, at::IntArrayRef flags,
                            const c10::List<std::optional<at::Tensor>>& lr_tensors, const at::Tensor& sums,
                            const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
-  std::vector<GroupCall> groups =
-      parse_groups(params, grads, momentum_buffers, group_sizes, hyper, flags, lr_tensors, grad_scale, found_inf);
-  check_sums(sums, params);
+  // Checked first: the sums' data pointer is read only once they are known to be float64.
+  const std::vector<GroupCall> groups = parse_apply_groups(params, grads, momentum_buffers, group_sizes, hyper,
+                                                           flags, lr_tensors, sums, grad_scale, found_inf);
   run_groups_cuda(groups, grad_scale, found_inf, SumsIO{nullptr, sums.const_data_ptr<double>()});
 }
 

@@ -1,0 +1,261 @@
+"""lars_cuda.compat against the originals: real ``timm.optim.Lars``, and apex's
+LARC and the self-supervised repos' LARS restated below line for line (apex is
+not installable here; the SSL LARS lives in training scripts, not packages).
+Every path, two param groups, a zero-grad and a zero-weight param, several
+steps; params and momentum buffers must agree."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+
+import pytest
+import torch
+
+from lars_cuda import compat
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from originals import SSLLARS, ApexLARC  # noqa: E402
+
+PATHS = {"fused": dict(fused=True), "foreach": dict(foreach=True, fused=False),
+         "reference": dict(foreach=False, fused=False)}
+TOL = dict(rtol=2e-6, atol=1e-7)
+STEPS = 3
+
+
+# ---- the shared harness ---------------------------------------------------------------
+
+def make_params():
+    """Two groups' worth: a conv weight, a linear weight, a bias, a zero-grad and a
+    zero-weight tensor (the branches where a norm is 0)."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(16, 3, 3, 3), (10, 40), (16,), (7, 5), (12,)]
+    ps = [torch.randn(s, generator=gen) for s in shapes]
+    ps[4].zero_()  # zero weight
+    return ps
+
+
+def grads_for(step, shapes):
+    gen = torch.Generator().manual_seed(100 + step)
+    gs = [torch.randn(s, generator=gen) * 0.1 for s in shapes]
+    gs[3].zero_()  # zero grad
+    return gs
+
+
+def run(make_opt, groups_of, steps=STEPS):
+    """Steps an optimizer built by make_opt(param groups) and returns its params and the optimizer."""
+    params = [torch.nn.Parameter(p.clone()) for p in make_params()]
+    opt = make_opt(groups_of(params))
+    for step in range(steps):
+        for p, g in zip(params, grads_for(step, [p.shape for p in params])):
+            p.grad = g.clone()  # fresh: the originals write into p.grad
+        opt.step()
+    return params, opt
+
+
+def two_groups(wd_second=0.0, **second):
+    return lambda ps: [dict(params=ps[:2] + ps[3:4]), dict(params=ps[2:3] + ps[4:], weight_decay=wd_second,
+                                                            **second)]
+
+
+def assert_same(mine, theirs, opt_mine, opt_theirs, buffer_key="momentum_buffer"):
+    for a, b in zip(mine, theirs):
+        torch.testing.assert_close(a.detach(), b.detach(), **TOL)
+    for a, b in zip(mine, theirs):
+        sa, sb = opt_mine.state.get(a, {}), opt_theirs.state.get(b, {})
+        if buffer_key in sb and sb[buffer_key] is not None:
+            torch.testing.assert_close(sa["momentum_buffer"], sb[buffer_key], **TOL)
+
+
+# ---- timm -----------------------------------------------------------------------------
+
+MOMENTUM = {"none": dict(momentum=0.0), "plain": dict(momentum=0.9), "dampened": dict(momentum=0.9, dampening=0.1),
+            "nesterov": dict(momentum=0.9, nesterov=True)}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("momentum", MOMENTUM)
+@pytest.mark.parametrize("weight_decay,trust_clip,always_adapt",
+                         list(itertools.product([0.0, 1e-3], [False, True], [False, True])))
+def test_timm_lars_steps_exactly_like_timm(path, momentum, weight_decay, trust_clip, always_adapt):
+    from timm.optim import Lars as Timm
+
+    kw = dict(lr=0.5, weight_decay=weight_decay, trust_coeff=0.02, trust_clip=trust_clip, always_adapt=always_adapt,
+              **MOMENTUM[momentum])
+    groups = two_groups(wd_second=1e-2)
+    theirs, opt_theirs = run(lambda g: Timm(g, **kw), groups)
+    mine, opt_mine = run(lambda g: compat.TimmLars(g, **kw, **PATHS[path]), groups)
+    assert_same(mine, theirs, opt_mine, opt_theirs)
+
+
+def test_timm_lars_takes_timms_defaults():
+    import inspect
+
+    from timm.optim import Lars as Timm
+
+    theirs = {k: v.default for k, v in inspect.signature(Timm).parameters.items() if k != "params"}
+    mine = {k: v.default for k, v in inspect.signature(compat.TimmLars).parameters.items()
+            if k not in ("params", "fused")}
+    assert mine == theirs
+
+
+# ---- apex LARC --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("momentum", ["none", "plain", "dampened", "nesterov"])
+@pytest.mark.parametrize("clip", [True, False])
+def test_larc_steps_exactly_like_apex_larc_around_sgd(path, momentum, clip):
+    groups = two_groups(wd_second=0.0)
+    sgd_kw = dict(lr=0.3, weight_decay=5e-4, **MOMENTUM[momentum])
+    theirs, opt_theirs = run(lambda g: ApexLARC(torch.optim.SGD(g, **sgd_kw), clip=clip), groups)
+    mine, opt_mine = run(lambda g: compat.LARC(torch.optim.SGD(g, **sgd_kw), clip=clip, **PATHS[path]), groups)
+    assert_same(mine, theirs, opt_mine, opt_theirs.optim)
+
+
+def test_larc_takes_an_sgd_optimizer_only():
+    p = torch.nn.Parameter(torch.ones(3))
+    with pytest.raises(TypeError, match="torch.optim.SGD"):
+        compat.LARC(torch.optim.Adam([p]))
+
+
+def test_larc_keeps_the_sgds_momentum_buffers():
+    p = torch.nn.Parameter(torch.ones(3))
+    sgd = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    p.grad = torch.ones(3)
+    sgd.step()
+    larc = compat.LARC(sgd)
+    assert larc.state[p]["momentum_buffer"] is sgd.state[p]["momentum_buffer"]
+
+
+# ---- the self-supervised LARS -------------------------------------------------------------
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("weight_decay_filter,lars_adaptation_filter",
+                         list(itertools.product([False, True], [False, True])))
+@pytest.mark.parametrize("weight_decay", [0.0, 1.5e-2])
+def test_ssl_lars_steps_exactly_like_the_barlow_twins_lars(path, weight_decay_filter, lars_adaptation_filter,
+                                                           weight_decay):
+    kw = dict(lr=0.2, weight_decay=weight_decay, momentum=0.9, eta=0.02, weight_decay_filter=weight_decay_filter,
+              lars_adaptation_filter=lars_adaptation_filter)
+    groups = two_groups(wd_second=weight_decay)
+    theirs, opt_theirs = run(lambda g: SSLLARS(g, **kw), groups)
+    mine, opt_mine = run(lambda g: compat.SSLLars(g, **kw, **PATHS[path]), groups)
+    assert_same(mine, theirs, opt_mine, opt_theirs, buffer_key="mu")
+
+
+# ---- what every flavour keeps from the seed --------------------------------------------------
+
+FLAVOURS = {
+    "timm": lambda ps, **kw: compat.TimmLars(ps, lr=0.5, momentum=0.9, weight_decay=1e-3, trust_clip=True, **kw),
+    "larc": lambda ps, **kw: compat.LARC(torch.optim.SGD(ps, lr=0.5, momentum=0.9, dampening=0.1,
+                                                         weight_decay=1e-3), **kw),
+    "ssl": lambda ps, **kw: compat.SSLLars(ps, lr=0.5, weight_decay=1e-3, **kw),
+}
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_every_path_of_a_flavour_agrees(flavour):
+    results = {}
+    for path, kw in PATHS.items():
+        results[path], _ = run(lambda g: FLAVOURS[flavour](g, **kw), lambda ps: ps)
+    for path in ("foreach", "reference"):
+        for a, b in zip(results["fused"], results[path]):
+            torch.testing.assert_close(a.detach(), b.detach(), **TOL)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_flavour_takes_grad_scale_and_found_inf_on_the_fused_path(flavour):
+    plain, _ = run(lambda g: FLAVOURS[flavour](g, fused=True), lambda ps: ps, steps=1)
+    params = [torch.nn.Parameter(p.clone()) for p in make_params()]
+    opt = FLAVOURS[flavour](params, fused=True)
+    assert opt._step_supports_amp_scaling
+    for p, g in zip(params, grads_for(0, [p.shape for p in params])):
+        p.grad = g * 64.0
+    opt.grad_scale, opt.found_inf = torch.tensor(64.0), torch.tensor(0.0)
+    opt.step()
+    for a, b in zip(params, plain):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-7)
+    opt.found_inf = torch.tensor(1.0)
+    before = [p.detach().clone() for p in params]
+    opt.step()  # an inf: nothing moves
+    assert all(torch.equal(a, p.detach()) for a, p in zip(before, params))
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_flavours_state_dict_round_trips_with_its_options(flavour):
+    _, opt = run(lambda g: FLAVOURS[flavour](g, fused=True), lambda ps: ps, steps=1)
+    state = opt.state_dict()
+    params = [torch.nn.Parameter(p.clone()) for p in make_params()]
+    again = FLAVOURS[flavour](params, fused=True)
+    again.load_state_dict(state)
+    assert again.state_dict()["param_groups"] == state["param_groups"]
+    assert state["param_groups"][0]["ratio_on_grad"] is True
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_flavours_half_precision_fused_step_is_its_float32_step_rounded(flavour, dtype):
+    ref, _ = run(lambda g: FLAVOURS[flavour](g, fused=True), lambda ps: ps, steps=1)
+    params = [torch.nn.Parameter(p.clone().to(dtype)) for p in make_params()]
+    opt = FLAVOURS[flavour](params, fused=True)
+    for p, g in zip(params, grads_for(0, [p.shape for p in params])):
+        p.grad = g.to(dtype)
+    opt.step()
+    for a, b in zip(params, ref):
+        torch.testing.assert_close(a.detach().float(), b.detach(), rtol=2e-2, atol=2e-2)
+
+
+def test_dampening_out_of_range_and_nesterov_with_dampening_are_refused():
+    p = torch.nn.Parameter(torch.ones(3))
+    with pytest.raises(ValueError, match="dampening"):
+        compat.TimmLars([p], momentum=0.9, dampening=1.5)
+    with pytest.raises(ValueError, match="zero dampening"):
+        compat.TimmLars([p], momentum=0.9, dampening=0.1, nesterov=True)
+
+
+@pytest.mark.parametrize("flavour", ["timm", "ssl"])
+def test_a_flavours_fused_step_compiles_without_graph_breaks(flavour):
+    torch._dynamo.reset()
+    make = {"timm": lambda ps: compat.TimmLars(ps, lr=torch.tensor(0.5), momentum=0.9, dampening=0.1,
+                                                weight_decay=1e-3, trust_clip=True, fused=True),
+            "ssl": lambda ps: compat.SSLLars(ps, lr=torch.tensor(0.5), weight_decay=1e-3, fused=True)}[flavour]
+    model, ref_model = torch.nn.Linear(6, 3), torch.nn.Linear(6, 3)
+    ref_model.load_state_dict(model.state_dict())
+    opt, ref = make(list(model.parameters())), make(list(ref_model.parameters()))
+
+    @torch.compile(fullgraph=True)
+    def compiled_step():
+        opt.step()
+
+    for i in range(3):
+        for m in (model, ref_model):
+            for p in m.parameters():
+                p.grad = torch.full_like(p, 0.1 * (i + 1))
+        compiled_step()
+        ref.step()
+    for a, b in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_flavour_follows_an_lr_scheduler_as_its_original_would(flavour):
+    """StepLR halves the lr: the flavour then steps as when built with the halved lr."""
+    from torch.optim.lr_scheduler import StepLR
+
+    params = [torch.nn.Parameter(p.clone()) for p in make_params()]
+    opt = FLAVOURS[flavour](params, fused=True)
+    StepLR(opt, step_size=1, gamma=0.5).step()  # lr 0.5 -> 0.25 before the first step
+    for p, g in zip(params, grads_for(0, [p.shape for p in params])):
+        p.grad = g
+    opt.step()
+
+    def halved(ps, **kw):
+        o = FLAVOURS[flavour](ps, **kw)
+        for group in o.param_groups:
+            group["lr"] = 0.25
+        return o
+
+    want, _ = run(lambda g: halved(g, fused=True), lambda ps: ps, steps=1)
+    for a, b in zip(params, want):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=0)
