@@ -259,3 +259,70 @@ def test_a_flavour_follows_an_lr_scheduler_as_its_original_would(flavour):
     want, _ = run(lambda g: halved(g, fused=True), lambda ps: ps, steps=1)
     for a, b in zip(params, want):
         torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=0)
+
+
+def test_larc_and_ssl_lars_take_their_originals_defaults():
+    import inspect
+
+    def defaults(fn, skip):
+        return {k: v.default for k, v in inspect.signature(fn).parameters.items() if k not in skip}
+
+    assert defaults(compat.LARC, ("optimizer", "foreach", "fused")) == \
+        defaults(ApexLARC, ("optimizer",)) == dict(trust_coefficient=0.02, clip=True, eps=1e-8)
+    # The Barlow Twins/VICReg defaults, with both filters on (the issue's MoCo v3 default)
+    assert defaults(compat.SSLLars, ("params", "foreach", "fused")) == dict(
+        lr=inspect.Parameter.empty, weight_decay=0, momentum=0.9, eta=0.001, weight_decay_filter=True,
+        lars_adaptation_filter=True)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("path", PATHS)
+def test_a_flavour_passes_the_path_switches_to_its_groups(flavour, path):
+    params = [torch.nn.Parameter(p.clone()) for p in make_params()]
+    opt = FLAVOURS[flavour](params, **PATHS[path])
+    for key, value in PATHS[path].items():
+        assert all(g[key] is value for g in opt.param_groups), key
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_larc_keeps_the_sgds_maximize_as_torch_defines_it(path):
+    """maximize replaces g by -g before anything else (torch.optim's meaning), so the
+    weight decay keeps its sign. (apex's LARC folds the decay into p.grad before
+    SGD negates it, which flips the decay too; we do not copy that.)"""
+    sgd_kw = dict(lr=0.3, momentum=0.9, weight_decay=5e-4)
+    maximizing, _ = run(lambda g: compat.LARC(torch.optim.SGD(g, maximize=True, **sgd_kw), **PATHS[path]),
+                        two_groups(wd_second=0.0))
+    params = [torch.nn.Parameter(p.clone()) for p in make_params()]
+    opt = compat.LARC(torch.optim.SGD(two_groups(wd_second=0.0)(params), **sgd_kw), **PATHS[path])
+    for step in range(STEPS):
+        for p, g in zip(params, grads_for(step, [p.shape for p in params])):
+            p.grad = -g
+        opt.step()
+    for a, b in zip(maximizing, params):
+        torch.testing.assert_close(a.detach(), b.detach(), **TOL)
+
+
+def test_each_flavour_built_with_its_defaults_holds_its_originals_options():
+    ps = lambda: [torch.nn.Parameter(torch.ones(3))]  # noqa: E731
+    seed_clips = dict(trust_clip=None, update_clip=None)  # the seed's clips are off in every flavour
+    timm = compat.TimmLars(ps()).param_groups[0]
+    assert {k: timm[k] for k in ("lr", "momentum", "dampening", "weight_decay", "nesterov", "eeta", "epsilon",
+                                 "larc_clip", "always_adapt", "ratio_on_grad", "trust_clip", "update_clip")} == dict(
+        lr=1.0, momentum=0, dampening=0, weight_decay=0, nesterov=False, eeta=0.001, epsilon=1e-8, larc_clip=False,
+        always_adapt=False, ratio_on_grad=True, **seed_clips)
+    larc = compat.LARC(torch.optim.SGD(ps(), lr=0.2)).param_groups[0]
+    assert {k: larc[k] for k in ("lr", "eeta", "epsilon", "larc_clip", "zero_norm_skip", "maximize", "ratio_on_grad",
+                                 "trust_clip", "update_clip")} == dict(
+        lr=0.2, eeta=0.02, epsilon=1e-8, larc_clip=True, zero_norm_skip=True, maximize=False, ratio_on_grad=True,
+        **seed_clips)
+    ssl = compat.SSLLars(ps(), lr=0.1).param_groups[0]
+    assert {k: ssl[k] for k in ("weight_decay", "momentum", "eeta", "epsilon", "decay", "decay_filter",
+                                "adaptation_filter", "norm_of_update", "ratio_on_grad", "trust_clip",
+                                "update_clip")} == dict(
+        weight_decay=0, momentum=0.9, eeta=0.001, epsilon=0.0, decay=True, decay_filter=True,
+        adaptation_filter=True, norm_of_update=True, ratio_on_grad=True, **seed_clips)
+
+
+def test_larc_names_what_it_was_given_instead_of_an_sgd():
+    with pytest.raises(TypeError, match="got Adam"):
+        compat.LARC(torch.optim.Adam([torch.nn.Parameter(torch.ones(3))]))
