@@ -159,8 +159,11 @@ def placement_case(mesh_shape, placements_of):
         results = {}
         for path, impl in PATHS.items():
             r, m = net(), _clone_distributed(model)
-            opt_ref = lars_cuda.Lars(r.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3, **impl)
-            opt = lars_cuda.Lars(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3, **impl)
+            # epsilon > 0: the ratio is then not invariant to scaling both norms alike,
+            # so a replica counted twice (both sums doubled) shows.
+            kw = dict(lr=0.1, momentum=0.9, weight_decay=1e-3, epsilon=1.0, **impl)
+            opt_ref = lars_cuda.Lars(r.parameters(), **kw)
+            opt = lars_cuda.Lars(m.parameters(), **kw)
             counts = []
             for step in range(2):
                 set_grads(r, m, step)

@@ -61,3 +61,13 @@ def test_fsdp_with_fp16_amp_is_refused_naming_bf16(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "--amp bf16" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@needs_fashion
+def test_fsdp_validation_with_more_batches_on_one_rank_keeps_the_ranks_in_step(tmp_path):
+    """333 validation images in batches of 83: rank 0 runs 3 forward passes (167
+    images), rank 1 only 2 (166). FSDP all-gathers in every forward, so rank 1 must
+    run a padding pass or both ranks wait for each other until the timeout."""
+    out = launch([*FMNIST, "--batch-size", "32", "--epochs", "1", "--fsdp", "--val-batch-size", "83",
+                  "--dist-timeout", "60"], tmp_path / "fsdp", nproc=2, launcher="torchrun", timeout=120)
+    assert "final: val top1" in out

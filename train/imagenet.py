@@ -406,6 +406,9 @@ class Trainer:
         self.forward_model.eval()
         sums = torch.zeros(5, dtype=torch.float64)  # loss*n, top1, top5, n, undecodable
         x = None
+        # Under FSDP every forward is a collective: agree on the pass count BEFORE the
+        # first one (an all-reduce after the loop would meet a peer's all-gather).
+        passes = int(self.dist.all_reduce_max(torch.tensor(len(self.val_loader))).item()) if self.args.fsdp else 0
         for batch in self._progress(self.val_loader, "validate"):
             x, y, dropped = self._batch(batch, train=False)
             sums[4] += dropped
@@ -418,7 +421,7 @@ class Trainer:
             top1, top5 = accuracy_counts(out, y)
             sums[:4] += torch.tensor([loss.item() * len(y), top1.item(), top5.item(), len(y)], dtype=torch.float64)
         if self.args.fsdp:
-            self._pad_forward_passes(len(self.val_loader), x)
+            self._pad_forward_passes(passes - len(self.val_loader), x)
         sums = self.dist.all_reduce_sum(sums)
         n = sums[3].item()
         if round(n + sums[4].item()) != self.n_val:
@@ -427,16 +430,15 @@ class Trainer:
         return {"val_loss": sums[0].item() / n, "val_top1": 100.0 * sums[1].item() / n,
                 "val_top5": 100.0 * sums[2].item() / n, "val_images": n}
 
-    def _pad_forward_passes(self, done: int, example) -> None:
+    def _pad_forward_passes(self, missing: int, example) -> None:
         """FSDP all-gathers weights in every forward, so every rank must run as many:
         a rank with fewer validation batches (uneven shards of the set) runs the
-        difference on a throw-away input."""
-        most = int(self.dist.all_reduce_max(torch.tensor(done)).item())
-        if most > done:
+        missing ones on a throw-away input."""
+        if missing > 0:
             if example is None or example.shape[0] == 0:
                 example = torch.zeros((1, *self._input_shape), device=self.device)
             with self.autocast():
-                for _ in range(most - done):
+                for _ in range(missing):
                     self.forward_model(example[:1])
 
     def _progress(self, iterable, desc):
