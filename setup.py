@@ -4,8 +4,8 @@ build would fetch another torch):  pip install --no-build-isolation -e .
 
 Environment:
   LARS_CUDA_FORCE_CPU=1      build the CPU kernel only
-  LARS_CUDA_NO_AVX2=1        leave out the AVX2 build of the CPU kernel (for a
-                             compiler that rejects its target pragma)
+  LARS_CUDA_NO_AVX2=1        leave out the AVX2 and AVX-512 builds of the CPU kernel
+                             (for a compiler that rejects their target pragmas)
   TORCH_CUDA_ARCH_LIST       defaults to "8.0;9.0+PTX" when no GPU is visible: SASS for
                              A100 and H100/H200, and compute_90 PTX that the driver
                              compiles for any newer card (Blackwell and on)

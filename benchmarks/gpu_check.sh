@@ -67,7 +67,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 # them (benchmarks/results/h100/gdb-backtrace-*.txt).
 if [ -x /usr/bin/g++ ] && [ -x /usr/bin/gcc ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
 { echo "CXX=${CXX:-default}: $(${CXX:-g++} --version | head -1); g++ on PATH: $(command -v g++)"; } >> "$LOG"
-# A compiler that rejects the AVX2 CPU kernel's target pragma gets a second try without it.
+# A compiler that rejects the x86 CPU kernels' target pragmas (AVX2, AVX-512) gets a second try without them.
 stage build 240 env NVCC_APPEND_FLAGS="-Xptxas=-v" $PY setup.py build_ext --inplace ||
   stage build_no_avx2 200 env LARS_CUDA_NO_AVX2=1 NVCC_APPEND_FLAGS="-Xptxas=-v" $PY setup.py build_ext --inplace ||
   { grep -B2 -A12 "error" "$LOG" | head -80; printf '%s\n' "${SUMMARY[@]}"; exit 1; }

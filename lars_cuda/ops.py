@@ -158,8 +158,11 @@ def last_cuda_launch() -> str:
 
 
 def cpu_kernel() -> str:
-    """'avx2' or 'default': the build of the CPU kernel this machine runs
-    (LARS_CUDA_CPU_KERNEL=default forces the portable one)."""
+    """'avx512', 'avx2' or 'default': the build of the CPU kernel this process runs.
+
+    The instruction set torch's own CPU kernels use (``torch.backends.cpu.get_cpu_capability()``,
+    moved by ``ATEN_CPU_CAPABILITY``), capped by the CPU; ``LARS_CUDA_CPU_KERNEL=avx512|avx2|default``
+    asks for one build."""
     _require_extension()
     return torch.ops.lars_cuda.cpu_kernel()
 

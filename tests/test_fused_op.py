@@ -7,6 +7,7 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -260,7 +261,22 @@ def test_extension_built_with_cuda_holds_ptx_for_newer_cards():
 
 def test_has_fused_reports_the_cpu_kernel():
     assert ops.has_fused("cpu")
-    assert ops.cpu_kernel() in ("avx2", "default")
+    assert ops.cpu_kernel() in ("avx512", "avx2", "default")
+
+
+@pytest.mark.parametrize("capability, kernel", [("avx512", "avx512"), ("avx2", "avx2"), ("default", "default")])
+def test_cpu_kernel_follows_torchs_own_instruction_set(capability, kernel):
+    """ATEN_CPU_CAPABILITY moves torch's kernels and ours alike (a fresh process:
+    torch reads it once)."""
+    env = {k: v for k, v in os.environ.items() if k != "LARS_CUDA_CPU_KERNEL"}
+    env["ATEN_CPU_CAPABILITY"] = capability
+    code = ("import torch, lars_cuda; from lars_cuda import ops; "
+            "print(torch.backends.cpu.get_cpu_capability(), ops.cpu_kernel())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    torch_cap, ours = out.stdout.split()
+    if torch_cap.lower() != capability:
+        pytest.skip(f"torch runs {torch_cap} here, not {capability}")
+    assert ours == kernel
 
 
 GROUP_OPTIONS = [

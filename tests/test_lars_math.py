@@ -275,12 +275,39 @@ def test_trust_ratios_report_what_the_next_step_uses():
     torch.testing.assert_close(opt.trust_ratios(), torch.tensor([0.1 * 6 / (2 + 0.5 * 6)]))
 
 
-def test_portable_cpu_kernel_matches_the_contract_too(monkeypatch):
-    # The fused CPU op has an AVX2 build and a portable one; this runs the portable one.
-    monkeypatch.setenv("LARS_CUDA_CPU_KERNEL", "default")
+def _use_cpu_kernel(monkeypatch, name):
+    """Asks for one build of the CPU kernel; skips where this CPU cannot run it."""
+    monkeypatch.setenv("LARS_CUDA_CPU_KERNEL", name)
     from lars_cuda import ops
 
-    assert ops.cpu_kernel() == "default"
-    for dtype in (torch.float32, torch.bfloat16):
-        check_steps(PATHS_FUSED, [(40, 33), (7,), (0,), (1000,)], dtype,
+    if ops.cpu_kernel() != name:
+        pytest.skip(f"this CPU cannot run the {name} build of the kernel")
+
+
+@pytest.mark.parametrize("kernel", ["default", "avx2", "avx512"])
+def test_every_cpu_kernel_build_matches_the_contract(monkeypatch, kernel):
+    # The fused CPU op has AVX-512, AVX2 and portable builds; the default choice
+    # (torch's own capability) runs in every other test, this runs each one.
+    _use_cpu_kernel(monkeypatch, kernel)
+    shapes = [(40, 33), (7,), (0,), (1000,), (16384 + 37,)]  # vector bodies, tails, a second chunk
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        check_steps(PATHS_FUSED, shapes, dtype,
                     dict(lr=0.5, momentum=0.9, weight_decay=1e-3, eeta=0.02, nesterov=True), zero=(1,))
+
+
+@pytest.mark.parametrize("kernel", ["default", "avx2", "avx512"])
+def test_every_cpu_kernel_build_gives_the_same_bits_on_every_run(monkeypatch, kernel):
+    _use_cpu_kernel(monkeypatch, kernel)
+    runs = []
+    for _ in range(2):
+        gen = torch.Generator().manual_seed(3)
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen).to(torch.bfloat16))
+                  for s in [(300, 70), (5,), (16384 * 3 + 1,)]]
+        opt = Lars(params, lr=0.1, momentum=0.9, weight_decay=1e-4, **PATHS_FUSED)
+        for _ in range(2):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen).to(torch.bfloat16)
+            opt.step()
+        runs.append([p.detach().clone() for p in params])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)

@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <tuple>
 #include <vector>
 
@@ -40,8 +41,16 @@ namespace LARS_CPU_NS {
 // Elements per norm partial: the unit of determinism and of parallel work.
 constexpr int64_t kChunk = 16384;
 // Bytes of params+grads per wave: half the 32 MiB L3 of the machines we run on
-// (2-16 MiB measured within noise of each other on ResNet-50, see benchmarks/NOTES.md).
-constexpr int64_t kWaveBytes = int64_t(16) << 20;
+// (2-16 MiB measured within noise of each other on ResNet-50, see benchmarks/NOTES.md);
+// LARS_CUDA_CPU_WAVE_MB sets another size (read once per process).
+inline int64_t wave_bytes() {
+  static const int64_t bytes = [] {
+    const char* env = std::getenv("LARS_CUDA_CPU_WAVE_MB");
+    const double mb = env != nullptr ? std::atof(env) : 0.0;
+    return mb > 0.0 ? static_cast<int64_t>(mb * (1 << 20)) : int64_t(16) << 20;
+  }();
+  return bytes;
+}
 
 struct Span {
   int64_t tensor;
@@ -114,6 +123,7 @@ void lars_cpu_typed(at::TensorList params, at::TensorList grads, at::TensorList 
 
   const int64_t bytes_per_elem = sizeof(P) + sizeof(G);
   const float g_coef = grad_coefficient(inv_scale, h);  // the update's 1/scale, negated for maximize
+  const int64_t max_wave = wave_bytes();
   std::vector<Span> spans;
   std::vector<double> partials;  // per span: sum p², sum g², sum g*p
   std::vector<TensorStep> steps(n_tensors, TensorStep{lr, 1.f, applied_decay(h)});  // lars=False: these stay
@@ -121,14 +131,14 @@ void lars_cpu_typed(at::TensorList params, at::TensorList grads, at::TensorList 
   while (t < n_tensors) {
     // One wave: tensors [wave_begin, t).
     const int64_t wave_begin = t;
-    int64_t wave_bytes = 0;
+    int64_t in_wave = 0;
     spans.clear();
     do {
       const int64_t n = params[t].numel();
       for (int64_t s = 0; s < n; s += kChunk) spans.push_back({t, s, std::min(n, s + kChunk)});
-      wave_bytes += n * bytes_per_elem;
+      in_wave += n * bytes_per_elem;
       ++t;
-    } while (t < n_tensors && wave_bytes + params[t].numel() * bytes_per_elem <= kWaveBytes);
+    } while (t < n_tensors && in_wave + params[t].numel() * bytes_per_elem <= max_wave);
     const int64_t n_spans = static_cast<int64_t>(spans.size());
     if (n_spans == 0) continue;  // a wave of zero-size tensors
 
