@@ -257,7 +257,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sets", default=None, help=f"comma list of {sorted(SETS)}, or 'all' (default: "
                                                 f"{','.join(CPU_DEFAULT_SETS)} on CPU, all on GPU)")
-    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--dtypes", default="float32,bfloat16,float16")
     p.add_argument("--impls", default=",".join(IMPLS))
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)

@@ -85,7 +85,7 @@ class ShardedPlan:
     params: list[Tensor]                    # DTensors
     local_params: list[Tensor]
     local_grads: list[Tensor]
-    local_bufs: list[Optional[Tensor]]      # None: the step creates the buffer
+    local_bufs: list[Tensor]                # local shards of the buffers (fresh ones: zeros); [] without momentum
     path: str                               # "fused", "foreach" or "single"
     sums: Optional[Tensor] = None           # float64 [n, 3] (p², g², g·p), local then global
     new_bufs: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (param, its fresh buffer)
