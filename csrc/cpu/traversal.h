@@ -77,6 +77,14 @@ constexpr bool has_vector_path() {
 // AVX-512's thirty-two, two loads measured no faster than one, float32 slower.)
 constexpr int kVecsInFlight = 4;
 
+// How far ahead an update of float16/bfloat16 prefetches p, g and m. Their
+// widening and narrowing add instructions per byte, so fewer loads are in
+// flight than the hardware prefetcher needs: on the 2-core Xeon of 2026-11-29
+// the update phase of ViT-B/16 took 25-29 ms with this instead of 30-33 ms
+// (benchmarks/NOTES.md). float32 (at the read bandwidth already) and the norm
+// phase measured no gain, so they do without.
+constexpr uintptr_t kHalfUpdatePrefetchBytes = 4096;
+
 // kM: the momentum buffer is read and written (a compile-time switch, so the
 // hot loop holds no branch on it).
 template <bool kWrite, bool kM, typename P, typename G, typename Op>
@@ -92,6 +100,15 @@ inline void traverse_span_impl(P* p, const G* g, P* m, int64_t begin, int64_t en
     constexpr int kVecs = kLoads * L::kVecs;
     constexpr int64_t kStep = kLoads * L::kElems;
     for (; i + kStep <= end; i += kStep) {
+      if constexpr (kWrite && sizeof(P) == 2) {
+        // Integer arithmetic: the address may lie past the tensor (a prefetch never faults).
+        const auto ahead = [&](const void* base) {
+          return reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(base) + kHalfUpdatePrefetchBytes);
+        };
+        __builtin_prefetch(ahead(p + i), 1, 3);
+        __builtin_prefetch(ahead(g + i), 0, 3);
+        if constexpr (kM) __builtin_prefetch(ahead(m + i), 1, 3);
+      }
       Vec pv[kVecs], gv[kVecs], mv[kVecs];
       // Fully unrolled, so the arrays live in registers.
 #pragma GCC unroll 4
