@@ -5,44 +5,10 @@
 // CPU, take half the instructions (benchmarks/NOTES.md, 2026-11-29).
 // LARS_CUDA_NO_AVX2=1 leaves this file empty as well.
 #if (defined(__x86_64__) || defined(_M_X64)) && !defined(LARS_CUDA_NO_AVX2)
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <c10/util/Optional.h>
-
-#include <algorithm>
-#include <array>
-#include <bitset>
-#include <climits>
-#include <cmath>
-#include <complex>
-#include <cstdint>
-#include <cstring>
-#include <functional>
-#include <iostream>
-#include <limits>
-#include <memory>
-#include <optional>
-#include <ostream>
-#include <sstream>
-#include <string>
-#include <tuple>
-#include <type_traits>
-#include <utility>
-#include <vector>
+#include "x86_prelude.h"
 
 #pragma GCC target("avx,avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")
-#ifndef __AVX__
-#define __AVX__ 1
-#endif
-#ifndef __AVX2__
-#define __AVX2__ 1
-#endif
-#ifndef __FMA__
-#define __FMA__ 1
-#endif
-#ifndef __F16C__
-#define __F16C__ 1
-#endif
+#include "x86_avx2_macros.h"
 #ifndef __AVX512F__
 #define __AVX512F__ 1
 #endif
