@@ -9,7 +9,17 @@ Under ``--fsdp`` a checkpoint is a folder written by every rank through
 ``torch.distributed.checkpoint`` (each rank its shards of the model and the
 optimizer state) plus ``trainer.pt`` (the rest, by rank 0). It is written into
 a temporary folder and renamed when every rank has finished, so a kill
-mid-save leaves the previous checkpoint as it was.
+mid-save leaves the previous checkpoint as it was. It is read through
+train/dcp_reader.py (torch's own reader unpickles code), and checked entry by
+entry before a resume uses it.
+
+Every load path, and what keeps it data:
+  load()                  plain checkpoint / trainer.pt: torch.load(weights_only=True)
+  load_dcp_shards()       .metadata: restricted unpickler; entries: weights_only
+  verify_dcp()            the same readers over every entry, before a resume
+  latest_valid()          the above; skips unreadable files, stops at a refused object
+A refused object raises UnsafeCheckpointError (never skipped: a tampered folder is
+for a person to look at, not a reason to resume silently from an older one).
 """
 
 from __future__ import annotations
@@ -24,6 +34,16 @@ import warnings
 from typing import Any, Callable, Optional
 
 import torch
+
+from train.dcp_reader import UnsafeCheckpointError, load_weights_only
+
+__all__ = ["CheckpointError", "UnsafeCheckpointError", "checkpoint_path", "dcp_format", "latest_valid", "load",
+           "load_dcp_shards", "load_for_resume", "load_dcp_trainer_state", "remove_stale_temporaries", "save_atomic", "save_dcp_atomic",
+           "verify_dcp"]
+
+
+class CheckpointError(ValueError):
+    """The checkpoint a run was told to resume from cannot be used (missing, incomplete or corrupt)."""
 
 
 def save_atomic(obj: dict[str, Any], path: str) -> None:
@@ -44,8 +64,10 @@ def save_atomic(obj: dict[str, Any], path: str) -> None:
         raise
 
 
-def load(path: str) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+def load(path: str) -> Any:
+    """A plain checkpoint file, as data (an object that is not raises UnsafeCheckpointError)."""
+    with open(path, "rb") as f:
+        return load_weights_only(f, path)
 
 
 def checkpoint_path(log_dir: str, fmt: str, epoch: int) -> str:
@@ -134,28 +156,62 @@ def save_dcp_atomic(
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_dcp_trainer_state(path: str) -> dict[str, Any]:
-    """rank 0's part of a sharded checkpoint; raises if the folder is not a complete one."""
+def verify_dcp(path: str) -> None:
+    """Reads every entry of a sharded checkpoint once, as data; raises if the folder is
+    incomplete, truncated or corrupt, UnsafeCheckpointError if it holds code."""
+    from train import dcp_reader
+
     if not os.path.isfile(os.path.join(path, DCP_METADATA_FILE)):
+        raise FileNotFoundError(f"{path} has no {DCP_METADATA_FILE}: not a complete sharded checkpoint")
+    dcp_reader.verify(path)
+
+
+def load_dcp_trainer_state(path: str, verify: bool = True) -> dict[str, Any]:
+    """rank 0's part of a sharded checkpoint, after verify_dcp (unless ``verify=False``)."""
+    if verify:
+        verify_dcp(path)
+    elif not os.path.isfile(os.path.join(path, DCP_METADATA_FILE)):
         raise FileNotFoundError(f"{path} has no {DCP_METADATA_FILE}: not a complete sharded checkpoint")
     return load(os.path.join(path, DCP_TRAINER_FILE))
 
 
 def load_dcp_shards(sharded_state: dict[str, Any], path: str) -> None:
-    """Every rank calls this: fills ``sharded_state`` (its shards) in place from ``path``."""
-    import torch.distributed.checkpoint as dcp
+    """Every rank calls this: fills ``sharded_state`` (its shards) in place from ``path``,
+    through train/dcp_reader.py (data only)."""
+    from train import dcp_reader
 
-    dcp.load(sharded_state, checkpoint_id=path)
+    dcp_reader.load(sharded_state, path)
+
+
+def load_for_resume(path: str, sharded: bool) -> dict[str, Any]:
+    """The checkpoint a user named with ``--resume PATH``: its contents, or a CheckpointError
+    that says what is wrong with it (UnsafeCheckpointError as it is)."""
+    try:
+        state = load_dcp_trainer_state(path) if sharded else load(path)
+    except UnsafeCheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"cannot resume from {path}: {type(exc).__name__}: {exc}") from exc
+    required = _REQUIRED_SHARDED if sharded else _REQUIRED_PLAIN
+    if not isinstance(state, dict) or not required <= state.keys():
+        raise CheckpointError(f"cannot resume from {path}: not a trainer checkpoint (needs {sorted(required)})")
+    return state
+
+
+_REQUIRED_PLAIN = frozenset({"model", "optimizer", "epoch"})
+_REQUIRED_SHARDED = frozenset({"epoch", "step", "scheduler"})
 
 
 def latest_valid(log_dir: str, fmt: str, sharded: bool = False) -> Optional[tuple[str, dict[str, Any]]]:
     """The newest checkpoint that loads, with its contents; None if there is none.
     ``sharded``: fmt names folders (save_dcp_atomic); the contents are rank 0's
     ``trainer.pt``, the shards are loaded by every rank with load_dcp_shards."""
-    required = {"epoch", "step", "scheduler"} if sharded else {"model", "optimizer", "epoch"}
+    required = _REQUIRED_SHARDED if sharded else _REQUIRED_PLAIN
     for _, path in list_checkpoints(log_dir, fmt):
         try:
             state = load_dcp_trainer_state(path) if sharded else load(path)
+        except UnsafeCheckpointError:
+            raise  # tampered: a person must look, not an older checkpoint quietly take over
         except Exception as exc:  # truncated, corrupt, or not a checkpoint at all
             warnings.warn(f"skipping unreadable checkpoint {path}: {type(exc).__name__}: {exc}", stacklevel=2)
             continue

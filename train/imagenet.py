@@ -252,23 +252,19 @@ class Trainer:
                       f"checkpoint in {args.log_dir}", flush=True)
             if args.resume is None:
                 args.resume = "auto"
+        error: Optional[str] = None
         if args.resume and dist.is_main:
-            if args.resume == "auto":
-                for path in ckpt.remove_stale_temporaries(args.log_dir):
-                    print(f"removed {path}: a checkpoint write that was interrupted", flush=True)
-                found = ckpt.latest_valid(args.log_dir, self._checkpoint_format(), sharded=args.fsdp)
-                if found:
-                    print(f"resuming from {found[0]}", flush=True)
-                    state = {**found[1], "path": found[0]}
-                else:
-                    print(f"no checkpoint in {args.log_dir}: starting from scratch", flush=True)
-            else:
-                state = {**(ckpt.load_dcp_trainer_state(args.resume) if args.fsdp else ckpt.load(args.resume)),
-                         "path": args.resume}
+            try:
+                state = self._find_checkpoint()
+            except (ckpt.CheckpointError, ckpt.UnsafeCheckpointError) as exc:
+                error = str(exc)
         if args.resume:
             # Only when resuming: the optimizer state travels with the checkpoint, so no
-            # engine ever broadcasts (and dummy-steps) an empty optimizer state.
-            state = dist.broadcast_object(state)
+            # engine ever broadcasts (and dummy-steps) an empty optimizer state. A refused
+            # checkpoint travels too, so that every rank stops with the same message.
+            state, error = dist.broadcast_object((state, error))
+            if error is not None:
+                raise ckpt.CheckpointError(error)
         if state is None:
             self.dist.broadcast_initial_state(self.model)
             return
@@ -288,6 +284,20 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.step = state["epoch"], state["step"]
         self.history = list(state.get("history", []))
+
+    def _find_checkpoint(self) -> Optional[dict[str, Any]]:
+        """rank 0: the contents of the checkpoint to resume from (with its "path"), or None."""
+        args = self.args
+        if args.resume != "auto":
+            return {**ckpt.load_for_resume(args.resume, sharded=args.fsdp), "path": args.resume}
+        for path in ckpt.remove_stale_temporaries(args.log_dir):
+            print(f"removed {path}: a checkpoint write that was interrupted", flush=True)
+        found = ckpt.latest_valid(args.log_dir, self._checkpoint_format(), sharded=args.fsdp)
+        if not found:
+            print(f"no checkpoint in {args.log_dir}: starting from scratch", flush=True)
+            return None
+        print(f"resuming from {found[0]}", flush=True)
+        return {**found[1], "path": found[0]}
 
     def _checkpoint_format(self) -> str:
         return ckpt.dcp_format(self.args.checkpoint_format) if self.args.fsdp else self.args.checkpoint_format
@@ -562,7 +572,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     try:
         Trainer(args, dist).fit()
-    except DataError as exc:
+    except (DataError, ckpt.CheckpointError, ckpt.UnsafeCheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
