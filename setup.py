@@ -1,6 +1,9 @@
 """Builds lars_cuda._C: a CUDAExtension when nvcc and a CUDA build of torch are
-present, else a CPU-only CppExtension. Build without isolation (an isolated
-build would fetch another torch):  pip install --no-build-isolation -e .
+present, else a CPU-only CppExtension (package metadata: pyproject.toml). Build
+without isolation: the extension must be compiled against the torch it will run
+with, and an isolated build would install another torch into a throwaway
+environment:  pip install --no-build-isolation .   (or -e . for development,
+or `pip wheel --no-build-isolation .` for a wheel)
 
 Environment:
   LARS_CUDA_FORCE_CPU=1      build the CPU kernel only
@@ -44,6 +47,48 @@ def _cuda_library_includes() -> list[str]:
     return sorted(d for d in found if os.path.exists(os.path.join(d, "cusparse.h")))
 
 
+def _cuda_code(arch_flags: list[str]) -> tuple[list[str], list[str]]:
+    """(SASS archs, PTX archs) that nvcc's -gencode flags ask for: code=sm_90 / code=compute_90."""
+    sass, ptx = [], []
+    for flag in arch_flags:
+        if "code=" not in flag:
+            continue
+        for code in flag.rsplit("code=", 1)[1].strip("[]").split(","):
+            if code.startswith("compute_"):
+                ptx.append(code)
+            elif code.startswith("sm_"):
+                sass.append(code)
+    return sorted(set(sass)), sorted(set(ptx))
+
+
+def _write_build_info(with_cuda: bool) -> None:
+    """lars_cuda/_build_info.json: what this build holds and what it was built against,
+    for `python -m lars_cuda` (lars_cuda/diagnostics.py), which must work even when
+    the compiled library no longer loads."""
+    import json
+    import platform
+
+    from torch.utils.cpp_extension import _get_cuda_arch_flags
+
+    sass, ptx = _cuda_code(_get_cuda_arch_flags()) if with_cuda else ([], [])
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    info = {
+        "version": VERSION,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "with_cuda": with_cuda,
+        "cuda_home": CUDA_HOME if with_cuda else None,
+        "cuda_sass": sass,
+        "cuda_ptx": ptx,
+        "cpu_builds": ["default"] + (["avx2", "avx512"] if x86 and os.environ.get("LARS_CUDA_NO_AVX2") != "1" else []),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "source": HERE,
+    }
+    with open(os.path.join(HERE, "lars_cuda", "_build_info.json"), "w") as f:
+        json.dump(info, f, indent=1)
+
+
 def _extension():
     cpp = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     cxx = ["-O3", "-fopenmp"]
@@ -52,6 +97,7 @@ def _extension():
     if _want_cuda():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+        _write_build_info(with_cuda=True)
         return CUDAExtension(
             "lars_cuda._C",
             cpp + sorted(glob.glob("csrc/cuda/*.cu")),
@@ -59,17 +105,22 @@ def _extension():
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
             extra_link_args=["-fopenmp"],
         )
+    _write_build_info(with_cuda=False)
     return CppExtension("lars_cuda._C", cpp, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
 
 
+def _version() -> str:
+    """lars_cuda/_version.py, the one place the version is written (pyproject.toml reads it too)."""
+    scope: dict = {}
+    with open(os.path.join(HERE, "lars_cuda", "_version.py")) as f:
+        exec(f.read(), scope)
+    return scope["__version__"]
+
+
+VERSION = _version()
+
+# Metadata lives in pyproject.toml; this file only describes the compiled extension.
 setup(
-    name="lars_cuda",
-    version="0.1.0",
-    description="Exact, fused LARS optimizer for PyTorch (C++/CUDA multi-tensor kernels)",
-    packages=find_packages(include=["lars_cuda", "lars_cuda.*"]),
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    python_requires=">=3.10",
-    install_requires=["torch>=2.11"],
-    zip_safe=False,
 )

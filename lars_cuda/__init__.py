@@ -5,6 +5,7 @@ to the seed project and fused into one multi-tensor kernel on CPU and CUDA.
     from lars_cuda.compat import TimmLars, LARC, SSLLars   # the other flavours, drop-in
 """
 
+from ._version import __version__
 from .grouping import create_optimizer_lars, is_norm_layer, split_lars_parameters
 from .optimizer import Lars, UnsupportedTensorError
 from .ops import has_fused
@@ -12,6 +13,7 @@ from .scheduler import PolynomialWarmup, polynomial_warmup_lr
 from . import compat  # noqa: E402  (after Lars, which it subclasses)
 
 __all__ = [
+    "__version__",
     "Lars",
     "PolynomialWarmup",
     "UnsupportedTensorError",
@@ -22,4 +24,3 @@ __all__ = [
     "polynomial_warmup_lr",
     "split_lars_parameters",
 ]
-__version__ = "0.1.0"

@@ -1,8 +1,9 @@
-"""Drop-in LARS flavours: each constructor takes an original's own arguments and
-returns a :class:`lars_cuda.Lars` whose group options reproduce that original's
-step exactly (``shared/spec/lars-semantics.md`` §6), on every path (the fused
-CPU/CUDA kernel in one launch, foreach, the reference loop), with GradScaler,
-tensor lr, schedulers, ``state_dict`` and sharded (DTensor) params.
+"""Drop-in LARS flavours: each class takes an original's own arguments, holds its
+param groups and state in the original's own schema (what a user, a scheduler
+or a checkpoint sees is the original's), and steps exactly as the original does
+(docs/semantics.md) on every path of :class:`lars_cuda.Lars` (the fused CPU/CUDA
+kernel in one launch, foreach, the reference loop), with GradScaler, tensor lr,
+schedulers and sharded (DTensor) params.
 
 ============  ===========================  ==========================  =====================
 flavour       ratio r                      where r goes                zero norm
@@ -13,76 +14,202 @@ LARC          eta*|p| / (|g|+wd|p|+eps)    buf += r*(g+wd*p)           no decay,
 SSLLars       eta*|p| / |g+wd*p|           buf += r*(g+wd*p)           r = 1, decay kept
 ============  ===========================  ==========================  =====================
 
-(timm's ``trust_clip`` and LARC's ``clip`` both mean r <- min(r/lr, 1).) Unlike
-the originals, none of these writes into ``p.grad``.
+(timm's ``trust_clip`` and LARC's ``clip`` both mean r <- min(r/lr, 1).) The
+kernel's options are derived from each group's original options at every step
+(a dict per group, not per tensor), so a scheduler that changes
+``group["trust_coeff"]`` or ``group["eta"]`` between steps gets the original's
+behaviour. State dicts go both ways: the original's ``state_dict()`` loads into
+the compat class and the compat class's into the original; a state dict of
+another flavour is refused naming the key. Unlike the originals, none of these
+writes into ``p.grad``.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable, Optional, Union
 
 import torch
 from torch import Tensor
+from torch.optim import Optimizer
 
-from .optimizer import Lars
+from .optimizer import _SGD_OPTIONS, _SSL_OPTIONS, _TIMM_OPTIONS, Lars, _check_param_dtype
 
-__all__ = ["LARC", "SSLLars", "TimmLars"]
+__all__ = ["LARC", "SSLLars", "TimmLars", "register_timm"]
 
 Params = Iterable[Union[Tensor, dict[str, Any]]]
-_NO_CLIPS = dict(trust_clip=None, update_clip=None)
+
+# Lars's options that no flavour here changes from these values unless it says so.
+_LARS_BASE = dict(lars=True, nesterov=False, trust_clip=None, update_clip=None, maximize=False, dampening=0.0,
+                  decay=None, ratio_on_grad=True, norm_of_update=False, larc_clip=False, zero_norm_skip=False,
+                  always_adapt=True, decay_filter=False, adaptation_filter=False, epsilon=0.0)
 
 
-class TimmLars(Lars):
-    """Replaces ``timm.optim.Lars`` (timm ≥ 0.9): the same arguments and the same
-    step — adaptation only where ``weight_decay != 0`` unless ``always_adapt``;
-    ``trust_clip`` is LARC's ``min(r/lr, 1)``; the ratio scales ``g + wd*p``
-    before momentum with dampening; the first momentum step copies it."""
+class _Flavour(Lars):
+    """A Lars whose param groups hold an original's options (``_OPTIONS``), translated
+    into Lars's by ``_to_lars`` for each step. ``_RENAMED``: Lars's name -> the
+    original's, for error messages."""
+
+    _RENAMED: dict[str, str] = {}
+
+    def __init__(self, params: Params, defaults: dict[str, Any]):
+        Optimizer.__init__(self, params, defaults)  # Lars.__init__ would set Lars's own defaults
+
+    @staticmethod
+    def _to_lars(group: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _check_options(self, group: dict[str, Any]) -> None:
+        try:
+            super()._check_options(self._to_lars(group))
+        except (TypeError, ValueError) as exc:  # name the original's option, not Lars's
+            message = str(exc)
+            for ours, theirs in self._RENAMED.items():
+                message = re.sub(rf"\b{ours}\b", theirs, message)
+            raise type(exc)(message) from None
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
+        self._check_options(merged)
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        for p in params:
+            if isinstance(p, Tensor):
+                _check_param_dtype(p)
+        Optimizer.add_param_group(self, {**param_group, "params": params})
+
+    def _kernel_groups(self) -> list[dict[str, Any]]:
+        return [{**self._to_lars(group), "params": group["params"]} for group in self.param_groups]
+
+
+class TimmLars(_Flavour):
+    """Replaces ``timm.optim.Lars`` (timm ≥ 0.9): the same arguments, param groups
+    (``trust_coeff``, ``eps``, ``trust_clip`` as a bool, ``always_adapt``, ...), state
+    (``momentum_buffer``) and step — adaptation only where ``weight_decay != 0`` unless
+    ``always_adapt``; ``trust_clip`` is LARC's ``min(r/lr, 1)``; the ratio scales
+    ``g + wd*p`` before momentum with dampening; the first momentum step copies it.
+    ``fused`` is ours (timm ignores the key)."""
+
+    _OPTIONS = _TIMM_OPTIONS
+    _RENAMED = {"eeta": "trust_coeff", "epsilon": "eps", "larc_clip": "trust_clip"}
 
     def __init__(self, params: Params, lr: Union[float, Tensor] = 1.0, momentum: float = 0, dampening: float = 0,
                  weight_decay: float = 0, nesterov: bool = False, trust_coeff: float = 0.001, eps: float = 1e-8,
-                 trust_clip: bool = False, always_adapt: bool = False, *, foreach: Optional[bool] = None,
+                 trust_clip: bool = False, always_adapt: bool = False, foreach: Optional[bool] = None, *,
                  fused: Optional[bool] = None):
-        super().__init__(params, lr=lr, momentum=momentum, eeta=trust_coeff, weight_decay=weight_decay, epsilon=eps,
-                         nesterov=nesterov, dampening=dampening, ratio_on_grad=True, larc_clip=bool(trust_clip),
-                         always_adapt=always_adapt, foreach=foreach, fused=fused, **_NO_CLIPS)
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=nesterov, trust_coeff=trust_coeff, eps=eps, trust_clip=trust_clip,
+                                      always_adapt=always_adapt, foreach=foreach, fused=fused))
+
+    @staticmethod
+    def _to_lars(g: dict[str, Any]) -> dict[str, Any]:
+        return {**_LARS_BASE, "lr": g["lr"], "momentum": g["momentum"], "dampening": g["dampening"],
+                "weight_decay": g["weight_decay"], "nesterov": g["nesterov"], "eeta": g["trust_coeff"],
+                "epsilon": g["eps"], "larc_clip": bool(g["trust_clip"]), "always_adapt": g["always_adapt"],
+                "foreach": g.get("foreach"), "fused": g.get("fused")}
 
 
-class LARC(Lars):
+class LARC(_Flavour):
     """Replaces ``apex.parallel.LARC.LARC(sgd_optimizer, trust_coefficient, clip, eps)``:
-    takes the ``torch.optim.SGD`` it would wrap and returns one fused optimizer over
-    the SGD's param groups (their lr, momentum, dampening, weight decay, Nesterov,
-    maximize) and state. Every param adapts (LARC ignores weight decay for that); a
-    zero ``||p||`` or ``||g||`` means neither decay nor scaling (LARC's branch)."""
+    takes the ``torch.optim.SGD`` it would wrap and returns one fused optimizer over the
+    SGD's param groups (kept in torch SGD's schema: lr, momentum, dampening, weight decay,
+    Nesterov, maximize) and state (``momentum_buffer``), so its ``state_dict()`` is the
+    SGD's, as apex's is. ``trust_coefficient``, ``clip`` and ``eps`` are attributes, as
+    in apex. Every param adapts (LARC ignores weight decay for that); a zero ``||p||``
+    or ``||g||`` means neither decay nor scaling (LARC's branch). ``foreach``/``fused``,
+    when given, choose our path for every group."""
+
+    _OPTIONS = _SGD_OPTIONS
 
     def __init__(self, optimizer: torch.optim.Optimizer, trust_coefficient: float = 0.02, clip: bool = True,
                  eps: float = 1e-8, *, foreach: Optional[bool] = None, fused: Optional[bool] = None):
         if not isinstance(optimizer, torch.optim.SGD):
             raise TypeError(f"LARC takes the torch.optim.SGD it would wrap, got {type(optimizer).__name__}")
-        groups = []
-        for g in optimizer.param_groups:
-            groups.append(dict(params=list(g["params"]), lr=g["lr"], momentum=g["momentum"],
-                               dampening=g["dampening"], weight_decay=g["weight_decay"], nesterov=g["nesterov"],
-                               maximize=g.get("maximize", False)))
-        super().__init__(groups, lr=groups[0]["lr"] if groups else 0.1, eeta=trust_coefficient, epsilon=eps,
-                         ratio_on_grad=True, larc_clip=bool(clip), zero_norm_skip=True, foreach=foreach,
-                         fused=fused, **_NO_CLIPS)
+        self.trust_coefficient, self.clip, self.eps = trust_coefficient, clip, eps
+        switches = {k: v for k, v in dict(foreach=foreach, fused=fused).items() if v is not None}
+        defaults = {**{k: optimizer.defaults[k] for k in _SGD_OPTIONS if k in optimizer.defaults}, **switches}
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, **switches, "params": list(g["params"])}
+                  for g in optimizer.param_groups]
+        super().__init__(groups, defaults)
         # The SGD's momentum buffers carry over (same key, same meaning).
         for p, state in optimizer.state.items():
             if state.get("momentum_buffer") is not None:
                 self.state[p]["momentum_buffer"] = state["momentum_buffer"]
 
+    def _to_lars(self, g: dict[str, Any]) -> dict[str, Any]:
+        if g.get("differentiable"):
+            raise ValueError("LARC: the SGD's differentiable=True is not supported")
+        return {**_LARS_BASE, "lr": g["lr"], "momentum": g["momentum"], "dampening": g["dampening"],
+                "weight_decay": g["weight_decay"], "nesterov": g["nesterov"], "maximize": g.get("maximize", False),
+                "eeta": self.trust_coefficient, "epsilon": self.eps, "larc_clip": bool(self.clip),
+                "zero_norm_skip": True, "foreach": g.get("foreach"), "fused": g.get("fused")}
 
-class SSLLars(Lars):
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("trust_coefficient", 0.02)  # pickles of an older LARC
+        state.setdefault("clip", True)
+        state.setdefault("eps", 1e-8)
+        super().__setstate__(state)
+
+
+def _filter_flag(value: Any, name: str) -> bool:
+    """The SSL repos' filter switches: Barlow Twins' bools, or VICReg's filter function
+    ``exclude_bias_and_norm`` (p.ndim == 1), which means the same as True."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if callable(value) and getattr(value, "__name__", "") == "exclude_bias_and_norm":
+        return True
+    raise TypeError(f"{name} must be a bool (or the SSL repos' exclude_bias_and_norm), got {value!r}")
+
+
+class SSLLars(_Flavour):
     """Replaces the LARS of the self-supervised repos (Barlow Twins, VICReg; MoCo v3
     with both filters on): ``r = eta*||p|| / ||g + wd*p||`` (no epsilon), r scales
     ``g + wd*p`` before momentum; ``weight_decay_filter`` / ``lars_adaptation_filter``
-    exclude 1-D params (biases, norm layers) from decay / adaptation. The momentum
-    buffer is the originals' ``mu`` (zeros first, no dampening), kept under
-    ``momentum_buffer``."""
+    exclude 1-D params (biases, norm layers) from decay / adaptation. Param groups
+    hold the originals' options (``eta``, the two filters) and the momentum buffer is
+    their ``mu`` (zeros first, no dampening). ``foreach``/``fused`` are ours."""
+
+    _OPTIONS = _SSL_OPTIONS
+    _BUFFER_KEY = "mu"
+    _RENAMED = {"eeta": "eta", "decay_filter": "weight_decay_filter", "adaptation_filter": "lars_adaptation_filter"}
 
     def __init__(self, params: Params, lr: Union[float, Tensor], weight_decay: float = 0, momentum: float = 0.9,
                  eta: float = 0.001, weight_decay_filter: bool = True, lars_adaptation_filter: bool = True, *,
                  foreach: Optional[bool] = None, fused: Optional[bool] = None):
-        super().__init__(params, lr=lr, momentum=momentum, eeta=eta, weight_decay=weight_decay, epsilon=0.0,
-                         decay=True, ratio_on_grad=True, norm_of_update=True, decay_filter=weight_decay_filter,
-                         adaptation_filter=lars_adaptation_filter, foreach=foreach, fused=fused, **_NO_CLIPS)
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta,
+                                      weight_decay_filter=weight_decay_filter,
+                                      lars_adaptation_filter=lars_adaptation_filter, foreach=foreach, fused=fused))
+
+    @staticmethod
+    def _to_lars(g: dict[str, Any]) -> dict[str, Any]:
+        return {**_LARS_BASE, "lr": g["lr"], "momentum": g["momentum"], "weight_decay": g["weight_decay"],
+                "eeta": g["eta"], "decay": True, "norm_of_update": True,
+                "decay_filter": _filter_flag(g["weight_decay_filter"], "weight_decay_filter"),
+                "adaptation_filter": _filter_flag(g["lars_adaptation_filter"], "lars_adaptation_filter"),
+                "foreach": g.get("foreach"), "fused": g.get("fused")}
+
+
+# ---- timm's optimizer factory ------------------------------------------------------------
+
+# name -> (description, defaults): timm's lars/larc/nlars/nlarc, fused (timm splits names on "_").
+TIMM_NAMES = {
+    "fusedlars": ("lars_cuda's fused LARS (timm's lars)", {}),
+    "fusedlarc": ("lars_cuda's fused LARS with trust ratio clipping (timm's larc)", {"trust_clip": True}),
+    "fusednlars": ("lars_cuda's fused LARS with Nesterov momentum (timm's nlars)", {"nesterov": True}),
+    "fusednlarc": ("lars_cuda's fused LARS, Nesterov and trust ratio clipping (timm's nlarc)",
+                   {"nesterov": True, "trust_clip": True}),
+}
+
+
+def register_timm() -> list[str]:
+    """Adds TimmLars to timm's optimizer registry under :data:`TIMM_NAMES`, so that
+    ``timm.optim.create_optimizer_v2(model, opt="fusedlars", ...)`` builds it with
+    timm's parameter grouping (no weight decay for biases and norms, layer decay).
+    Idempotent; returns the names."""
+    from timm.optim import OptimInfo
+    from timm.optim._optim_factory import default_registry
+
+    for name, (description, defaults) in TIMM_NAMES.items():
+        default_registry.register(OptimInfo(name=name, opt_class=TimmLars, description=description,
+                                            has_momentum=True, defaults=dict(defaults) or None))
+    return list(TIMM_NAMES)

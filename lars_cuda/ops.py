@@ -3,6 +3,7 @@ for ``torch.compile``, and which devices they serve."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -12,9 +13,13 @@ try:
     from . import _C  # noqa: F401  (loading the library registers torch.ops.lars_cuda.*)
 
     EXTENSION_ERROR: Optional[BaseException] = None
-except ImportError as exc:  # a source checkout that was never built
+except ImportError as exc:  # never built, or built against another torch ("undefined symbol")
     _C = None
     EXTENSION_ERROR = exc
+    from .diagnostics import load_failure
+
+    warnings.warn(f"lars_cuda: {load_failure(exc)}. Until then Lars runs its foreach path (exact, slower); "
+                  f"`python -m lars_cuda` reports the details", RuntimeWarning, stacklevel=2)
 
 __all__ = ["cpu_kernel", "fused_lars_", "fused_lars_apply_", "fused_lars_groups_", "fused_lars_norms", "fused_runs_on", "has_fused", "last_cuda_launch",
            "EXTENSION_ERROR"]
@@ -71,10 +76,10 @@ def rebuild_hint(device: torch.device | str) -> str:
 
 def _require_extension() -> None:
     if _C is None:
-        raise RuntimeError(
-            "lars_cuda was installed without its compiled extension, so fused=True is unavailable "
-            f"({EXTENSION_ERROR}); rebuild with `pip install --no-build-isolation -e .`"
-        )
+        from .diagnostics import load_failure
+
+        raise RuntimeError(f"lars_cuda's compiled extension did not load, so its ops are unavailable: "
+                           f"{load_failure(EXTENSION_ERROR)}")
 
 
 def fused_lars_(

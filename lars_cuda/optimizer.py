@@ -134,35 +134,53 @@ class Lars(Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
-        _check_hyperparameters(merged, read_tensor_lr=True)
+        self._check_options(merged)
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
         for p in params:
             if isinstance(p, Tensor):
                 _check_param_dtype(p)
-        if merged["fused"] and not ops.has_fused("cpu"):
-            raise RuntimeError(
-                f"fused=True needs lars_cuda's compiled extension, which did not load ({ops.EXTENSION_ERROR}); "
-                "rebuild with `pip install --no-build-isolation -e .` or use foreach=True"
-            )
         super().add_param_group({**param_group, "params": params})
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Completes groups from an older Lars or from torch.optim.SGD's state dict with
-        # Lars's own options only: torch's __setstate__ adds keys (``differentiable``) to
-        # self.defaults that Lars does not have, and copying those into the groups would
-        # make state_dict() change under every load, deepcopy or pickle.
+        # the class's own options only: torch's __setstate__ adds keys (``differentiable``)
+        # to self.defaults that Lars does not have, and copying those into the groups
+        # would make state_dict() change under every load, deepcopy or pickle.
         super().__setstate__(state)
         for group in self.param_groups:
-            for key in _GROUP_OPTIONS:  # incl. lars=True and maximize=False
+            for key in self._OPTIONS:  # incl. lars=True and maximize=False
                 if key in self.defaults:
                     group.setdefault(key, self.defaults[key])
+
+    # ---- the schema of param groups and state (lars_cuda.compat speaks the originals') ----
+    # The options a param group of this class holds; the key of its momentum buffer.
+    _OPTIONS: tuple[str, ...] = ()  # set below the class: Lars's group options
+    _BUFFER_KEY = "momentum_buffer"
+
+    def _check_options(self, group: dict[str, Any]) -> None:
+        """Raises ValueError/TypeError naming the first invalid option of a group."""
+        _check_hyperparameters(group, read_tensor_lr=True)
+
+    def _kernel_groups(self) -> list[dict[str, Any]]:
+        """The param groups in Lars's own options, which the step reads: for Lars, the
+        groups themselves; a compat class derives them from its original's options
+        (once per group and step, so a scheduler's change takes effect at once)."""
+        return self.param_groups
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """``Optimizer.load_state_dict``, after refusing a state dict of another LARS
+        flavour whose options or state this class would misread (e.g. timm's
+        ``trust_clip=True`` is not Lars's numeric ``trust_clip``): a clear error naming
+        the key, never a silent change of the math."""
+        check_state_dict_schema(type(self).__name__, self._OPTIONS, self._BUFFER_KEY, state_dict)
+        super().load_state_dict(state_dict)
 
     @property
     def _step_supports_amp_scaling(self) -> bool:
         # GradScaler then hands us grad_scale/found_inf instead of unscaling on the host;
         # only the fused kernel consumes them, so every tensor must take that path.
-        for group in self.param_groups:
+        for group in self._kernel_groups():
             params = _group_params(group)
             dtypes = {p.dtype for p in params}
             if self._path(group, params, dtypes) != "fused" or not dtypes <= _KERNEL_DTYPE_SET:
@@ -180,7 +198,7 @@ class Lars(Optimizer):
 
         # Check everything before touching anything: a bad input leaves the state as it was.
         fused_plans, other_plans, sharded_plans = [], [], []
-        for group_ in self.param_groups:
+        for group_ in self._kernel_groups():
             _check_hyperparameters(group_, read_tensor_lr=False)
             params_, grads_, bufs_, dtypes_ = self._gather(group_)
             for group, params, grads, bufs, dtypes in _flavour_views(group_, params_, grads_, bufs_, dtypes_):
@@ -202,13 +220,13 @@ class Lars(Optimizer):
             )
             for (_, params, _, bufs, _), fresh in zip(plans, new_bufs):
                 for i in fresh:
-                    self.state[params[i]]["momentum_buffer"] = bufs[i]
+                    self.state[params[i]][self._BUFFER_KEY] = bufs[i]
         for group, params, grads, bufs, path in other_plans:
             new_bufs = [i for i, b in enumerate(bufs) if b is None]
             lars(params, grads, bufs, **_group_options(group), foreach=path == "foreach")
             # lars() filled in the buffers it created; only those are new state.
             for i in new_bufs:
-                self.state[params[i]]["momentum_buffer"] = bufs[i]
+                self.state[params[i]][self._BUFFER_KEY] = bufs[i]
         # The scale the kernel divided the grads by (GradScaler leaves the grads scaled
         # on this path); trust_ratios(grad_scale=...) needs it to read them afterwards.
         self._last_grad_scale = grad_scale
@@ -324,7 +342,7 @@ class Lars(Optimizer):
                 lars(plan.local_params, plan.local_grads, plan.local_bufs, **_group_options(plan.group),
                      foreach=plan.path == "foreach", sums=plan.sums)
             for p, buf in plan.new_bufs:
-                self.state[p]["momentum_buffer"] = buf
+                self.state[p][self._BUFFER_KEY] = buf
 
     @property
     def last_grad_scale(self) -> Optional[Tensor]:
@@ -346,7 +364,7 @@ class Lars(Optimizer):
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"grad_scale must be a positive finite number, got {scale}")
         ratios = []
-        for group in self.param_groups:
+        for group in self._kernel_groups():
             params = [p for p in group["params"] if p.grad is not None]
             if not group["lars"] or not params:
                 continue
@@ -396,7 +414,7 @@ class Lars(Optimizer):
         if group["momentum"] != 0:
             # One dict lookup per param (Tensor.__hash__ is a Python call): this runs every step.
             get = self.state.get
-            bufs = [(get(p) or _NO_STATE).get("momentum_buffer") for p in params]
+            bufs = [(get(p) or _NO_STATE).get(self._BUFFER_KEY) for p in params]
         return params, grads, bufs, dtypes
 
     @staticmethod
@@ -405,7 +423,11 @@ class Lars(Optimizer):
         -> the loop. Unset, the kernel where it serves every tensor, else foreach."""
         fused, foreach = group["fused"], group["foreach"]
         if fused:
-            return "fused"
+            device = params[0].device if params else None
+            if device is None or device.type not in ("cpu", "cuda") or ops.fused_runs_on(device):
+                return "fused"  # (other device types are refused by _check_path)
+            _warn_fused_unavailable(device, asked=True)
+            return "foreach"
         if foreach:
             return "foreach"
         if foreach is False:
@@ -422,7 +444,7 @@ class Lars(Optimizer):
             if ops.fused_runs_on(device):
                 return "fused"
             if ops.has_fused(device):  # built for CUDA, but with no code for this card
-                _warn_no_kernel_image(device)
+                _warn_fused_unavailable(device, asked=False)
         return "foreach"
 
 
@@ -435,6 +457,47 @@ _STEP_OPTIONS = ("lr", "momentum", "eeta", "weight_decay", "epsilon", "lars", "n
                  "zero_norm_skip")
 # ... and the options that decide which tensors a step adapts and decays (views below).
 _GROUP_OPTIONS = _STEP_OPTIONS + ("always_adapt", "decay_filter", "adaptation_filter", "foreach", "fused")
+Lars._OPTIONS = _GROUP_OPTIONS
+
+# The options and state keys of every LARS flavour lars_cuda speaks (Lars, timm's Lars,
+# torch SGD under apex LARC, the self-supervised LARS): a state dict that holds one a
+# class does not have comes from another flavour. Keys no flavour defines (a
+# scheduler's ``initial_lr``, timm's ``lr_scale``, torch's ``differentiable``) pass.
+_TIMM_OPTIONS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "trust_coeff", "eps", "trust_clip",
+                 "always_adapt", "foreach", "fused")
+_SGD_OPTIONS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "foreach", "differentiable",
+                "fused")
+_SSL_OPTIONS = ("lr", "weight_decay", "momentum", "eta", "weight_decay_filter", "lars_adaptation_filter", "foreach",
+                "fused")
+# (torch's ``differentiable`` is in every torch.optim state dict, and Lars reads SGD's.)
+_ALL_OPTIONS = frozenset(_GROUP_OPTIONS + _TIMM_OPTIONS + _SGD_OPTIONS + _SSL_OPTIONS) - {"differentiable"}
+_ALL_BUFFER_KEYS = frozenset({"momentum_buffer", "mu"})
+_HOME = {"eeta": "lars_cuda.Lars", "update_clip": "lars_cuda.Lars", "ratio_on_grad": "lars_cuda.Lars",
+         "trust_coeff": "timm.optim.Lars (lars_cuda.compat.TimmLars)",
+         "eta": "the self-supervised LARS (lars_cuda.compat.SSLLars)",
+         "mu": "the self-supervised LARS (lars_cuda.compat.SSLLars)",
+         "momentum_buffer": "torch.optim.SGD, Lars, TimmLars or LARC"}
+
+
+def check_state_dict_schema(name: str, options: tuple[str, ...], buffer_key: str, state_dict: dict[str, Any]) -> None:
+    """Raises ValueError naming the first key of ``state_dict`` that belongs to another
+    flavour's schema than ``options`` / ``buffer_key``."""
+    own = set(options)
+    for i, group in enumerate(state_dict.get("param_groups", [])):
+        foreign = sorted(k for k in group if k in _ALL_OPTIONS and k not in own)
+        if foreign:
+            home = next((_HOME[k] for k in foreign if k in _HOME), "another LARS flavour")
+            raise ValueError(
+                f"{name}.load_state_dict: param group {i} holds {foreign[0]!r}, an option {name} does not have: "
+                f"this state dict was saved by {home} (keys {foreign}); load it into that class, or see the "
+                f"README's 'Switching from ...' for the class that reads it")
+    for index, entry in state_dict.get("state", {}).items():
+        foreign = sorted(k for k in entry if k in _ALL_BUFFER_KEYS and k != buffer_key)
+        if foreign:
+            raise ValueError(
+                f"{name}.load_state_dict: the state of param {index} holds {foreign[0]!r} but {name} keeps its "
+                f"momentum under {buffer_key!r}: this state dict was saved by {_HOME[foreign[0]]}; loading it here "
+                f"would start from zero momentum")
 
 
 def _flavour_views(group, params, grads, bufs, dtypes):
@@ -463,19 +526,20 @@ def _group_options(group: dict[str, Any]) -> dict[str, Any]:
     return {key: group[key] for key in _STEP_OPTIONS}
 
 
-_WARNED_NO_IMAGE: set = set()
+_WARNED_UNAVAILABLE: set = set()
 
 
-def _warn_no_kernel_image(device: torch.device) -> None:
-    if device in _WARNED_NO_IMAGE:
+def _warn_fused_unavailable(device: torch.device, asked: bool) -> None:
+    """One warning per device and process: the fused kernel cannot run there (why, and the
+    rebuild command), so the step runs the foreach path (the same math, slower)."""
+    if (device, asked) in _WARNED_UNAVAILABLE:
         return
-    _WARNED_NO_IMAGE.add(device)
-    warnings.warn(
-        f"lars_cuda: the fused kernel has no code for {ops.describe_cuda_device(device)}, so Lars runs the foreach "
-        f"path there; rebuild for this card for the fused step: {ops.rebuild_hint(device)}",
-        RuntimeWarning,
-        stacklevel=4,
-    )
+    _WARNED_UNAVAILABLE.add((device, asked))
+    from .diagnostics import fused_unavailable
+
+    wanted = "fused=True was asked for, but " if asked else ""
+    warnings.warn(f"lars_cuda: {wanted}{fused_unavailable(device)}; Lars runs the foreach path on {device} "
+                  f"instead (same math, slower)", RuntimeWarning, stacklevel=4)
 
 
 def _split_kernel_dtypes(params, grads, bufs):
@@ -544,14 +608,8 @@ def _check_path(path: str, params, grads, bufs, group) -> None:
     device = params[0].device
     if isinstance(group["lr"], Tensor) and group["lr"].device not in (device, torch.device("cpu")):
         raise ValueError(f"lr tensor is on {group['lr'].device} but the params are on {device}")
-    if path == "fused":
-        if not ops.has_fused(device):
-            raise RuntimeError(f"fused=True: the lars_cuda kernel is not built for {device}")
-        if not ops.fused_runs_on(device):
-            raise RuntimeError(
-                f"fused=True: the lars_cuda kernel was built without code for {ops.describe_cuda_device(device)}; "
-                f"rebuild it for this card: {ops.rebuild_hint(device)}"
-            )
+    if path == "fused" and not ops.has_fused(device):  # cpu/cuda without the kernel ran foreach (Lars._path)
+        raise RuntimeError(f"fused=True: the lars_cuda kernel is not built for {device}")
 
 
 def _is_real_number(x: Any) -> bool:

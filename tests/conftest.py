@@ -25,3 +25,11 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
     config.addinivalue_line("markers", "mpi: runs ranks under mpirun")
+
+
+def pytest_sessionstart(session):
+    # make wheel-test runs these tests against the installed wheel: make sure that is what they import.
+    import os
+
+    if os.environ.get("LARS_CUDA_TEST_INSTALLED") == "1":
+        assert "site-packages" in lars_cuda.__file__, f"testing {lars_cuda.__file__}, not the installed wheel"

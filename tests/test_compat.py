@@ -65,7 +65,7 @@ def assert_same(mine, theirs, opt_mine, opt_theirs, buffer_key="momentum_buffer"
     for a, b in zip(mine, theirs):
         sa, sb = opt_mine.state.get(a, {}), opt_theirs.state.get(b, {})
         if buffer_key in sb and sb[buffer_key] is not None:
-            torch.testing.assert_close(sa["momentum_buffer"], sb[buffer_key], **TOL)
+            torch.testing.assert_close(sa[buffer_key], sb[buffer_key], **TOL)
 
 
 # ---- timm -----------------------------------------------------------------------------
@@ -183,14 +183,14 @@ def test_a_flavour_takes_grad_scale_and_found_inf_on_the_fused_path(flavour):
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
-def test_a_flavours_state_dict_round_trips_with_its_options(flavour):
+def test_a_flavours_state_dict_round_trips_with_its_originals_options(flavour):
     _, opt = run(lambda g: FLAVOURS[flavour](g, fused=True), lambda ps: ps, steps=1)
     state = opt.state_dict()
     params = [torch.nn.Parameter(p.clone()) for p in make_params()]
     again = FLAVOURS[flavour](params, fused=True)
     again.load_state_dict(state)
     assert again.state_dict()["param_groups"] == state["param_groups"]
-    assert state["param_groups"][0]["ratio_on_grad"] is True
+    assert set(state["param_groups"][0]) - {"params"} == set(type(opt)._OPTIONS)
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
@@ -304,18 +304,34 @@ def test_larc_keeps_the_sgds_maximize_as_torch_defines_it(path):
 
 def test_each_flavour_built_with_its_defaults_holds_its_originals_options():
     ps = lambda: [torch.nn.Parameter(torch.ones(3))]  # noqa: E731
-    seed_clips = dict(trust_clip=None, update_clip=None)  # the seed's clips are off in every flavour
-    timm = compat.TimmLars(ps()).param_groups[0]
+    from timm.optim import Lars as Timm
+
+    assert {k: v for k, v in compat.TimmLars(ps()).param_groups[0].items() if k not in ("params", "fused")} == \
+        {k: v for k, v in Timm(ps()).param_groups[0].items() if k != "params"}
+    sgd = torch.optim.SGD(ps(), lr=0.2)
+    assert {k: v for k, v in compat.LARC(torch.optim.SGD(ps(), lr=0.2)).param_groups[0].items() if k != "params"} \
+        == {k: v for k, v in sgd.param_groups[0].items() if k != "params"}
+    assert {k: v for k, v in compat.SSLLars(ps(), lr=0.1).param_groups[0].items()
+            if k not in ("params", "foreach", "fused")} == \
+        {k: v for k, v in SSLLARS(ps(), lr=0.1, weight_decay_filter=True, lars_adaptation_filter=True)
+         .param_groups[0].items() if k != "params"}
+
+
+def test_each_flavour_steps_with_the_kernel_options_of_its_original():
+    """What the step reads: the seed's clips off in every flavour, each original's switches on."""
+    ps = lambda: [torch.nn.Parameter(torch.ones(3))]  # noqa: E731
+    seed_clips = dict(trust_clip=None, update_clip=None)
+    timm = compat.TimmLars(ps())._kernel_groups()[0]
     assert {k: timm[k] for k in ("lr", "momentum", "dampening", "weight_decay", "nesterov", "eeta", "epsilon",
                                  "larc_clip", "always_adapt", "ratio_on_grad", "trust_clip", "update_clip")} == dict(
         lr=1.0, momentum=0, dampening=0, weight_decay=0, nesterov=False, eeta=0.001, epsilon=1e-8, larc_clip=False,
         always_adapt=False, ratio_on_grad=True, **seed_clips)
-    larc = compat.LARC(torch.optim.SGD(ps(), lr=0.2)).param_groups[0]
+    larc = compat.LARC(torch.optim.SGD(ps(), lr=0.2))._kernel_groups()[0]
     assert {k: larc[k] for k in ("lr", "eeta", "epsilon", "larc_clip", "zero_norm_skip", "maximize", "ratio_on_grad",
                                  "trust_clip", "update_clip")} == dict(
         lr=0.2, eeta=0.02, epsilon=1e-8, larc_clip=True, zero_norm_skip=True, maximize=False, ratio_on_grad=True,
         **seed_clips)
-    ssl = compat.SSLLars(ps(), lr=0.1).param_groups[0]
+    ssl = compat.SSLLars(ps(), lr=0.1)._kernel_groups()[0]
     assert {k: ssl[k] for k in ("weight_decay", "momentum", "eeta", "epsilon", "decay", "decay_filter",
                                 "adaptation_filter", "norm_of_update", "ratio_on_grad", "trust_clip",
                                 "update_clip")} == dict(

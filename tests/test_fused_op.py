@@ -15,6 +15,7 @@ import torch
 import lars_cuda
 from lars_cuda import Lars, ops
 
+from .machine import expected_kernel
 from .reference import lars_step_f64
 
 
@@ -264,10 +265,11 @@ def test_has_fused_reports_the_cpu_kernel():
     assert ops.cpu_kernel() in ("avx512", "avx2", "default")
 
 
-@pytest.mark.parametrize("capability, kernel", [("avx512", "avx512"), ("avx2", "avx2"), ("default", "default")])
-def test_cpu_kernel_follows_torchs_own_instruction_set(capability, kernel):
+@pytest.mark.parametrize("capability", ["avx512", "avx2", "default"])
+def test_cpu_kernel_follows_torchs_own_instruction_set_capped_by_the_cpu(capability):
     """ATEN_CPU_CAPABILITY moves torch's kernels and ours alike (a fresh process:
-    torch reads it once)."""
+    torch reads it once); ours never asks for instructions this CPU lacks (torch
+    reports AVX512 when told to, even on an AVX2-only CPU)."""
     env = {k: v for k, v in os.environ.items() if k != "LARS_CUDA_CPU_KERNEL"}
     env["ATEN_CPU_CAPABILITY"] = capability
     code = ("import torch, lars_cuda; from lars_cuda import ops; "
@@ -276,7 +278,7 @@ def test_cpu_kernel_follows_torchs_own_instruction_set(capability, kernel):
     torch_cap, ours = out.stdout.split()
     if torch_cap.lower() != capability:
         pytest.skip(f"torch runs {torch_cap} here, not {capability}")
-    assert ours == kernel
+    assert ours == expected_kernel(capability)
 
 
 GROUP_OPTIONS = [
@@ -361,7 +363,7 @@ def _pretend_a_card_without_kernel_code(monkeypatch):
     monkeypatch.setattr(ops, "fused_runs_on", lambda device: False)
     monkeypatch.setattr(ops, "describe_cuda_device", lambda device: "NVIDIA B200 (sm_100)")
     monkeypatch.setattr(ops, "rebuild_hint", lambda device: "TORCH_CUDA_ARCH_LIST=10.0 pip install -e .")
-    optimizer_module._WARNED_NO_IMAGE.clear()
+    optimizer_module._WARNED_UNAVAILABLE.clear()
 
 
 def test_the_default_falls_back_to_foreach_with_one_warning_where_the_kernel_has_no_code(monkeypatch):
@@ -369,7 +371,7 @@ def test_the_default_falls_back_to_foreach_with_one_warning_where_the_kernel_has
     p = torch.nn.Parameter(torch.ones(3))
     p.grad = torch.ones(3)
     opt = Lars([p], lr=0.1)
-    with pytest.warns(RuntimeWarning, match=r"no code for NVIDIA B200 \(sm_100\).*foreach.*TORCH_CUDA_ARCH_LIST=10.0"):
+    with pytest.warns(RuntimeWarning, match=r"no code for NVIDIA B200 \(sm_100\).*TORCH_CUDA_ARCH_LIST=10.0.*foreach"):
         opt.step()
     assert not torch.equal(p.detach(), torch.ones(3))
     import warnings
@@ -379,13 +381,24 @@ def test_the_default_falls_back_to_foreach_with_one_warning_where_the_kernel_has
         opt.step()  # warned once per device
 
 
-def test_fused_true_names_the_card_and_the_rebuild_command_where_the_kernel_has_no_code(monkeypatch):
+def test_fused_true_warns_once_naming_the_card_and_the_rebuild_command_and_steps_by_foreach(monkeypatch):
     _pretend_a_card_without_kernel_code(monkeypatch)
     p = torch.nn.Parameter(torch.ones(3))
     p.grad = torch.ones(3)
-    with pytest.raises(RuntimeError, match=r"NVIDIA B200 \(sm_100\).*TORCH_CUDA_ARCH_LIST=10.0"):
-        Lars([p], lr=0.1, fused=True).step()
-    assert torch.equal(p.detach(), torch.ones(3))
+    q = torch.nn.Parameter(torch.ones(3))
+    q.grad = torch.ones(3)
+    opt = Lars([p], lr=0.1, fused=True)
+    with pytest.warns(RuntimeWarning, match=r"fused=True was asked for, but the fused kernel has no code for "
+                                            r"NVIDIA B200 \(sm_100\).*TORCH_CUDA_ARCH_LIST=10.0.*foreach"):
+        opt.step()
+    Lars([q], lr=0.1, foreach=True).step()
+    assert torch.equal(p.detach(), q.detach())
+    assert not opt._step_supports_amp_scaling  # GradScaler unscales for the foreach path
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()  # warned once per device
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from lars_cuda import Lars
 
 from .conftest import PATHS
+from .machine import can_run
 from .reference import lars_step_f64
 
 PATHS_FUSED = PATHS["fused"]
@@ -276,12 +277,14 @@ def test_trust_ratios_report_what_the_next_step_uses():
 
 
 def _use_cpu_kernel(monkeypatch, name):
-    """Asks for one build of the CPU kernel; skips where this CPU cannot run it."""
-    monkeypatch.setenv("LARS_CUDA_CPU_KERNEL", name)
+    """Asks for one build of the CPU kernel; skips where this CPU lacks its instructions
+    (read from the CPU, so a choice that wrongly falls back fails instead of skipping)."""
     from lars_cuda import ops
 
-    if ops.cpu_kernel() != name:
+    if not can_run(name):
         pytest.skip(f"this CPU cannot run the {name} build of the kernel")
+    monkeypatch.setenv("LARS_CUDA_CPU_KERNEL", name)
+    assert ops.cpu_kernel() == name
 
 
 @pytest.mark.parametrize("kernel", ["default", "avx2", "avx512"])
