@@ -16,7 +16,7 @@ HOROVOD := $(VENV)/.horovod-installed
 BUILT := $(VENV)/.extension-built
 CSRC := $(shell find csrc -type f)
 
-.PHONY: setup test train bench convergence mutation clean
+.PHONY: setup test test-suite test-avx2 wheel-test train bench convergence mutation clean
 
 setup: $(BUILT) $(HOROVOD)
 
@@ -30,7 +30,7 @@ $(DEPS): requirements.txt $(SYSTEM)
 	$(PIP) install -q -r requirements.txt
 	touch $@
 
-$(BUILT): $(DEPS) setup.py $(CSRC)
+$(BUILT): $(DEPS) setup.py pyproject.toml lars_cuda/_version.py $(CSRC)
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	touch $@
 
@@ -38,8 +38,21 @@ $(HOROVOD): $(DEPS) scripts/install_horovod.sh
 	bash scripts/install_horovod.sh $(PY)
 	touch $@
 
-test: setup
+# make test = the whole suite, the kernel's tests again with AVX-512 masked (what an
+# AVX2-only CPU runs; on one, the same as the first pass), and the wheel test.
+test: test-suite test-avx2 wheel-test
+
+test-suite: setup
 	$(PY) -m pytest -q
+
+test-avx2: setup
+	ATEN_CPU_CAPABILITY=avx2 LARS_CUDA_CPU_KERNEL=avx2 $(PY) -m pytest -q tests/test_lars_math.py \
+		tests/test_fused_op.py tests/test_compat.py tests/test_diagnostics.py tests/test_switching.py
+
+# Build the wheel, install it into a fresh venv with only torch and the test
+# requirements, run the package's tests against site-packages (scripts/wheel_test.sh).
+wheel-test: setup
+	bash scripts/wheel_test.sh $(PY)
 
 # The seed's 1K row (base lr 2^2.5, warmup 10/2^5 epochs) on Fashion-MNIST: ResNet-20,
 # fused LARS, 4 epochs on the CPU (~7 min on 2 cores). Logs, TensorBoard events,
@@ -69,4 +82,4 @@ mutation: setup
 	$(PY) scripts/hand_mutations.py
 
 clean:
-	rm -rf build *.egg-info lars_cuda/*.so
+	rm -rf build dist .wheel-test *.egg-info lars_cuda/*.so lars_cuda/_build_info.json

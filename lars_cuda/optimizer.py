@@ -21,15 +21,6 @@ _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _KERNEL_DTYPE_SET = frozenset(_KERNEL_DTYPES)
 
 
-class _Required:
-    """Default of ``lr``: required unless every param group brings its own (as
-    Horovod's DistributedOptimizer does when it re-creates the optimizer)."""
-
-    def __repr__(self) -> str:
-        return "<required>"
-
-
-required = _Required()
 
 
 class UnsupportedTensorError(TypeError, ValueError, RuntimeError):
@@ -60,7 +51,7 @@ class Lars(Optimizer):
     Args:
         params: parameters or parameter groups (groups may set ``lars``, and override
             any keyword below).
-        lr: learning rate, a float or a one-element tensor (updated in place by
+        lr: learning rate (required unless every group brings its own), a float or a one-element tensor (updated in place by
             schedulers; a CUDA tensor keeps the fused/foreach step free of host syncs).
         momentum: :math:`\mu`, no dampening. 0 keeps no state.
         eeta: trust coefficient :math:`\eta`, in (0, 1].
@@ -98,7 +89,7 @@ class Lars(Optimizer):
     def __init__(
         self,
         params: Iterable[Union[Tensor, dict[str, Any]]],
-        lr: Union[float, Tensor] = required,
+        lr: Optional[Union[float, Tensor]] = None,
         momentum: float = 0,
         eeta: float = 1e-3,
         weight_decay: float = 0,
@@ -486,9 +477,10 @@ def check_state_dict_schema(name: str, options: tuple[str, ...], buffer_key: str
     for i, group in enumerate(state_dict.get("param_groups", [])):
         foreign = sorted(k for k in group if k in _ALL_OPTIONS and k not in own)
         if foreign:
-            home = next((_HOME[k] for k in foreign if k in _HOME), "another LARS flavour")
+            key = next((k for k in foreign if k in _HOME), foreign[0])  # the key that tells whose it is
+            home = _HOME.get(key, "another LARS flavour")
             raise ValueError(
-                f"{name}.load_state_dict: param group {i} holds {foreign[0]!r}, an option {name} does not have: "
+                f"{name}.load_state_dict: param group {i} holds {key!r}, an option {name} does not have: "
                 f"this state dict was saved by {home} (keys {foreign}); load it into that class, or see the "
                 f"README's 'Switching from ...' for the class that reads it")
     for index, entry in state_dict.get("state", {}).items():
@@ -619,7 +611,7 @@ def _is_real_number(x: Any) -> bool:
 def _check_hyperparameters(group: dict[str, Any], *, read_tensor_lr: bool) -> None:
     """Raises ValueError/TypeError naming the first invalid hyper-parameter."""
     lr = group["lr"]
-    if lr is required:
+    if lr is None:  # required unless every group brings its own (as Horovod's re-created optimizer does)
         raise TypeError("Lars needs a learning rate: pass lr=... (or give every param group an 'lr')")
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
