@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .optimizer import _SGD_OPTIONS, _SSL_OPTIONS, _TIMM_OPTIONS, Lars, _check_param_dtype
+from .optimizer import _SGD_OPTIONS, _SSL_OPTIONS, _TIMM_OPTIONS, Lars
 
 __all__ = ["LARC", "SSLLars", "TimmLars", "register_timm"]
 
@@ -53,7 +53,9 @@ class _Flavour(Lars):
     _RENAMED: dict[str, str] = {}
 
     def __init__(self, params: Params, defaults: dict[str, Any]):
-        Optimizer.__init__(self, params, defaults)  # Lars.__init__ would set Lars's own defaults
+        # Lars.__init__ would set Lars's own defaults; Lars.add_param_group (run for each
+        # group) checks the group through _check_options below.
+        Optimizer.__init__(self, params, defaults)
 
     @staticmethod
     def _to_lars(group: dict[str, Any]) -> dict[str, Any]:
@@ -67,16 +69,6 @@ class _Flavour(Lars):
             for ours, theirs in self._RENAMED.items():
                 message = re.sub(rf"\b{ours}\b", theirs, message)
             raise type(exc)(message) from None
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
-        self._check_options(merged)
-        params = param_group["params"]
-        params = [params] if isinstance(params, Tensor) else list(params)
-        for p in params:
-            if isinstance(p, Tensor):
-                _check_param_dtype(p)
-        Optimizer.add_param_group(self, {**param_group, "params": params})
 
     def _kernel_groups(self) -> list[dict[str, Any]]:
         return [{**self._to_lars(group), "params": group["params"]} for group in self.param_groups]
