@@ -23,8 +23,9 @@ from .machine import expected_kernel
 
 def _run(code_or_module, *, cwd=None, module=False, env=None):
     args = [sys.executable, "-W", "always", *(["-m", code_or_module] if module else ["-c", code_or_module])]
-    proc = subprocess.run(args, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                          timeout=120)
+    merged = {**os.environ, **(env or {})}  # a value of None removes the variable
+    proc = subprocess.run(args, cwd=cwd, env={k: v for k, v in merged.items() if v is not None},
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout, proc.stderr
 
@@ -64,7 +65,8 @@ def test_the_build_records_the_cuda_code_it_compiled():
 
 
 def test_the_report_names_the_environment_switches_in_force():
-    out, _ = _run("lars_cuda", module=True, env={"LARS_CUDA_CPU_KERNEL": "default", "LARS_CUDA_CPU_WAVE_MB": "8"})
+    only = {"LARS_CUDA_CPU_KERNEL": "default", "LARS_CUDA_CPU_WAVE_MB": "8"}  # and none of the others
+    out, _ = _run("lars_cuda", module=True, env={**dict.fromkeys(diagnostics.ENV_SWITCHES), **only})
     assert "environment switches in force: LARS_CUDA_CPU_KERNEL=default, LARS_CUDA_CPU_WAVE_MB=8" in out
     assert "CPU kernel that runs here: default (LARS_CUDA_CPU_KERNEL=default asked for it)" in out
 
