@@ -83,7 +83,7 @@ class TimmLars(_Flavour):
     ``fused`` is ours (timm ignores the key)."""
 
     _OPTIONS = _TIMM_OPTIONS
-    _RENAMED = {"eeta": "trust_coeff", "epsilon": "eps", "larc_clip": "trust_clip"}
+    _RENAMED = {"eeta": "trust_coeff", "epsilon": "eps"}
 
     def __init__(self, params: Params, lr: Union[float, Tensor] = 1.0, momentum: float = 0, dampening: float = 0,
                  weight_decay: float = 0, nesterov: bool = False, trust_coeff: float = 0.001, eps: float = 1e-8,
@@ -135,12 +135,6 @@ class LARC(_Flavour):
                 "weight_decay": g["weight_decay"], "nesterov": g["nesterov"], "maximize": g.get("maximize", False),
                 "eeta": self.trust_coefficient, "epsilon": self.eps, "larc_clip": bool(self.clip),
                 "zero_norm_skip": True, "foreach": g.get("foreach"), "fused": g.get("fused")}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        state.setdefault("trust_coefficient", 0.02)  # pickles of an older LARC
-        state.setdefault("clip", True)
-        state.setdefault("eps", 1e-8)
-        super().__setstate__(state)
 
 
 def _filter_flag(value: Any, name: str) -> bool:

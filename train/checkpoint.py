@@ -166,12 +166,9 @@ def verify_dcp(path: str) -> None:
     dcp_reader.verify(path)
 
 
-def load_dcp_trainer_state(path: str, verify: bool = True) -> dict[str, Any]:
-    """rank 0's part of a sharded checkpoint, after verify_dcp (unless ``verify=False``)."""
-    if verify:
-        verify_dcp(path)
-    elif not os.path.isfile(os.path.join(path, DCP_METADATA_FILE)):
-        raise FileNotFoundError(f"{path} has no {DCP_METADATA_FILE}: not a complete sharded checkpoint")
+def load_dcp_trainer_state(path: str) -> dict[str, Any]:
+    """rank 0's part of a sharded checkpoint, after verify_dcp."""
+    verify_dcp(path)
     return load(os.path.join(path, DCP_TRAINER_FILE))
 
 

@@ -79,9 +79,10 @@ class MetadataUnpickler(pickle.Unpickler):
             f"or was tampered with")
 
 
-def read_metadata(path: str) -> Metadata:
-    """A checkpoint folder's ``.metadata``, unpickled with :class:`MetadataUnpickler`."""
-    file = os.path.join(path, METADATA_FILE)
+def read_metadata(path: str, filename: str = METADATA_FILE) -> Metadata:
+    """A checkpoint folder's ``.metadata`` (or a per-rank ``__N.metadata``), unpickled
+    with :class:`MetadataUnpickler`."""
+    file = os.path.join(path, filename)
     with open(file, "rb") as f:
         metadata = MetadataUnpickler(f, file).load()
     if not isinstance(metadata, Metadata):
@@ -109,14 +110,8 @@ class SafeFileSystemReader(FileSystemReader):
     """torch's FileSystemReader with ``.metadata`` read by :class:`MetadataUnpickler`."""
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        rank = kwargs.get("rank")
-        folder = str(self.path)
-        if rank is None:
-            metadata = read_metadata(folder)
-        else:  # a per-rank metadata file of a no-collectives save
-            file = os.path.join(folder, f"__{rank}{METADATA_FILE}")
-            with open(file, "rb") as f:
-                metadata = MetadataUnpickler(f, file).load()
+        rank = kwargs.get("rank")  # set: a per-rank metadata file of a no-collectives save
+        metadata = read_metadata(str(self.path), METADATA_FILE if rank is None else f"__{rank}{METADATA_FILE}")
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
@@ -168,23 +163,26 @@ def verify(path: str) -> Metadata:
     if not isinstance(storage, dict) or not storage:
         raise ValueError(f"{path}: the metadata lists no stored entries")
     transforms = SafeFileSystemReader(path).transforms
+    by_file: dict[str, list] = {}
     for index, info in storage.items():
-        file = os.path.join(path, info.relative_path)
         if os.path.dirname(os.path.normpath(info.relative_path)) or info.relative_path.startswith("."):
             raise ValueError(f"{path}: the metadata names a file outside the folder: {info.relative_path!r}")
+        by_file.setdefault(info.relative_path, []).append((info.offset, index, info))
+    for relative_path, entries in by_file.items():
+        file = os.path.join(path, relative_path)
         size = os.path.getsize(file)
-        if info.offset < 0 or info.length < 0 or info.offset + info.length > size:
-            raise EOFError(f"{file}: truncated ({size} bytes; entry {index.fqn} needs bytes "
-                           f"{info.offset}..{info.offset + info.length})")
-        with open(file, "rb") as f:
-            f.seek(info.offset)
-            raw = io.BytesIO(f.read(info.length))
-        stream = transforms.transform_load_stream(None, info.transform_descriptors or (), raw)
-        data = io.BytesIO(stream.read(-1))
-        obj = load_weights_only(data, f"{file} (entry {index.fqn})")
-        expected = metadata.state_dict_metadata.get(index.fqn)
-        if expected is None:
-            raise ValueError(f"{file}: entry {index.fqn} is not in the metadata's state dict")
-        if not isinstance(expected, BytesStorageMetadata) and not isinstance(obj, torch.Tensor):
-            raise ValueError(f"{file}: entry {index.fqn} should be a tensor, holds a {type(obj).__name__}")
+        with open(file, "rb") as f:  # one open per shard file, its entries in file order
+            for offset, index, info in sorted(entries, key=lambda e: e[0]):
+                if offset < 0 or info.length < 0 or offset + info.length > size:
+                    raise EOFError(f"{file}: truncated ({size} bytes; entry {index.fqn} needs bytes "
+                                   f"{offset}..{offset + info.length})")
+                f.seek(offset)
+                raw = io.BytesIO(f.read(info.length))
+                stream = transforms.transform_load_stream(None, info.transform_descriptors or (), raw)
+                obj = load_weights_only(io.BytesIO(stream.read(-1)), f"{file} (entry {index.fqn})")
+                expected = metadata.state_dict_metadata.get(index.fqn)
+                if expected is None:
+                    raise ValueError(f"{file}: entry {index.fqn} is not in the metadata's state dict")
+                if not isinstance(expected, BytesStorageMetadata) and not isinstance(obj, torch.Tensor):
+                    raise ValueError(f"{file}: entry {index.fqn} should be a tensor, holds a {type(obj).__name__}")
     return metadata
