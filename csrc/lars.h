@@ -1,6 +1,6 @@
 // The per-element LARS math, shared by the CPU kernel (on float and on
 // at::vec::Vectorized<float>) and the CUDA kernel (on float).
-// Contract: shared/spec/lars-semantics.md §1. Keep this file free of any
+// Contract: docs/semantics.md. Keep this file free of any
 // traversal logic: the kernels decide how to walk the tensors, this decides
 // what happens to one element.
 #pragma once
@@ -38,7 +38,7 @@ struct LarsHyper {
   // read it (norms are unaffected), so the flag costs no memory traffic.
   bool maximize = false;
 
-  // The other LARS flavours (shared/spec/lars-semantics.md §6); the defaults
+  // The other LARS flavours (docs/semantics.md, the flavours); the defaults
   // are the seed's.
   bool decay = true;            // weight decay enters d (the seed: exactly when lars)
   bool ratio_on_grad = false;   // timm/LARC/SSL: d <- r*d before momentum, p -= lr*u
@@ -132,9 +132,11 @@ struct FlavourCoeffs {
 // One element: d from (p, g), the momentum buffer advanced in place, and the
 // new parameter value. `step` is lr * r for this tensor. A fresh buffer holds
 // zeros, which makes the first step exact: momentum * 0 + d == d.
-// `clamp_fn` is ClampNan for float and at::vec::clamp for vectors.
-template <typename V, typename Clamp>
-LARS_HD V lars_element(V p, V g, V& buf, V step, const ElementCoeffs<V>& c, Clamp clamp_fn) {
+// `clamp_fn` is ClampNan for float and at::vec::clamp for vectors. `Coeffs` is
+// ElementCoeffs, or a type with the same members whose switches are constexpr
+// (the CPU kernel's branch-free policy for the seed's default case).
+template <typename V, typename Clamp, typename Coeffs>
+LARS_HD V lars_element(V p, V g, V& buf, V step, const Coeffs& c, Clamp clamp_fn) {
   V d = c.decay ? g + c.weight_decay * p : g;
   if (c.clip) d = clamp_fn(d, c.clip_lo, c.clip_hi);
   V u = d;

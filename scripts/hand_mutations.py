@@ -67,7 +67,7 @@ MUTANTS = [
     ("vector path's tail not updated", "csrc/cpu/traversal.h",
      "  for (; i < end; ++i) {\n    float pv = to_float(p[i]);", "  for (; false; ++i) {\n    float pv = to_float(p[i]);"),
     ("vector path drops the momentum buffer", "csrc/cpu/traversal.h",
-     "          if constexpr (kM) L::store(m + i + j * L::kElems, mv + j * L::kVecs);", ""),
+     "          if constexpr (kM) L::store_update(m + i + j * L::kElems, mv + j * L::kVecs);", ""),
     ("one of the four norm chains left out", "csrc/cpu/traversal.h",
      "p2 = sp + at::vec::vec_reduce_all<float>(add, (vp[0] + vp[1]) + (vp[2] + vp[3]));",
      "p2 = sp + at::vec::vec_reduce_all<float>(add, (vp[0] + vp[1]) + vp[2]);"),

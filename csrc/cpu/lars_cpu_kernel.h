@@ -40,14 +40,16 @@ namespace LARS_CPU_NS {
 
 // Elements per norm partial: the unit of determinism and of parallel work.
 constexpr int64_t kChunk = 16384;
-// Bytes of params+grads per wave: half the 32 MiB L3 of the machines we run on
-// (2-16 MiB measured within noise of each other on ResNet-50, see benchmarks/NOTES.md);
-// LARS_CUDA_CPU_WAVE_MB sets another size (read once per process).
+// Bytes of params+grads per wave: 4 MiB, what the update finds still cached on
+// a 2-vCPU cloud VM, whose share of a 32 MiB L3 measured ~8 MiB (on the AMD EPYC
+// of 2026-12-01 4 MiB beat 16 in half precision, ResNet-50 float16 1.35 -> 1.26x
+// fused SGD; on the Xeon of 2026-11-29 2-16 MiB were within noise; see
+// benchmarks/NOTES.md). LARS_CUDA_CPU_WAVE_MB sets another size (read once per process).
 inline int64_t wave_bytes() {
   static const int64_t bytes = [] {
     const char* env = std::getenv("LARS_CUDA_CPU_WAVE_MB");
     const double mb = env != nullptr ? std::atof(env) : 0.0;
-    return mb > 0.0 ? static_cast<int64_t>(mb * (1 << 20)) : int64_t(16) << 20;
+    return mb > 0.0 ? static_cast<int64_t>(mb * (1 << 20)) : int64_t(4) << 20;
   }();
   return bytes;
 }
@@ -76,6 +78,28 @@ struct ApplyLars {
   void scalar(float& p, float g, float& m) { p = lars_element<float>(p, g * coef, m, step, c, ClampNan{}); }
 };
 
+// The seed's common case — weight decay and momentum, no Nesterov — with its
+// switches known at compile time (kClip: the element clip, on by default; kScaled:
+// a gradient factor other than 1, i.e. AMP's 1/scale or maximize), so the hot
+// loop holds no branch: lars_element with these coefficients (a factor of
+// exactly 1 is not multiplied, which changes no bit).
+template <bool kClip>
+struct SeedCommonCoeffs {
+  static constexpr bool decay = true, clip = kClip, has_momentum = true, nesterov = false;
+  Vec weight_decay, clip_lo, clip_hi, momentum;
+  explicit SeedCommonCoeffs(const ElementCoeffs<Vec>& c)
+      : weight_decay(c.weight_decay), clip_lo(c.clip_lo), clip_hi(c.clip_hi), momentum(c.momentum) {}
+};
+
+template <bool kClip, bool kScaled>
+struct ApplyLarsCommon : ApplyLars {
+  SeedCommonCoeffs<kClip> fixed;
+  ApplyLarsCommon(const TensorStep& ts, float g_coef, const LarsHyper& h) : ApplyLars(ts, g_coef, h), fixed(cv) {}
+  void vec(int, Vec& p, const Vec& g, Vec& m) {
+    p = lars_element<Vec>(p, kScaled ? g * coef_v : g, m, step_v, fixed, clamp_vec);
+  }
+};
+
 // The flavours' update policy (ratio on the gradient, dampening): a policy of
 // its own, so the seed's loop keeps its registers (two more AVX2 vectors).
 struct ApplyFlavour : ApplyLars {
@@ -88,6 +112,26 @@ struct ApplyFlavour : ApplyLars {
   }
   void scalar(float& p, float g, float& m) { p = flavour_element<float>(p, g * coef, m, step, c, f, ClampNan{}); }
 };
+
+inline bool is_seed_common_case(const LarsHyper& h, const TensorStep& ts) {
+  return ts.weight_decay != 0.f && h.momentum != 0.f && !h.nesterov;
+}
+
+// One span's update with the policy that fits it.
+template <typename P, typename G>
+void update_span(P* p, const G* g, P* m, const Span& s, const TensorStep& ts, float g_coef, const LarsHyper& h,
+                 bool flavour) {
+  const auto run_with = [&](auto apply) { traverse_span<true>(p, g, m, s.begin, s.end, apply); };
+  if (flavour) return run_with(ApplyFlavour(ts, g_coef, h));
+  if (!is_seed_common_case(h, ts) || m == nullptr) return run_with(ApplyLars(ts, g_coef, h));
+  const bool scaled = g_coef != 1.f;
+  if (h.has_update_clip) {
+    return scaled ? run_with(ApplyLarsCommon<true, true>(ts, g_coef, h))
+                  : run_with(ApplyLarsCommon<true, false>(ts, g_coef, h));
+  }
+  return scaled ? run_with(ApplyLarsCommon<false, true>(ts, g_coef, h))
+                : run_with(ApplyLarsCommon<false, false>(ts, g_coef, h));
+}
 
 // A span's partial sums, with <g, p> where the group's ratio needs it (SSL).
 template <typename P, typename G>
@@ -180,13 +224,7 @@ void lars_cpu_typed(at::TensorList params, at::TensorList grads, at::TensorList 
     at::parallel_for(0, n_spans, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t i = hi - 1; i >= lo; --i) {
         const Span& s = spans[i];
-        if (flavour) {
-          ApplyFlavour apply(steps[s.tensor], g_coef, h);
-          traverse_span<true>(p_ptr[s.tensor], g_ptr[s.tensor], b_ptr[s.tensor], s.begin, s.end, apply);
-        } else {
-          ApplyLars apply(steps[s.tensor], g_coef, h);
-          traverse_span<true>(p_ptr[s.tensor], g_ptr[s.tensor], b_ptr[s.tensor], s.begin, s.end, apply);
-        }
+        update_span(p_ptr[s.tensor], g_ptr[s.tensor], b_ptr[s.tensor], s, steps[s.tensor], g_coef, h, flavour);
       }
     });
   }

@@ -12,11 +12,13 @@
 // stores back (kWrite). The vector path exists in the AVX2 and AVX-512 builds
 // for params and grads of one type: float32 (8 or 16 floats per load) and
 // float16/bfloat16 (16 or 32 per load, widened to two float vectors and
-// narrowed once on store, round to nearest even as a scalar cast). Elsewhere (the portable build, mixed
-// types) the scalar path runs: ATen's portable Vectorized<float> is slower than
-// the compiler's own vectorisation of the scalar loop.
-// The visiting order is fixed, so sums over a span give the same bits on
-// every run.
+// narrowed once on store, round to nearest even as a scalar cast; an update,
+// being elementwise, may see the 16 elements in another lane order — Lanes'
+// load_update/store_update — where that saves instructions). Elsewhere (the
+// portable build, mixed types) the scalar path runs: ATen's portable
+// Vectorized<float> is slower than the compiler's own vectorisation of the
+// scalar loop. The visiting order of a reduction is fixed, so sums over a span
+// give the same bits on every run.
 #pragma once
 
 #include <ATen/cpu/vec/functional.h>
@@ -50,6 +52,8 @@ struct Lanes {  // float16 / bfloat16: one 16-element load, two float vectors
     out[1] = b;
   }
   static void store(T* ptr, const Vec* v) { at::vec::convert_from_float<T>(v[0], v[1]).store(ptr); }
+  static void load_update(const T* ptr, Vec* out) { load(ptr, out); }
+  static void store_update(T* ptr, const Vec* v) { store(ptr, v); }
 };
 
 template <>
@@ -58,7 +62,71 @@ struct Lanes<float> {
   static constexpr int64_t kElems = Vec::size();
   static void load(const float* ptr, Vec* out) { out[0] = Vec::loadu(ptr); }
   static void store(float* ptr, const Vec* v) { v[0].store(ptr); }
+  static void load_update(const float* ptr, Vec* out) { load(ptr, out); }
+  static void store_update(float* ptr, const Vec* v) { store(ptr, v); }
 };
+
+#if defined(CPU_CAPABILITY_AVX2)
+// AVX2: widen straight from memory (one vpmovzxwd/vcvtph2ps with a memory
+// operand per 8 elements instead of a 256-bit load, an extract and two
+// conversions); the same floats in the same lanes as ATen's convert_to_float.
+template <>
+struct Lanes<at::BFloat16> {
+  static constexpr int kVecs = 2;
+  static constexpr int64_t kElems = 16;
+  static Vec widen8(const void* ptr) {
+    const __m256i x = _mm256_cvtepu16_epi32(_mm_loadu_si128(static_cast<const __m128i*>(ptr)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+  }
+  static void load(const at::BFloat16* ptr, Vec* out) {
+    out[0] = widen8(ptr);
+    out[1] = widen8(ptr + 8);
+  }
+  static void store(at::BFloat16* ptr, const Vec* v) {
+    at::vec::convert_from_float<at::BFloat16>(v[0], v[1]).store(ptr);
+  }
+  // The update is elementwise, so it may take its 16 elements in any lane order
+  // as long as the store puts them back: interleaving with zeros widens in one
+  // instruction per 8 (out[0] holds elements 0-3 and 8-11, out[1] 4-7 and 12-15),
+  // and packing undoes that order with no cross-lane permute.
+  static void load_update(const at::BFloat16* ptr, Vec* out) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ptr));
+    const __m256i zero = _mm256_setzero_si256();
+    out[0] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, x));
+    out[1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, x));
+  }
+  // Round to nearest even as ATen's convert_from_float (NaN -> 0xffff), leaving
+  // the bfloat16 in the low half of each 32-bit lane.
+  static __m256i round8(const Vec& v) {
+    const __m256 f = v;
+    const __m256i x = _mm256_castps_si256(f);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
+    const __m256i t = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)), x), 16);
+    const __m256i ordered = _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_ORD_Q));
+    return _mm256_blendv_epi8(_mm256_set1_epi32(0xffff), t, ordered);
+  }
+  static void store_update(at::BFloat16* ptr, const Vec* v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ptr), _mm256_packus_epi32(round8(v[0]), round8(v[1])));
+  }
+};
+template <>
+struct Lanes<at::Half> {
+  static constexpr int kVecs = 2;
+  static constexpr int64_t kElems = 16;
+  static void load(const at::Half* ptr, Vec* out) {
+    const auto* q = reinterpret_cast<const __m128i*>(ptr);
+    out[0] = _mm256_cvtph_ps(_mm_loadu_si128(q));
+    out[1] = _mm256_cvtph_ps(_mm_loadu_si128(q + 1));
+  }
+  static void store(at::Half* ptr, const Vec* v) {
+    auto* q = reinterpret_cast<__m128i*>(ptr);
+    _mm_storeu_si128(q, _mm256_cvtps_ph(v[0], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    _mm_storeu_si128(q + 1, _mm256_cvtps_ph(v[1], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  static void load_update(const at::Half* ptr, Vec* out) { load(ptr, out); }
+  static void store_update(at::Half* ptr, const Vec* v) { store(ptr, v); }
+};
+#endif
 
 template <typename P, typename G>
 constexpr bool has_vector_path() {
@@ -77,13 +145,19 @@ constexpr bool has_vector_path() {
 // AVX-512's thirty-two, two loads measured no faster than one, float32 slower.)
 constexpr int kVecsInFlight = 4;
 
-// How far ahead an update of float16/bfloat16 prefetches p, g and m. Their
+// How far ahead a pass over float16/bfloat16 prefetches p, g (and m). Their
 // widening and narrowing add instructions per byte, so fewer loads are in
 // flight than the hardware prefetcher needs: on the 2-core Xeon of 2026-11-29
-// the update phase of ViT-B/16 took 25-29 ms with this instead of 30-33 ms
-// (benchmarks/NOTES.md). float32 (at the read bandwidth already) and the norm
-// phase measured no gain, so they do without.
-constexpr uintptr_t kHalfUpdatePrefetchBytes = 4096;
+// the update phase of ViT-B/16 took 25-29 ms with this instead of 30-33 ms; on
+// the AVX2-only AMD EPYC of 2026-12-01 the norm phase gained too (ViT-B/16
+// float16 1.37 -> 1.30x fused SGD; benchmarks/NOTES.md), which the AVX-512 build
+// was not measured for and so does without. float32 measured no gain anywhere.
+constexpr uintptr_t kHalfPrefetchBytes = 4096;
+#if defined(CPU_CAPABILITY_AVX2)
+constexpr bool kPrefetchHalfNorms = true;
+#else
+constexpr bool kPrefetchHalfNorms = false;
+#endif
 
 // kM: the momentum buffer is read and written (a compile-time switch, so the
 // hot loop holds no branch on it).
@@ -100,12 +174,12 @@ inline void traverse_span_impl(P* p, const G* g, P* m, int64_t begin, int64_t en
     constexpr int kVecs = kLoads * L::kVecs;
     constexpr int64_t kStep = kLoads * L::kElems;
     for (; i + kStep <= end; i += kStep) {
-      if constexpr (kWrite && sizeof(P) == 2) {
+      if constexpr (sizeof(P) == 2 && (kWrite || kPrefetchHalfNorms)) {
         // Integer arithmetic: the address may lie past the tensor (a prefetch never faults).
         const auto ahead = [&](const void* base) {
-          return reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(base) + kHalfUpdatePrefetchBytes);
+          return reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(base) + kHalfPrefetchBytes);
         };
-        __builtin_prefetch(ahead(p + i), 1, 3);
+        __builtin_prefetch(ahead(p + i), kWrite ? 1 : 0, 3);
         __builtin_prefetch(ahead(g + i), 0, 3);
         if constexpr (kM) __builtin_prefetch(ahead(m + i), 1, 3);
       }
@@ -113,10 +187,15 @@ inline void traverse_span_impl(P* p, const G* g, P* m, int64_t begin, int64_t en
       // Fully unrolled, so the arrays live in registers.
 #pragma GCC unroll 4
       for (int j = 0; j < kLoads; ++j) {
-        L::load(p + i + j * L::kElems, pv + j * L::kVecs);
-        L::load(g + i + j * L::kElems, gv + j * L::kVecs);
+        if constexpr (kWrite) {
+          L::load_update(p + i + j * L::kElems, pv + j * L::kVecs);
+          L::load_update(g + i + j * L::kElems, gv + j * L::kVecs);
+        } else {
+          L::load(p + i + j * L::kElems, pv + j * L::kVecs);
+          L::load(g + i + j * L::kElems, gv + j * L::kVecs);
+        }
         if constexpr (kM) {
-          L::load(m + i + j * L::kElems, mv + j * L::kVecs);
+          L::load_update(m + i + j * L::kElems, mv + j * L::kVecs);
         } else if constexpr (kWrite) {  // an update without momentum: m reads as 0 and is not stored
 #pragma GCC unroll 2
           for (int k = 0; k < L::kVecs; ++k) mv[j * L::kVecs + k] = Vec(0.f);
@@ -127,8 +206,8 @@ inline void traverse_span_impl(P* p, const G* g, P* m, int64_t begin, int64_t en
       if constexpr (kWrite) {
 #pragma GCC unroll 4
         for (int j = 0; j < kLoads; ++j) {
-          L::store(p + i + j * L::kElems, pv + j * L::kVecs);
-          if constexpr (kM) L::store(m + i + j * L::kElems, mv + j * L::kVecs);
+          L::store_update(p + i + j * L::kElems, pv + j * L::kVecs);
+          if constexpr (kM) L::store_update(m + i + j * L::kElems, mv + j * L::kVecs);
         }
       }
     }
