@@ -1,6 +1,6 @@
 """The LARS step as functions over lists of tensors.
 
-Three implementations of one contract (``shared/spec/lars-semantics.md`` §1):
+Three implementations of one contract (``docs/semantics.md``):
 
 * :func:`_single_tensor_lars` — a per-parameter loop in plain PyTorch. It is the
   readable statement of the math and the oracle every test compares against.
@@ -23,7 +23,7 @@ float64 params; ``g = -g`` first when ``maximize``)::
     else:        u = d
     p = p - (lr*r) * u
 
-The other flavours (``shared/spec/lars-semantics.md`` §6; :mod:`lars_cuda.compat`)
+The other flavours (``docs/semantics.md``, the flavours; :mod:`lars_cuda.compat`)
 are keyword switches of the same functions, all off by default:
 ``decay`` (weight decay in d; default: exactly when ``lars``),
 ``ratio_on_grad`` (d = r*d before momentum, then p -= lr*u: timm, LARC, SSL),
@@ -89,8 +89,7 @@ def lars(
         fn = _multi_tensor_lars
     else:
         fn = _single_tensor_lars
-    if (grad_scale is not None or found_inf is not None) and not fused:
-        raise ValueError("grad_scale/found_inf are only supported by the fused path")
+    check_amp_scaling_path(fused, grad_scale, found_inf)
     fn(
         params, grads, momentum_buffer_list,
         lr=lr, momentum=momentum, weight_decay=weight_decay, eeta=eeta, epsilon=epsilon,
@@ -114,6 +113,13 @@ class Flavour(NamedTuple):
 
 
 SEED = Flavour()
+
+
+def check_amp_scaling_path(fused: bool, grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> None:
+    """GradScaler's on-device scale and inf flag are consumed by the fused kernel
+    only: the one error for every caller that would hand them to another path."""
+    if (grad_scale is not None or found_inf is not None) and not fused:
+        raise ValueError("grad_scale/found_inf are only supported by the fused path")
 
 
 def _ratio_and_decay(w, n, dot, lr, *, weight_decay, eeta, epsilon, trust_clip, flavour: Flavour):

@@ -1,5 +1,5 @@
 """``create_optimizer_lars``: the seed's parameter grouping
-(``shared/spec/lars-semantics.md`` §2)."""
+(``docs/semantics.md``, grouping)."""
 
 from __future__ import annotations
 

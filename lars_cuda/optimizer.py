@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import ops, sharded
-from .functional import Flavour, _ratio_and_decay, fused_lars_groups, fused_lars_norms, lars
+from .functional import Flavour, _ratio_and_decay, check_amp_scaling_path, fused_lars_groups, fused_lars_norms, lars
 
 __all__ = ["Lars", "UnsupportedTensorError"]
 
@@ -33,7 +33,7 @@ class UnsupportedTensorError(TypeError, ValueError, RuntimeError):
 
 class Lars(Optimizer):
     r"""Layer-wise Adaptive Rate Scaling (You, Gitman & Ginsburg, 2017), as the
-    seed project computes it (``shared/spec/lars-semantics.md`` §1).
+    seed project computes it (``docs/semantics.md``).
 
     For each parameter :math:`p` with gradient :math:`g` in a group with
     ``lars=True``:
@@ -295,9 +295,7 @@ class Lars(Optimizer):
             if not dparams:
                 continue
             _check_path(part_path, lp, lg, lb, group)
-            if part_path != "fused" and (grad_scale is not None or found_inf is not None):
-                raise RuntimeError("grad_scale/found_inf were given but a group does not run the fused kernel; "
-                                   "use fused=True or let GradScaler unscale the gradients")
+            check_amp_scaling_path(part_path == "fused", grad_scale, found_inf)
             plan = sharded.ShardedPlan(group=group, params=dparams, local_params=lp, local_grads=lg,
                                        local_bufs=lb, path=part_path)
             plan.new_bufs = [(p, b) for p, b in zip(dparams, dbufs) if fresh_by_param[id(p)]]
@@ -359,32 +357,26 @@ class Lars(Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not group["lars"] or not params:
                 continue
-            # (||p||, ||g||, <g,p>) per param in group order; sharded params' global
-            # sums come from one all-reduce (so call this on every rank).
-            is_d = [sharded.HAS_DTENSOR and sharded.is_dtensor(p) for p in params]
-            rows = iter(sharded.sharded_trust_ratio_sums([p for p, d in zip(params, is_d) if d])) if any(is_d) \
-                else iter(())
-            stats = []
-            for p, d in zip(params, is_d):
-                if d:
-                    pp, gg, pg = next(rows).tolist()
-                else:
-                    pf, gf = p.detach().float(), p.grad.detach().float()
-                    pp, gg, pg = (pf * pf).sum().item(), (gf * gf).sum().item(), (gf * pf).sum().item()
-                stats.append((math.sqrt(pp), math.sqrt(gg) / scale, pg / scale))
-            view_of = {id(p): view for view, ps, _, _, _ in _flavour_views(group, params, params, [], set())
-                       for p in ps}
-            for p, (w, n, dot) in zip(params, stats):
-                view = view_of[id(p)]
+            # (||p||, ||g||, <g,p>) per param in group order, in float64 as the step's
+            # float32 sums widened (one host copy per group, no per-param .item()).
+            sums = _trust_ratio_sums(params)
+            w, n, dot = sums[:, 0].sqrt(), sums[:, 1].sqrt() / scale, sums[:, 2] / scale
+            out = torch.full((len(params),), float("nan"))
+            adapted = torch.zeros(len(params), dtype=torch.bool)
+            row_of = {id(p): i for i, p in enumerate(params)}
+            for view, ps, _, _, _ in _flavour_views(group, params, params, [], set()):
                 if not view["lars"]:
                     continue
+                rows = torch.tensor([row_of[id(p)] for p in ps], dtype=torch.long)
                 flavour = Flavour(decay=view["lars"] if view["decay"] is None else view["decay"],
                                   **{k: view[k] for k in Flavour._fields if k != "decay"})
-                r, _, _ = _ratio_and_decay(torch.tensor(w), torch.tensor(n), torch.tensor(dot),
+                r, _, _ = _ratio_and_decay(w[rows].float(), n[rows].float(), dot[rows].float(),
                                            float(view["lr"]), weight_decay=view["weight_decay"],
                                            eeta=view["eeta"], epsilon=view["epsilon"],
                                            trust_clip=view["trust_clip"], flavour=flavour)
-                ratios.append(r.float().reshape(1))
+                out[rows] = r.float()
+                adapted[rows] = True
+            ratios.append(out[adapted])
         return torch.cat(ratios) if ratios else torch.empty(0)
 
     def _gather(
@@ -490,6 +482,28 @@ def check_state_dict_schema(name: str, options: tuple[str, ...], buffer_key: str
                 f"{name}.load_state_dict: the state of param {index} holds {foreign[0]!r} but {name} keeps its "
                 f"momentum under {buffer_key!r}: this state dict was saved by {_HOME[foreign[0]]}; loading it here "
                 f"would start from zero momentum")
+
+
+def _trust_ratio_sums(params: list[Tensor]) -> Tensor:
+    """float64 CPU ``[n, 3]``: Σp², Σg², Σg·p of each param (float32 sums, as the
+    step computes them, widened); sharded params' global sums come from one
+    all-reduce (so every rank must call this), the others from one host copy per device."""
+    out = torch.empty(len(params), 3, dtype=torch.float64)
+    is_d = [sharded.HAS_DTENSOR and sharded.is_dtensor(p) for p in params]
+    if any(is_d):
+        idx = [i for i, d in enumerate(is_d) if d]
+        out[idx] = sharded.sharded_trust_ratio_sums([params[i] for i in idx]).to("cpu", torch.float64)
+    by_device: dict[torch.device, list[int]] = {}
+    for i, d in enumerate(is_d):
+        if not d:
+            by_device.setdefault(params[i].device, []).append(i)
+    for idx in by_device.values():
+        rows = []
+        for i in idx:
+            pf, gf = params[i].detach().float(), params[i].grad.detach().float()
+            rows.append(torch.stack([(pf * pf).sum(), (gf * gf).sum(), (gf * pf).sum()]))
+        out[idx] = torch.stack(rows).to("cpu", torch.float64)
+    return out
 
 
 def _flavour_views(group, params, grads, bufs, dtypes):

@@ -1,5 +1,5 @@
 """``PolynomialWarmup``: linear warmup then polynomial decay, per optimizer step
-(``shared/spec/lars-semantics.md`` §3)."""
+(``docs/semantics.md``, the schedule)."""
 
 from __future__ import annotations
 

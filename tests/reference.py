@@ -1,4 +1,4 @@
-"""The contract (shared/spec/lars-semantics.md §1) restated in float64, independent
+"""The contract (docs/semantics.md, "The seed's LARS") restated in float64, independent
 of the package: the oracle of the tests."""
 
 from __future__ import annotations

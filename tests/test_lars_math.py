@@ -276,6 +276,27 @@ def test_trust_ratios_report_what_the_next_step_uses():
     torch.testing.assert_close(opt.trust_ratios(), torch.tensor([0.1 * 6 / (2 + 0.5 * 6)]))
 
 
+def test_trust_ratios_follow_the_flavours_views_in_group_order():
+    # SSLLars's filters leave 1-D params unadapted: only the two matrices report,
+    # in group order, each eta*||p|| / ||g + wd*p|| (no epsilon).
+    from lars_cuda.compat import SSLLars
+
+    gen = torch.Generator().manual_seed(3)
+    a, bias, b = (torch.nn.Parameter(torch.randn(s, generator=gen)) for s in [(3, 4), (4,), (5, 2)])
+    opt = SSLLars([a, bias, b], lr=0.2, weight_decay=0.1, eta=0.01)
+    for p in (a, bias, b):
+        p.grad = torch.randn(p.shape, generator=gen)
+    expected = [0.01 * p.detach().norm() / (p.grad + 0.1 * p.detach()).norm() for p in (a, b)]
+    torch.testing.assert_close(opt.trust_ratios(), torch.stack(expected), rtol=1e-6, atol=0)
+
+
+def test_trust_ratios_divide_the_gradient_by_grad_scale():
+    p = torch.nn.Parameter(torch.full((4,), 3.0))  # ||p|| = 6
+    opt = Lars([p], lr=1.0, eeta=0.1)
+    p.grad = torch.full((4,), 8.0)  # ||g|| = 16, i.e. 2 at scale 8
+    torch.testing.assert_close(opt.trust_ratios(grad_scale=8.0), torch.tensor([0.1 * 6 / 2]))
+
+
 def _use_cpu_kernel(monkeypatch, name):
     """Asks for one build of the CPU kernel; skips where this CPU lacks its instructions
     (read from the CPU, so a choice that wrongly falls back fails instead of skipping)."""

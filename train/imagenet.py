@@ -7,7 +7,7 @@ ResNet-50 on ImageNet, on Horovod (mpirun/horovodrun), torch.distributed
         --base-op lars --bn-bias-separately --batch-size 128 --base-lr 5.657 \\
         --warmup-epochs 0.3125 --wd 1e-4 --lr-scaling keep
 
-Facts and flags: shared/spec/lars-semantics.md §4. Global batch =
+Facts and flags: docs/semantics.md, "The trainer". Global batch =
 batch-size x ranks x batches-per-allreduce; the lr follows PolynomialWarmup per
 optimizer step (power 2 for LARS, 1 otherwise).
 """
@@ -250,15 +250,15 @@ class Trainer:
             if dist.is_main:
                 print(f"torchrun restarted the workers (restart {restarts}); continuing from the last complete "
                       f"checkpoint in {args.log_dir}", flush=True)
-            if args.resume is None:
-                args.resume = "auto"
+        # (args stay as parsed: the restart's choice is a local, not a rewritten flag)
+        resume = args.resume if args.resume is not None or restarts == 0 else "auto"
         error: Optional[str] = None
-        if args.resume and dist.is_main:
+        if resume and dist.is_main:
             try:
-                state = self._find_checkpoint()
+                state = self._find_checkpoint(resume)
             except (ckpt.CheckpointError, ckpt.UnsafeCheckpointError) as exc:
                 error = str(exc)
-        if args.resume:
+        if resume:
             # Only when resuming: the optimizer state travels with the checkpoint, so no
             # engine ever broadcasts (and dummy-steps) an empty optimizer state. A refused
             # checkpoint travels too, so that every rank stops with the same message.
@@ -285,11 +285,12 @@ class Trainer:
         self.start_epoch, self.step = state["epoch"], state["step"]
         self.history = list(state.get("history", []))
 
-    def _find_checkpoint(self) -> Optional[dict[str, Any]]:
-        """rank 0: the contents of the checkpoint to resume from (with its "path"), or None."""
+    def _find_checkpoint(self, resume: str) -> Optional[dict[str, Any]]:
+        """rank 0: the contents of the checkpoint to resume from (with its "path"), or None.
+        ``resume``: "auto" (the newest valid one in --log-dir) or a path."""
         args = self.args
-        if args.resume != "auto":
-            return {**ckpt.load_for_resume(args.resume, sharded=args.fsdp), "path": args.resume}
+        if resume != "auto":
+            return {**ckpt.load_for_resume(resume, sharded=args.fsdp), "path": resume}
         for path in ckpt.remove_stale_temporaries(args.log_dir):
             print(f"removed {path}: a checkpoint write that was interrupted", flush=True)
         found = ckpt.latest_valid(args.log_dir, self._checkpoint_format(), sharded=args.fsdp)
@@ -415,6 +416,8 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         self.forward_model.eval()
         sums = torch.zeros(5, dtype=torch.float64)  # loss*n, top1, top5, n, undecodable
+        # Summed on the device and read once after the loop: no host sync per batch.
+        batch_sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss*n, top1, top5
         x = None
         # Under FSDP every forward is a collective: agree on the pass count BEFORE the
         # first one (an all-reduce after the loop would meet a peer's all-gather).
@@ -429,7 +432,9 @@ class Trainer:
                 out = self.forward_model(x)
             loss = self.criterion(out.float(), y)
             top1, top5 = accuracy_counts(out, y)
-            sums[:4] += torch.tensor([loss.item() * len(y), top1.item(), top5.item(), len(y)], dtype=torch.float64)
+            batch_sums += torch.stack([loss.detach().double() * len(y), top1.double(), top5.double()])
+            sums[3] += len(y)
+        sums[:3] += batch_sums.cpu()
         if self.args.fsdp:
             self._pad_forward_passes(passes - len(self.val_loader), x)
         sums = self.dist.all_reduce_sum(sums)
