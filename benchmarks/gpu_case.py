@@ -44,11 +44,13 @@ def main() -> int:
         for launch in ("cooperative", "three-kernel"):
             if launch == "three-kernel":
                 os.environ["LARS_CUDA_LAUNCH"] = "three-kernel"
+                torch.ops.lars_cuda.reload_launch_config()  # (the extension reads the knobs once)
             for _ in range(args.steps):
                 opt.step()
             torch.cuda.synchronize()
             print(dtype, launch, "->", lars_cuda.ops.last_cuda_launch(), flush=True)
             os.environ.pop("LARS_CUDA_LAUNCH", None)
+            torch.ops.lars_cuda.reload_launch_config()
             if args.resnet50:
                 break
         if not args.resnet50:  # the AMP path: a skipped and an unscaled step
@@ -71,12 +73,14 @@ def main() -> int:
             for launch in ("cooperative", "three-kernel"):
                 if launch == "three-kernel":
                     os.environ["LARS_CUDA_LAUNCH"] = "three-kernel"
+                    torch.ops.lars_cuda.reload_launch_config()
                 sums = fused_lars_norms([(ps, gs, o) for ps, gs, _, o in plan])
                 fused_lars_groups(plan, sums=sums, grad_scale=torch.tensor(2.0, device="cuda"),
                                   found_inf=torch.tensor(0.0, device="cuda", dtype=torch.float64))
                 torch.cuda.synchronize()
                 print(dtype, "sharded halves", launch, "->", lars_cuda.ops.last_cuda_launch(), flush=True)
                 os.environ.pop("LARS_CUDA_LAUNCH", None)
+                torch.ops.lars_cuda.reload_launch_config()
     print("gpu_case done", flush=True)
     return 0
 

@@ -39,6 +39,7 @@ def set_env(env: dict) -> None:
     for k in KNOBS:
         os.environ.pop(k, None)
     os.environ.update(env)
+    torch.ops.lars_cuda.reload_launch_config()  # the extension reads the knobs once
 
 
 def main() -> int:

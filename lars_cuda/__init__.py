@@ -7,7 +7,8 @@ to the seed project and fused into one multi-tensor kernel on CPU and CUDA.
 
 from ._version import __version__
 from .grouping import create_optimizer_lars, is_norm_layer, split_lars_parameters
-from .optimizer import Lars, UnsupportedTensorError
+from .optimizer import Lars
+from .validation import UnsupportedTensorError
 from .ops import has_fused
 from .scheduler import PolynomialWarmup, polynomial_warmup_lr
 from . import compat  # noqa: E402  (after Lars, which it subclasses)

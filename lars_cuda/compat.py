@@ -33,7 +33,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .optimizer import _SGD_OPTIONS, _SSL_OPTIONS, _TIMM_OPTIONS, Lars
+from .optimizer import Lars
+from .schemas import SGD_OPTIONS, SSL_OPTIONS, TIMM_OPTIONS
 
 __all__ = ["LARC", "SSLLars", "TimmLars", "register_timm"]
 
@@ -82,7 +83,7 @@ class TimmLars(_Flavour):
     ``g + wd*p`` before momentum with dampening; the first momentum step copies it.
     ``fused`` is ours (timm ignores the key)."""
 
-    _OPTIONS = _TIMM_OPTIONS
+    _OPTIONS = TIMM_OPTIONS
     _RENAMED = {"eeta": "trust_coeff", "epsilon": "eps"}
 
     def __init__(self, params: Params, lr: Union[float, Tensor] = 1.0, momentum: float = 0, dampening: float = 0,
@@ -111,7 +112,7 @@ class LARC(_Flavour):
     or ``||g||`` means neither decay nor scaling (LARC's branch). ``foreach``/``fused``,
     when given, choose our path for every group."""
 
-    _OPTIONS = _SGD_OPTIONS
+    _OPTIONS = SGD_OPTIONS
 
     def __init__(self, optimizer: torch.optim.Optimizer, trust_coefficient: float = 0.02, clip: bool = True,
                  eps: float = 1e-8, *, foreach: Optional[bool] = None, fused: Optional[bool] = None):
@@ -119,7 +120,7 @@ class LARC(_Flavour):
             raise TypeError(f"LARC takes the torch.optim.SGD it would wrap, got {type(optimizer).__name__}")
         self.trust_coefficient, self.clip, self.eps = trust_coefficient, clip, eps
         switches = {k: v for k, v in dict(foreach=foreach, fused=fused).items() if v is not None}
-        defaults = {**{k: optimizer.defaults[k] for k in _SGD_OPTIONS if k in optimizer.defaults}, **switches}
+        defaults = {**{k: optimizer.defaults[k] for k in SGD_OPTIONS if k in optimizer.defaults}, **switches}
         groups = [{**{k: v for k, v in g.items() if k != "params"}, **switches, "params": list(g["params"])}
                   for g in optimizer.param_groups]
         super().__init__(groups, defaults)
@@ -155,7 +156,7 @@ class SSLLars(_Flavour):
     hold the originals' options (``eta``, the two filters) and the momentum buffer is
     their ``mu`` (zeros first, no dampening). ``foreach``/``fused`` are ours."""
 
-    _OPTIONS = _SSL_OPTIONS
+    _OPTIONS = SSL_OPTIONS
     _BUFFER_KEY = "mu"
     _RENAMED = {"eeta": "eta", "decay_filter": "weight_decay_filter", "adaptation_filter": "lars_adaptation_filter"}
 

@@ -3,8 +3,10 @@ for ``torch.compile``, and which devices they serve."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -21,8 +23,8 @@ except ImportError as exc:  # never built, or built against another torch ("unde
     warnings.warn(f"lars_cuda: {load_failure(exc)}. Until then Lars runs its foreach path (exact, slower); "
                   f"`python -m lars_cuda` reports the details", RuntimeWarning, stacklevel=2)
 
-__all__ = ["cpu_kernel", "fused_lars_", "fused_lars_apply_", "fused_lars_groups_", "fused_lars_norms", "fused_runs_on", "has_fused", "last_cuda_launch",
-           "EXTENSION_ERROR"]
+__all__ = ["EXTENSION_ERROR", "cpu_kernel", "fused_lars_apply_", "fused_lars_groups_", "fused_lars_norms",
+           "fused_runs_on", "has_fused", "last_cuda_launch", "launch_env"]
 
 
 def has_fused(device: torch.device | str) -> bool:
@@ -33,7 +35,7 @@ def has_fused(device: torch.device | str) -> bool:
     if device.type == "cpu":
         return True
     if device.type == "cuda":
-        return torch._C._dispatch_has_kernel_for_dispatch_key("lars_cuda::fused_lars_", "CUDA")
+        return torch._C._dispatch_has_kernel_for_dispatch_key("lars_cuda::fused_lars_groups_", "CUDA")
     return False
 
 
@@ -82,31 +84,6 @@ def _require_extension() -> None:
                            f"{load_failure(EXTENSION_ERROR)}")
 
 
-def fused_lars_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    momentum_buffers: list[Tensor],
-    lr: float,
-    lr_tensor: Optional[Tensor],
-    momentum: float,
-    weight_decay: float,
-    eeta: float,
-    epsilon: float,
-    lars: bool,
-    nesterov: bool,
-    trust_clip: Optional[float],
-    update_clip: Optional[float],
-    grad_scale: Optional[Tensor] = None,
-    found_inf: Optional[Tensor] = None,
-) -> None:
-    """One LARS step over lists of tensors on one device, in place."""
-    _require_extension()
-    torch.ops.lars_cuda.fused_lars_(
-        params, grads, momentum_buffers, lr, lr_tensor, momentum, weight_decay, eeta, epsilon,
-        lars, nesterov, trust_clip, update_clip, grad_scale, found_inf,
-    )
-
-
 def fused_lars_groups_(
     params: list[Tensor],
     grads: list[Tensor],
@@ -119,7 +96,7 @@ def fused_lars_groups_(
     found_inf: Optional[Tensor] = None,
 ) -> None:
     """One LARS step over several param groups of one device, in place; every group
-    is checked before any is written. Layout: see ``csrc/lars_op.cpp``
+    is checked before any is written. Layout: ``lars_cuda.options.StepOptions`` / ``csrc/group_args.h``
     (``fused_lars_groups_``) or :func:`lars_cuda.functional.fused_lars_groups`."""
     _require_extension()
     torch.ops.lars_cuda.fused_lars_groups_(
@@ -162,6 +139,33 @@ def last_cuda_launch() -> str:
     return torch.ops.lars_cuda.last_cuda_launch()
 
 
+@contextlib.contextmanager
+def launch_env(**knobs: Optional[str]) -> Iterator[None]:
+    """Sets CUDA launch knobs (``LARS_CUDA_LAUNCH="three-kernel"``,
+    ``LARS_CUDA_WAVE_MB``, ``LARS_CUDA_BLOCKS_PER_SM``; ``None`` unsets one) for the
+    ``with`` block. The extension reads them once (csrc/launch_config.h), so a
+    change made in-process takes effect through this (or
+    ``torch.ops.lars_cuda.reload_launch_config()``)."""
+    _require_extension()
+    saved = {k: os.environ.get(k) for k in knobs}
+    try:
+        for k, v in knobs.items():
+            _set_env(k, v)
+        torch.ops.lars_cuda.reload_launch_config()
+        yield
+    finally:
+        for k, v in saved.items():
+            _set_env(k, v)
+        torch.ops.lars_cuda.reload_launch_config()
+
+
+def _set_env(name: str, value: Optional[str]) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 def cpu_kernel() -> str:
     """'avx512', 'avx2' or 'default': the build of the CPU kernel this process runs.
 
@@ -173,14 +177,6 @@ def cpu_kernel() -> str:
 
 
 if _C is not None:
-
-    @torch.library.register_fake("lars_cuda::fused_lars_")
-    def _fused_lars_fake(params, grads, momentum_buffers, lr, lr_tensor, momentum, weight_decay, eeta,
-                         epsilon, lars, nesterov, trust_clip, update_clip, grad_scale, found_inf):
-        # In-place on params and buffers, no outputs: shapes and dtypes are unchanged.
-        if len(params) != len(grads):
-            raise ValueError(f"fused_lars_: got {len(params)} params but {len(grads)} grads")
-        return None
 
     @torch.library.register_fake("lars_cuda::fused_lars_groups_")
     def _fused_lars_groups_fake(params, grads, momentum_buffers, group_sizes, hyper, flags, lr_tensors,

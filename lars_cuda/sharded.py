@@ -24,13 +24,13 @@ refused: a param is never a pending sum.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["HAS_DTENSOR", "is_dtensor", "ShardedPlan", "check_sharded", "reduce_sums", "sharded_trust_ratio_sums"]
+__all__ = ["HAS_DTENSOR", "is_dtensor", "local_sums", "reduce_sums", "sharded_trust_ratio_sums"]
 
 
 def _dtensor_type():
@@ -49,49 +49,16 @@ def is_dtensor(t: Any) -> bool:
     return _DTENSOR is not None and isinstance(t, _DTENSOR)
 
 
-def _describe(placements) -> str:
-    return "(" + ", ".join(str(p) for p in placements) + ")"
-
-
-def check_sharded(param: Tensor, grad: Tensor, index: int) -> None:
-    """Raises ValueError/TypeError for a DTensor param the sharded step cannot take."""
-    from torch.distributed.tensor import Partial, Replicate, Shard
-
-    if not is_dtensor(grad):
-        raise TypeError(f"param {index} is a DTensor but its grad is a {type(grad).__name__}; "
-                        "a sharded param needs a DTensor grad on the same mesh")
-    for what, t in (("param", param), ("grad", grad)):
-        for dim, placement in enumerate(t.placements):
-            if isinstance(placement, Partial):
-                raise ValueError(
-                    f"Lars cannot step a {what} with placement {placement} on mesh dim {dim} (param {index}, "
-                    f"placements {_describe(t.placements)}): a Partial tensor is a pending sum, not a value; "
-                    "redistribute it to Shard or Replicate first")
-            if not isinstance(placement, (Shard, Replicate)):
-                raise ValueError(f"Lars does not know the placement {placement} of {what} {index} "
-                                 f"(placements {_describe(t.placements)}); Shard and Replicate are supported")
-    if grad.device_mesh != param.device_mesh or tuple(grad.placements) != tuple(param.placements):
-        raise ValueError(
-            f"param {index} has placements {_describe(param.placements)} on {param.device_mesh}, but its grad "
-            f"{_describe(grad.placements)} on {grad.device_mesh}; LARS reads both shard by shard, so they must match")
-
-
 @dataclass
-class ShardedPlan:
-    """One param group's DTensor part: the DTensors, their local shards, and
-    (after the all-reduce) the global sums of its tensors."""
+class _Rows:
+    """What reduce_sums reads of a plan (lars_cuda.plan.Plan has both): the DTensors
+    and their local rows, replaced by the global ones."""
 
-    group: dict[str, Any]
-    params: list[Tensor]                    # DTensors
-    local_params: list[Tensor]
-    local_grads: list[Tensor]
-    local_bufs: list[Tensor]                # local shards of the buffers (fresh ones: zeros); [] without momentum
-    path: str                               # "fused", "foreach" or "single"
-    sums: Optional[Tensor] = None           # float64 [n, 3] (p², g², g·p), local then global
-    new_bufs: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (param, its fresh buffer)
+    params: list[Tensor]
+    sums: Tensor
 
 
-def _reduce_dims_and_masks(plans: list[ShardedPlan]):
+def _reduce_dims_and_masks(plans):
     """The mesh dims to reduce over (those that shard some tensor) and, per tensor,
     whether this rank's rows count (not a replica along a reduced dim)."""
     from torch.distributed.tensor import Shard
@@ -110,7 +77,7 @@ def _reduce_dims_and_masks(plans: list[ShardedPlan]):
     return dims_sorted, masks
 
 
-def reduce_sums(plans: list[ShardedPlan], found_inf: Optional[Tensor]) -> Optional[Tensor]:
+def reduce_sums(plans, found_inf: Optional[Tensor]) -> Optional[Tensor]:
     """Sums every plan's local rows over the ranks that shard them, in ONE
     all-reduce per device mesh (one per sharded mesh dim when tensors shard along
     several), writing the global rows back into each plan. ``found_inf`` (AMP)
@@ -118,7 +85,7 @@ def reduce_sums(plans: list[ShardedPlan], found_inf: Optional[Tensor]) -> Option
     returned for the apply half (None when none was given)."""
     import torch.distributed as dist
 
-    by_mesh: dict[Any, list[ShardedPlan]] = {}
+    by_mesh: dict[Any, list] = {}
     for plan in plans:
         if plan.params:
             by_mesh.setdefault(plan.params[0].device_mesh, []).append(plan)
@@ -148,9 +115,8 @@ def reduce_sums(plans: list[ShardedPlan], found_inf: Optional[Tensor]) -> Option
 def sharded_trust_ratio_sums(params: list[Tensor]) -> Tensor:
     """Global (sum p², sum g², sum g·p) of DTensor params and their grads, float64
     [n, 3] on the CPU, for ``Lars.trust_ratios``: local sums and one all-reduce."""
-    plan = ShardedPlan(group={}, params=params, local_params=[p.to_local() for p in params],
-                       local_grads=[p.grad.to_local() for p in params], local_bufs=[], path="foreach")
-    plan.sums = local_sums(plan.local_params, plan.local_grads, foreach=True, dot=True)
+    plan = _Rows(params, local_sums([p.to_local() for p in params], [p.grad.to_local() for p in params],
+                                    foreach=True, dot=True))
     reduce_sums([plan], None)
     return plan.sums.cpu()
 

@@ -19,6 +19,23 @@ HYPER = dict(lr=0.7, momentum=0.9, weight_decay=1e-4, eeta=0.02, epsilon=1e-5)
 SHAPES = [(64, 3, 7, 7), (64,), (256, 64, 1, 1), (1000, 2048), (0,), (3,), (70_001,)]
 
 
+def _set_knob(monkeypatch, name, value):
+    """A CUDA launch knob for this test: the extension reads them once
+    (csrc/launch_config.h), so it re-reads them here and after the test."""
+    if value is None:
+        monkeypatch.delenv(name, raising=False)
+    else:
+        monkeypatch.setenv(name, value)
+    torch.ops.lars_cuda.reload_launch_config()
+
+
+@pytest.fixture(autouse=True)
+def _knobs_reread_after_each_test():
+    yield  # (torn down after monkeypatch has restored the environment)
+    if ops.has_fused("cpu"):
+        torch.ops.lars_cuda.reload_launch_config()
+
+
 def guarded(shape, dtype, fill, offset=1024):
     """A view `offset` elements into a bigger buffer whose margins hold NaN: a
     write out of bounds shows (an odd offset also breaks 16-byte alignment)."""
@@ -69,7 +86,7 @@ def check_against_oracle(dtype, nesterov, offset=1024):
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_cuda_op_matches_the_float64_oracle(dtype, launch, nesterov, monkeypatch):
     if launch == "three-kernel":
-        monkeypatch.setenv("LARS_CUDA_LAUNCH", "three-kernel")
+        _set_knob(monkeypatch, "LARS_CUDA_LAUNCH", "three-kernel")
     check_against_oracle(dtype, nesterov)
     assert ops.last_cuda_launch() == launch
 
@@ -77,7 +94,7 @@ def test_cuda_op_matches_the_float64_oracle(dtype, launch, nesterov, monkeypatch
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("wave_mb", ["0", "0.25", "4"])
 def test_every_wave_size_matches_the_float64_oracle(dtype, wave_mb, monkeypatch):
-    monkeypatch.setenv("LARS_CUDA_WAVE_MB", wave_mb)  # 0: one wave; 0.25: about one tensor per wave
+    _set_knob(monkeypatch, "LARS_CUDA_WAVE_MB", wave_mb)  # 0: one wave; 0.25: about one tensor per wave
     check_against_oracle(dtype, nesterov=True)
 
 
@@ -97,9 +114,9 @@ def test_grid_size_wave_size_and_launch_path_give_the_same_bits(monkeypatch):
                       ("small waves", {"LARS_CUDA_WAVE_MB": "0.1"}), ("1 block/SM", {"LARS_CUDA_BLOCKS_PER_SM": "1"}),
                       ("three kernels", {"LARS_CUDA_LAUNCH": "three-kernel"})]:
         for k in ("LARS_CUDA_WAVE_MB", "LARS_CUDA_BLOCKS_PER_SM", "LARS_CUDA_LAUNCH"):
-            monkeypatch.delenv(k, raising=False)
+            _set_knob(monkeypatch, k, None)
         for k, v in env.items():
-            monkeypatch.setenv(k, v)
+            _set_knob(monkeypatch, k, v)
         ps, bs = [t.clone() for t in p0], [t.clone() for t in b0]
         torch.ops.lars_cuda.fused_lars_(ps, g, bs, 0.1, None, 0.9, 1e-4, 1e-3, 0.0, True, True, 50.0, 10.0, None,
                                         None)
@@ -192,7 +209,7 @@ def test_one_kernel_launch_per_step_with_the_seeds_grouping(launch, monkeypatch)
     from lars_cuda import create_optimizer_lars
 
     if launch == "three-kernel":
-        monkeypatch.setenv("LARS_CUDA_LAUNCH", "three-kernel")
+        _set_knob(monkeypatch, "LARS_CUDA_LAUNCH", "three-kernel")
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), torch.nn.BatchNorm2d(64), torch.nn.Flatten(),
                                 torch.nn.LazyLinear(10)).cuda()
     model(torch.randn(2, 3, 8, 8, device="cuda")).sum().backward()
@@ -287,7 +304,7 @@ def test_apply_with_own_norms_is_bit_identical_to_the_one_call_step_on_cuda(dtyp
     from lars_cuda.functional import fused_lars_groups
 
     if launch == "three-kernel":
-        monkeypatch.setenv("LARS_CUDA_LAUNCH", "three-kernel")
+        _set_knob(monkeypatch, "LARS_CUDA_LAUNCH", "three-kernel")
     gen = torch.Generator().manual_seed(0)
     shapes = [(33, 17), (70_001,), (0,), (5, 3, 3), (7,)]
     made = [[torch.randn(s, generator=gen).to(dtype).cuda() for s in shapes] for _ in range(3)]
@@ -391,7 +408,7 @@ def test_each_flavours_fused_cuda_step_matches_its_original(flavour, launch, mon
     from originals import SSLLARS, ApexLARC
 
     if launch == "three-kernel":
-        monkeypatch.setenv("LARS_CUDA_LAUNCH", "three-kernel")
+        _set_knob(monkeypatch, "LARS_CUDA_LAUNCH", "three-kernel")
     make = {
         "timm": (lambda ps: Timm(ps, lr=0.5, momentum=0.9, dampening=0.1, weight_decay=1e-3, trust_clip=True),
                  lambda ps: compat.TimmLars(ps, lr=0.5, momentum=0.9, dampening=0.1, weight_decay=1e-3,

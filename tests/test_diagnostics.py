@@ -99,10 +99,10 @@ def package_that_fails_to_load(tmp_path):
 
 def test_a_library_that_no_longer_loads_gives_one_warning_with_the_rebuild_command(package_that_fails_to_load):
     code = ("import torch, lars_cuda\n"
-            "from lars_cuda import ops\n"
+            "from lars_cuda import ops, plan\n"
             "p = torch.nn.Parameter(torch.ones(3)); p.grad = torch.ones(3)\n"
             "opt = lars_cuda.Lars([p], lr=0.1); opt.step(); opt.step()\n"
-            "print(lars_cuda.__file__, opt._path(opt.param_groups[0], [p]), p.detach().tolist())\n")
+            "print(lars_cuda.__file__, plan.choose_path(opt.param_groups[0], [p]), p.detach().tolist())\n")
     out, err = _run(code, cwd=package_that_fails_to_load)
     assert out.startswith(str(package_that_fails_to_load))
     assert " foreach " in out

@@ -292,21 +292,20 @@ GROUP_OPTIONS = [
 
 
 def pack(groups_of_tensors):
-    """fused_lars_groups_'s flat arguments for GROUP_OPTIONS (the layout csrc/lars_op.cpp documents)."""
+    """fused_lars_groups_'s flat arguments for GROUP_OPTIONS, packed by StepOptions
+    (the layout's Python owner; tests/test_layout.py holds it to csrc/group_args.h)."""
+    from lars_cuda.options import StepOptions
+
     params, grads, bufs, sizes, hyper, flags, lrs = [], [], [], [], [], [], []
     for (p, g, b), o in zip(groups_of_tensors, GROUP_OPTIONS):
+        options = StepOptions.of(o)  # the seed's switches: decay where lars, no dampening
         params += p
         grads += g
         bufs += b if o["momentum"] else []
         sizes.append(len(p))
-        lr_t = o["lr"] if isinstance(o["lr"], torch.Tensor) else None
-        lrs.append(lr_t)
-        nan = float("nan")
-        hyper += [0.0 if lr_t is not None else o["lr"], o["momentum"], o["weight_decay"], o["eeta"], o["epsilon"],
-                  nan if o["trust_clip"] is None else o["trust_clip"],
-                  nan if o["update_clip"] is None else o["update_clip"], 0.0]  # no dampening
-        # the seed: weight decay (8) exactly where LARS adapts (1)
-        flags.append(int(o["lars"]) | 2 * int(o["nesterov"]) | 4 * int(o["maximize"]) | 8 * int(o["lars"]))
+        lrs.append(options.lr_tensor)
+        hyper += options.hyper_row()
+        flags.append(options.flags)
     return params, grads, bufs, sizes, hyper, flags, lrs
 
 
@@ -358,12 +357,12 @@ def test_opcheck_passes_for_the_groups_op():
 
 
 def _pretend_a_card_without_kernel_code(monkeypatch):
-    from lars_cuda import optimizer as optimizer_module
+    from lars_cuda import plan
 
     monkeypatch.setattr(ops, "fused_runs_on", lambda device: False)
     monkeypatch.setattr(ops, "describe_cuda_device", lambda device: "NVIDIA B200 (sm_100)")
     monkeypatch.setattr(ops, "rebuild_hint", lambda device: "TORCH_CUDA_ARCH_LIST=10.0 pip install -e .")
-    optimizer_module._WARNED_UNAVAILABLE.clear()
+    plan._WARNED_UNAVAILABLE.clear()
 
 
 def test_the_default_falls_back_to_foreach_with_one_warning_where_the_kernel_has_no_code(monkeypatch):

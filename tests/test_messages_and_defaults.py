@@ -112,11 +112,11 @@ def test_sparse_gradients_raise_naming_the_problem():
 
 
 def test_without_the_extension_fused_true_warns_with_the_rebuild_command_and_steps_by_foreach(monkeypatch):
-    from lars_cuda import optimizer as optimizer_module
+    from lars_cuda import plan
 
     monkeypatch.setattr(ops, "_C", None)
     monkeypatch.setattr(ops, "EXTENSION_ERROR", ImportError("no _C"))
-    monkeypatch.setattr(optimizer_module, "_WARNED_UNAVAILABLE", set())
+    monkeypatch.setattr(plan, "_WARNED_UNAVAILABLE", set())
     assert not ops.has_fused("cpu") and not ops.has_fused("cuda")
     p = Parameter(torch.ones(2))
     p.grad = torch.ones(2)
@@ -135,7 +135,7 @@ def test_without_the_extension_fused_true_warns_with_the_rebuild_command_and_ste
 
 def test_has_fused_serves_the_cpu_and_cuda_only():
     assert ops.has_fused("cpu") and not ops.has_fused("meta")
-    assert ops.has_fused("cuda") == torch._C._dispatch_has_kernel_for_dispatch_key("lars_cuda::fused_lars_", "CUDA")
+    assert ops.has_fused("cuda") == torch._C._dispatch_has_kernel_for_dispatch_key("lars_cuda::fused_lars_groups_", "CUDA")
 
 
 # ---- the functional API ----------------------------------------------------------------------------
@@ -192,16 +192,21 @@ def test_functional_lars_refuses_contradictory_arguments(kwargs, message):
                         epsilon=0.0, lars=True, nesterov=False, trust_clip=50.0, update_clip=10.0, **kwargs)
 
 
-def test_the_single_group_op_wrapper_matches_the_op():
+def test_the_single_group_op_is_the_groups_op_with_the_seeds_switches():
+    # fused_lars_ is a composite of fused_lars_groups_ (csrc/library.cpp): the same bits.
+    from lars_cuda.options import StepOptions
+
     gen = torch.Generator().manual_seed(0)
     p1 = [torch.randn(4, 3, generator=gen), torch.randn(5, generator=gen)]
     g = [torch.randn(4, 3, generator=gen), torch.randn(5, generator=gen)]
     b1 = [torch.randn(4, 3, generator=gen), torch.randn(5, generator=gen)]
     p2, b2 = [t.clone() for t in p1], [t.clone() for t in b1]
     start = [t.clone() for t in p1]
-    args = (0.1, torch.tensor(0.3), 0.9, 1e-3, 0.02, 1e-4, True, True, 2.0, 0.5, torch.tensor(2.0), torch.tensor(0.0))
-    ops.fused_lars_(p1, g, b1, *args)
-    torch.ops.lars_cuda.fused_lars_(p2, g, b2, *args)
+    lr, scale, found_inf = torch.tensor(0.3), torch.tensor(2.0), torch.tensor(0.0)
+    torch.ops.lars_cuda.fused_lars_(p1, g, b1, 0.1, lr, 0.9, 1e-3, 0.02, 1e-4, True, True, 2.0, 0.5, scale, found_inf)
+    o = StepOptions(lr=lr, momentum=0.9, weight_decay=1e-3, eeta=0.02, epsilon=1e-4, nesterov=True, trust_clip=2.0,
+                    update_clip=0.5)
+    torch.ops.lars_cuda.fused_lars_groups_(p2, g, b2, [2], o.hyper_row(), [o.flags], [lr], scale, found_inf)
     assert all(torch.equal(a, b) for a, b in zip(p1 + b1, p2 + b2))
     assert not any(torch.equal(a, b) for a, b in zip(p1, start))
 

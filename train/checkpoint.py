@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically, read as data only, and found again by epoch.
+"""Checkpoints: written atomically, read as data only, and found again by epoch;
+and the trainer's resume() and save(), which use them.
 
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts: model,
 optimizer and scheduler state, epoch, step, RNG states and the run's arguments.
@@ -37,7 +38,7 @@ import torch
 
 from train.dcp_reader import UnsafeCheckpointError, load_weights_only
 
-__all__ = ["CheckpointError", "UnsafeCheckpointError", "checkpoint_path", "dcp_format", "latest_valid", "load",
+__all__ = ["CheckpointError", "UnsafeCheckpointError", "checkpoint_path", "dcp_format", "latest_valid", "load", "resume", "save",
            "load_dcp_shards", "load_for_resume", "load_dcp_trainer_state", "remove_stale_temporaries", "save_atomic", "save_dcp_atomic",
            "verify_dcp"]
 
@@ -217,3 +218,107 @@ def latest_valid(log_dir: str, fmt: str, sharded: bool = False) -> Optional[tupl
             continue
         return path, state
     return None
+
+
+# ---- the trainer's resume and save --------------------------------------------------------
+
+
+def resume(args, dist, model, optimizer, scheduler, scaler) -> tuple[int, int, list[dict[str, Any]]]:
+    """Loads the checkpoint the run continues from into the model, optimizer,
+    scheduler and scaler, and returns (start epoch, step, history); (0, 0, []) after
+    broadcasting rank 0's initial weights when there is none. ``--resume auto``:
+    the newest valid checkpoint in --log-dir; a torchrun restart always continues
+    from there. Rank 0 finds and reads it, every rank gets it (or the same error)."""
+    # torchrun --max-restarts starts the workers again after one died, with the
+    # same command line: a restart always continues from the last checkpoint.
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+    if restarts > 0 and dist.is_main:
+        print(f"torchrun restarted the workers (restart {restarts}); continuing from the last complete "
+              f"checkpoint in {args.log_dir}", flush=True)
+    where = args.resume if args.resume is not None or restarts == 0 else "auto"
+    state: Optional[dict[str, Any]] = None
+    error: Optional[str] = None
+    if where and dist.is_main:
+        try:
+            state = find_checkpoint(args, where)
+        except (CheckpointError, UnsafeCheckpointError) as exc:
+            error = str(exc)
+    if where:
+        # Only when resuming: the optimizer state travels with the checkpoint, so no
+        # engine ever broadcasts (and dummy-steps) an empty optimizer state. A refused
+        # checkpoint travels too, so that every rank stops with the same message.
+        state, error = dist.broadcast_object((state, error))
+        if error is not None:
+            raise CheckpointError(error)
+    if state is None:
+        dist.broadcast_initial_state(model)
+        return 0, 0, []
+    if args.fsdp:
+        # Every rank reads its own shards of the model and the optimizer state.
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+        shards = sharded_state(model, optimizer)
+        load_dcp_shards(shards, state["path"])
+        set_model_state_dict(model, shards["model"])
+        set_optimizer_state_dict(model, optimizer, shards["optimizer"])
+    else:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    return state["epoch"], state["step"], list(state.get("history", []))
+
+
+def find_checkpoint(args, where: str) -> Optional[dict[str, Any]]:
+    """rank 0: the contents of the checkpoint to resume from (with its "path"), or None.
+    ``where``: "auto" (the newest valid one in --log-dir) or a path."""
+    if where != "auto":
+        return {**load_for_resume(where, sharded=args.fsdp), "path": where}
+    for path in remove_stale_temporaries(args.log_dir):
+        print(f"removed {path}: a checkpoint write that was interrupted", flush=True)
+    found = latest_valid(args.log_dir, trainer_format(args), sharded=args.fsdp)
+    if not found:
+        print(f"no checkpoint in {args.log_dir}: starting from scratch", flush=True)
+        return None
+    print(f"resuming from {found[0]}", flush=True)
+    return {**found[1], "path": found[0]}
+
+
+def trainer_format(args) -> str:
+    """--checkpoint-format, as a folder name (.dcp) under --fsdp."""
+    return dcp_format(args.checkpoint_format) if args.fsdp else args.checkpoint_format
+
+
+def sharded_state(model, optimizer) -> dict[str, Any]:
+    """This rank's shards of the model and optimizer state (DTensors), for DCP."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    return {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+
+
+def save(args, dist, model, optimizer, scheduler, scaler, *, epoch: int, step: int,
+         history: list[dict[str, Any]]) -> None:
+    """Rank 0 writes the checkpoint of the end of ``epoch``; under --fsdp every rank
+    calls this and writes its shards."""
+    if not (dist.is_main or args.fsdp):
+        return
+    import random
+
+    use_cuda = torch.cuda.is_available() and not args.no_cuda
+    state = {
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": epoch,
+        "step": step,
+        "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                "cuda": torch.cuda.get_rng_state() if use_cuda else None},
+        "args": args.as_dict(),
+        "history": history,
+    }
+    path = checkpoint_path(args.log_dir, trainer_format(args), epoch)
+    if args.fsdp:
+        save_dcp_atomic(sharded_state(model, optimizer), state, path, is_main=dist.is_main,
+                        broadcast_object=dist.broadcast_object, barrier=dist.barrier)
+    else:
+        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}, path)

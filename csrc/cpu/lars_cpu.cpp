@@ -1,4 +1,4 @@
-// CPU implementation of lars_cuda::fused_lars_: checks, host scalars, and the
+// CPU implementation of lars_cuda's ops: checks, host scalars, and the
 // choice between the AVX-512, AVX2 and portable builds of the kernel.
 #include <ATen/Version.h>
 #include <torch/library.h>
@@ -7,7 +7,10 @@
 #include <string>
 #include <vector>
 
-#include "../lars_op.h"
+#include "../buckets.h"
+#include "../dispatch.h"
+#include "../group_args.h"
+#include "../status.h"
 
 namespace lars_cuda {
 
@@ -50,9 +53,9 @@ CpuKernel cpu_kernel_choice() {
   return CpuKernel::kDefault;
 }
 
-// Every group was checked before this runs (parse_groups / single_group), so
+// Every group was checked before this runs (parse_groups), so
 // an invalid group has already raised with nothing written. `io`: the sharded
-// step's halves (lars_op.h); the norms half reads no grad_scale/found_inf.
+// step's halves (group_args.h); the norms half reads no grad_scale/found_inf.
 void run_groups_cpu(const std::vector<GroupCall>& groups, const std::optional<at::Tensor>& grad_scale,
                     const std::optional<at::Tensor>& found_inf, SumsIO io = {}) {
   // On the CPU these reads cost nothing: there is no device to wait for.
@@ -78,16 +81,6 @@ void run_groups_cpu(const std::vector<GroupCall>& groups, const std::optional<at
       finish_bucket(b);
     }
   }
-}
-
-void fused_lars_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, double lr,
-                    const std::optional<at::Tensor>& lr_tensor, double momentum, double weight_decay, double eeta,
-                    double epsilon, bool lars, bool nesterov, std::optional<double> trust_clip,
-                    std::optional<double> update_clip, const std::optional<at::Tensor>& grad_scale,
-                    const std::optional<at::Tensor>& found_inf) {
-  run_groups_cpu(single_group(params, grads, momentum_buffers, lr, lr_tensor, momentum, weight_decay, eeta, epsilon,
-                              lars, nesterov, trust_clip, update_clip, grad_scale, found_inf),
-                 grad_scale, found_inf);
 }
 
 void fused_lars_groups_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
@@ -131,7 +124,6 @@ std::string cpu_kernel_variant() {
 }
 
 TORCH_LIBRARY_IMPL(lars_cuda, CPU, m) {
-  m.impl("fused_lars_", &fused_lars_cpu);
   m.impl("fused_lars_groups_", &fused_lars_groups_cpu);
   m.impl("fused_lars_norms", &fused_lars_norms_cpu);
   m.impl("fused_lars_apply_", &fused_lars_apply_cpu);

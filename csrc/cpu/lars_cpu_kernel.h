@@ -27,7 +27,8 @@
 #include <tuple>
 #include <vector>
 
-#include "../lars_op.h"
+#include "../dispatch.h"
+#include "../group_args.h"
 
 #ifndef LARS_CPU_NS
 #error "define LARS_CPU_NS before including lars_cpu_kernel.h"
@@ -148,7 +149,7 @@ void span_sums(P* p, const G* g, int64_t begin, int64_t end, bool dot, double* o
   }
 }
 
-// `index` and `io`: the sharded step's halves (SumsIO in lars_op.h). With
+// `index` and `io`: the sharded step's halves (SumsIO in group_args.h). With
 // io.out the norm pass stores each tensor's sums at row index[t] and nothing is
 // updated; with io.in the ratios come from those rows and the norm pass is skipped.
 template <typename P, typename G>

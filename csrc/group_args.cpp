@@ -1,16 +1,10 @@
-// The op's schema, its shared argument checks, and the Python module stub that
-// lets `import lars_cuda._C` load the library (and so register the ops).
-#include <Python.h>
-#include <torch/library.h>
-
-#include <cmath>
-#include <string>
-#include <algorithm>
-#include <unordered_set>
-
+// Parsing and checking the ops' group arguments (group_args.h).
 #include <ATen/MemoryOverlap.h>
 
-#include "lars_op.h"
+#include <cmath>
+#include <unordered_set>
+
+#include "group_args.h"
 
 namespace lars_cuda {
 
@@ -93,62 +87,6 @@ void check_fused_lars_args(at::TensorList params, at::TensorList grads, at::Tens
   check_scalar_tensor(found_inf, "found_inf", device, /*allow_cpu=*/device.is_cpu());
 }
 
-namespace {
-std::string& last_launch_storage() {
-  static std::string kind = "none";
-  return kind;
-}
-}  // namespace
-
-void set_last_cuda_launch(const char* kind) { last_launch_storage() = kind; }
-std::string last_cuda_launch() { return last_launch_storage(); }
-
-CudaProbe& cuda_kernel_probe() {
-  static CudaProbe probe = [](int64_t) { return false; };
-  return probe;
-}
-
-void add_to_buckets(std::vector<Bucket>& buckets, at::TensorList params, at::TensorList grads, at::TensorList bufs,
-                    int64_t group, int64_t first_index) {
-  for (size_t i = 0; i < params.size(); ++i) {
-    const at::Tensor& p = params[i];
-    if (p.numel() == 0) continue;
-    const at::ScalarType pt = p.scalar_type(), gt = grads[i].scalar_type();
-    auto it = std::find_if(buckets.begin(), buckets.end(),
-                           [&](const Bucket& b) { return b.p_type == pt && b.g_type == gt; });
-    if (it == buckets.end()) {
-      buckets.push_back(Bucket{pt, gt, {}, {}, {}, {}, {}, {}});
-      it = buckets.end() - 1;
-    }
-    // The kernels walk flat memory. A param that is not dense (a strided view)
-    // is stepped in a contiguous copy, written back after the kernel; dense
-    // params are used in place.
-    const bool dense = p.is_non_overlapping_and_dense();
-    const at::Tensor pk = dense ? p : p.contiguous();
-    if (!dense) it->write_back.emplace_back(p, pk);
-    it->params.push_back(pk);
-    it->group.push_back(group);
-    it->index.push_back(first_index + static_cast<int64_t>(i));
-    // A grad laid out unlike its param (say a contiguous grad for a
-    // channels_last param) is copied into the param's layout.
-    it->grads.push_back(grads[i].strides() == pk.strides() ? grads[i] : at::empty_like(pk, gt).copy_(grads[i]));
-    if (bufs.empty()) {
-      it->bufs.emplace_back();  // undefined: no momentum in this group
-    } else if (bufs[i].strides() == pk.strides()) {
-      it->bufs.push_back(bufs[i]);
-    } else {  // a buffer laid out unlike its param: stepped in the param's layout, written back
-      at::Tensor mk = at::empty_like(pk).copy_(bufs[i]);
-      it->write_back.emplace_back(bufs[i], mk);
-      it->bufs.push_back(mk);
-    }
-  }
-}
-
-void finish_bucket(Bucket& bucket) {
-  for (auto& [dst, src] : bucket.write_back) dst.copy_(src);
-  bucket.write_back.clear();
-}
-
 LarsHyper make_hyper(double momentum, double weight_decay, double eeta, double epsilon, bool lars,
                      bool nesterov, std::optional<double> trust_clip, std::optional<double> update_clip,
                      bool maximize) {
@@ -166,19 +104,6 @@ LarsHyper make_hyper(double momentum, double weight_decay, double eeta, double e
   h.has_update_clip = update_clip.has_value();
   h.update_clip = static_cast<float>(update_clip.value_or(0.0));
   return h;
-}
-
-std::vector<GroupCall> single_group(at::TensorList params, at::TensorList grads, at::TensorList bufs, double lr,
-                                    const std::optional<at::Tensor>& lr_tensor, double momentum,
-                                    double weight_decay, double eeta, double epsilon, bool lars, bool nesterov,
-                                    std::optional<double> trust_clip, std::optional<double> update_clip,
-                                    const std::optional<at::Tensor>& grad_scale,
-                                    const std::optional<at::Tensor>& found_inf) {
-  check_fused_lars_args(params, grads, bufs, momentum, weight_decay, eeta, epsilon, trust_clip, update_clip,
-                        lr_tensor, grad_scale, found_inf);
-  return {GroupCall{params, grads, bufs,
-                    make_hyper(momentum, weight_decay, eeta, epsilon, lars, nesterov, trust_clip, update_clip),
-                    lr, lr_tensor}};
 }
 
 std::vector<GroupCall> parse_groups(at::TensorList params, at::TensorList grads, at::TensorList bufs,
@@ -280,82 +205,4 @@ std::vector<GroupCall> parse_apply_groups(at::TensorList params, at::TensorList 
   return groups;
 }
 
-TORCH_LIBRARY(lars_cuda, m) {
-  m.def(
-      "fused_lars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, float lr, "
-      "Tensor? lr_tensor, float momentum, float weight_decay, float eeta, float epsilon, bool lars, "
-      "bool nesterov, float? trust_clip, float? update_clip, Tensor? grad_scale, Tensor? found_inf) -> ()");
-  // Several param groups in one call: every group is checked before any is
-  // written. Per group k: group_sizes[k] params (and as many buffers when its
-  // momentum is nonzero), hyper[8k:8k+8] = lr, momentum, weight_decay, eeta,
-  // epsilon, trust_clip, update_clip (NaN: no clip), dampening; flags[k] = lars
-  // | 2 nesterov | 4 maximize | 8 decay | 16 ratio on the gradient | 32 norm of
-  // the update (SSL) | 64 LARC clip | 128 zero norm skips decay (LARC);
-  // lr_tensors[k] overriding lr when given.
-  m.def(
-      "fused_lars_groups_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] group_sizes, "
-      "float[] hyper, int[] flags, Tensor?[] lr_tensors, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
-  // The sharded step (DTensor params): per tensor of the local shards (Σp², Σg², Σg·p)
-  // in float64, [N, 3] (zeros for lars=False groups and empty shards); the
-  // caller all-reduces them over the shard group and passes the sums to
-  // fused_lars_apply_, which forms the ratios from them and updates in place.
-  m.def("fused_lars_norms(Tensor[] params, Tensor[] grads, int[] group_sizes, int[] flags) -> Tensor");
-  m.def(
-      "fused_lars_apply_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] group_sizes, "
-      "float[] hyper, int[] flags, Tensor?[] lr_tensors, Tensor sums, Tensor? grad_scale=None, "
-      "Tensor? found_inf=None) -> ()");
-  // Which CUDA launch path the last CUDA call took: "cooperative", "three-kernel" or "none".
-  m.def("last_cuda_launch() -> str", [] { return last_cuda_launch(); });
-  // Whether the CUDA kernel can run on CUDA device `device` (false in a CPU-only build).
-  m.def("cuda_kernel_runs(int device) -> bool", [](int64_t device) { return cuda_kernel_probe()(device); });
-  // Which build of the CPU kernel runs on this machine: "avx2" or "default".
-  m.def("cpu_kernel() -> str", [] { return cpu_kernel_variant(); });
-}
-
-namespace {
-// Sparse tensors dispatch here instead of to the CPU/CUDA kernels.
-void reject_sparse(at::TensorList, at::TensorList, at::TensorList, double, const std::optional<at::Tensor>&, double,
-                   double, double, double, bool, bool, std::optional<double>, std::optional<double>,
-                   const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) {
-  TORCH_CHECK_TYPE(false, "fused_lars_: sparse tensors are not supported");
-}
-
-void reject_sparse_groups(at::TensorList, at::TensorList, at::TensorList, at::IntArrayRef, at::ArrayRef<double>,
-                          at::IntArrayRef, const c10::List<std::optional<at::Tensor>>&,
-                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) {
-  TORCH_CHECK_TYPE(false, "fused_lars_groups_: sparse tensors are not supported");
-}
-
-at::Tensor reject_sparse_norms(at::TensorList, at::TensorList, at::IntArrayRef, at::IntArrayRef) {
-  TORCH_CHECK_TYPE(false, "fused_lars_norms: sparse tensors are not supported");
-}
-
-void reject_sparse_apply(at::TensorList, at::TensorList, at::TensorList, at::IntArrayRef, at::ArrayRef<double>,
-                         at::IntArrayRef, const c10::List<std::optional<at::Tensor>>&, const at::Tensor&,
-                         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) {
-  TORCH_CHECK_TYPE(false, "fused_lars_apply_: sparse tensors are not supported");
-}
-}  // namespace
-
-TORCH_LIBRARY_IMPL(lars_cuda, SparseCPU, m) {
-  m.impl("fused_lars_", &reject_sparse);
-  m.impl("fused_lars_groups_", &reject_sparse_groups);
-  m.impl("fused_lars_norms", &reject_sparse_norms);
-  m.impl("fused_lars_apply_", &reject_sparse_apply);
-}
-TORCH_LIBRARY_IMPL(lars_cuda, SparseCUDA, m) {
-  m.impl("fused_lars_", &reject_sparse);
-  m.impl("fused_lars_groups_", &reject_sparse_groups);
-  m.impl("fused_lars_norms", &reject_sparse_norms);
-  m.impl("fused_lars_apply_", &reject_sparse_apply);
-}
-
 }  // namespace lars_cuda
-
-extern "C" {
-// `import lars_cuda._C` loads this library, which runs the registrations above.
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
-}

@@ -1,12 +1,14 @@
-// What the CPU and CUDA implementations of lars_cuda::fused_lars_ share:
-// argument checks (so both reject the same inputs with the same message),
-// hyper-parameter packing and dtype dispatch.
+// The ops' group arguments: the packed layout of each group's options (the one
+// C++ owner; lars_cuda/options.py is the Python one, tests/test_layout.py checks
+// they agree), parsing the flat lists into groups, and every check of them, so
+// the CPU and CUDA backends reject the same inputs with the same message before
+// anything is written.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/List.h>
 #include <c10/util/Optional.h>
 
-#include <string>
 #include <vector>
 
 #include "lars.h"
@@ -22,33 +24,10 @@ void check_fused_lars_args(
     const std::optional<at::Tensor>& lr_tensor,
     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf);
 
-// The tensors of one group, split by (param dtype, grad dtype): each kernel
-// instantiation walks one bucket. Zero-size tensors are left out; a grad whose
-// strides differ from its param's is copied into the param's layout. A param
-// that is not dense (a strided view), or whose buffer is laid out unlike it,
-// is stepped in dense copies that finish_bucket() writes back.
-struct Bucket {
-  at::ScalarType p_type;
-  at::ScalarType g_type;
-  // bufs[i] is undefined for a param whose group has no momentum; group[i] is
-  // the index of the param's group in the caller's list.
-  std::vector<at::Tensor> params, grads, bufs;
-  std::vector<int64_t> group;
-  // index[i]: the tensor's position in the op call's flat list (its row of the
-  // sharded step's sums tensor).
-  std::vector<int64_t> index;
-  std::vector<std::pair<at::Tensor, at::Tensor>> write_back;  // (destination, dense copy)
-};
-// Adds one group's tensors (bufs empty: no momentum) to the buckets, as group
-// `group`, the first of them at position `first_index` of the call's list.
-void add_to_buckets(std::vector<Bucket>& buckets, at::TensorList params, at::TensorList grads, at::TensorList bufs,
-                    int64_t group, int64_t first_index = 0);
-// Copies the dense stand-ins of non-dense params and buffers back (stream-ordered on CUDA).
-void finish_bucket(Bucket& bucket);
-
 LarsHyper make_hyper(double momentum, double weight_decay, double eeta, double epsilon, bool lars,
                      bool nesterov, std::optional<double> trust_clip, std::optional<double> update_clip,
                      bool maximize = false);
+
 
 // One param group of a call: slices of the call's lists and its options.
 struct GroupCall {
@@ -98,37 +77,5 @@ std::vector<GroupCall> parse_apply_groups(at::TensorList params, at::TensorList 
                                           const c10::List<std::optional<at::Tensor>>& lr_tensors,
                                           const at::Tensor& sums, const std::optional<at::Tensor>& grad_scale,
                                           const std::optional<at::Tensor>& found_inf);
-
-// The single-group form (fused_lars_), checked the same way.
-std::vector<GroupCall> single_group(at::TensorList params, at::TensorList grads, at::TensorList bufs, double lr,
-                                    const std::optional<at::Tensor>& lr_tensor, double momentum,
-                                    double weight_decay, double eeta, double epsilon, bool lars, bool nesterov,
-                                    std::optional<double> trust_clip, std::optional<double> update_clip,
-                                    const std::optional<at::Tensor>& grad_scale,
-                                    const std::optional<at::Tensor>& found_inf);
-
-// Which launch path the CUDA implementation took last (reported to Python).
-void set_last_cuda_launch(const char* kind);
-std::string last_cuda_launch();
-
-// Whether the CUDA kernel has code (SASS, or PTX the driver can compile) for a
-// device; the CUDA translation unit installs the probe, a CPU-only build answers false.
-using CudaProbe = bool (*)(int64_t device);
-CudaProbe& cuda_kernel_probe();
-
-// Which build of the CPU kernel runs here: "avx2" or "default".
-std::string cpu_kernel_variant();
-
-// Calls f(P{}) for the supported floating types; the math is float32 for all.
-template <typename F>
-void dispatch_lars_type(at::ScalarType t, const char* what, F&& f) {
-  switch (t) {
-    case at::kFloat: f(float{}); break;
-    case at::kHalf: f(at::Half{}); break;
-    case at::kBFloat16: f(at::BFloat16{}); break;
-    default:
-      TORCH_CHECK_TYPE(false, "fused_lars_: ", what, " must be float32, float16 or bfloat16, got ", t);
-  }
-}
 
 }  // namespace lars_cuda

@@ -1,0 +1,148 @@
+// The CUDA implementations of the ops (fused_lars_groups_, fused_lars_norms,
+// fused_lars_apply_): parse and check every group (group_args.h), bucket the
+// tensors by dtype (buckets.h), launch per bucket (launch.cuh); and the probe
+// that tells whether this build has code for a device. Moved from lars_kernel.cu.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../buckets.h"
+#include "../dispatch.h"
+#include "../group_args.h"
+#include "../launch_config.h"
+#include "../status.h"
+#include "launch.cuh"
+#include "tensor_table.cuh"
+
+namespace lars_cuda {
+namespace cuda_impl {
+namespace {
+
+const float* float_ptr_or_null(const std::optional<at::Tensor>& t, std::vector<at::Tensor>& keep) {
+  if (!t.has_value()) return nullptr;
+  if (t->scalar_type() == at::kFloat) return t->const_data_ptr<float>();
+  keep.push_back(t->to(at::kFloat));
+  return keep.back().const_data_ptr<float>();
+}
+
+LrArg lr_arg(const GroupCall& g) {
+  LrArg lr{static_cast<float>(g.lr), nullptr, false};
+  if (g.lr_tensor.has_value()) {
+    if (g.lr_tensor->is_cpu()) {
+      lr.value = static_cast<float>(g.lr_tensor->item<double>());  // a host value: no device sync
+    } else {
+      lr.ptr = g.lr_tensor->const_data_ptr();
+      lr.is_double = g.lr_tensor->scalar_type() == at::kDouble;
+    }
+  }
+  return lr;
+}
+
+// Every group was checked before this runs (parse_groups), so
+// an invalid group has already raised with nothing written. One launch per
+// dtype bucket for up to kMaxGroups groups (the seed's two groups: one launch).
+void run_groups_cuda(const std::vector<GroupCall>& groups, const std::optional<at::Tensor>& grad_scale,
+                     const std::optional<at::Tensor>& found_inf, SumsIO io = {}) {
+  std::vector<at::Tensor> keep;
+  const float* scale_ptr = float_ptr_or_null(grad_scale, keep);
+  const float* inf_ptr = float_ptr_or_null(found_inf, keep);
+  for (size_t first = 0; first < groups.size(); first += kMaxGroups) {
+    const size_t last = std::min(groups.size(), first + kMaxGroups);
+    std::vector<Bucket> buckets;
+    LaunchGroups args{};
+    args.n = static_cast<int>(last - first);
+    args.any_lars = false;
+    for (size_t k = first; k < last; ++k) {
+      const GroupCall& g = groups[k];
+      args.h[k - first] = g.hyper;
+      args.lr[k - first] = lr_arg(g);
+      if (g.params.empty() || (io.out != nullptr && !g.hyper.lars)) continue;  // norms: LARS groups only
+      args.any_lars |= g.hyper.lars;
+      add_to_buckets(buckets, g.params, g.grads, g.bufs, static_cast<int64_t>(k - first), g.first_index);
+    }
+    for (Bucket& b : buckets) {
+      const c10::cuda::CUDAGuard guard(b.params[0].device());
+      const DeviceTable tab = get_table(b, launch_config().wave_bytes);
+      const int device = b.params[0].get_device();
+      dispatch_lars_type(b.p_type, "params", [&](auto p_tag) {
+        using P = decltype(p_tag);
+        dispatch_lars_type(b.g_type, "grads", [&](auto g_tag) {
+          using G = decltype(g_tag);
+          launch<P, G>(tab, args, scale_ptr, inf_ptr, device, io);
+        });
+      });
+      finish_bucket(b);
+    }
+  }
+}
+
+void fused_lars_groups_cuda(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                            at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, at::IntArrayRef flags,
+                            const c10::List<std::optional<at::Tensor>>& lr_tensors,
+                            const std::optional<at::Tensor>& grad_scale,
+                            const std::optional<at::Tensor>& found_inf) {
+  run_groups_cuda(parse_groups(params, grads, momentum_buffers, group_sizes, hyper, flags, lr_tensors, grad_scale,
+                               found_inf),
+                  grad_scale, found_inf);
+}
+
+at::Tensor fused_lars_norms_cuda(at::TensorList params, at::TensorList grads, at::IntArrayRef group_sizes,
+                                 at::IntArrayRef flags) {
+  const std::vector<GroupCall> groups = parse_norm_groups(params, grads, group_sizes, flags);
+  const at::TensorOptions opts = at::TensorOptions().dtype(at::kDouble).device(
+      params.empty() ? at::Device(at::kCUDA, c10::cuda::current_device()) : params[0].device());
+  at::Tensor sums = at::zeros({static_cast<int64_t>(params.size()), kSumsPerTensor}, opts);
+  run_groups_cuda(groups, std::nullopt, std::nullopt, SumsIO{sums.data_ptr<double>(), nullptr});
+  return sums;
+}
+
+void fused_lars_apply_cuda(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                           at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, at::IntArrayRef flags,
+                           const c10::List<std::optional<at::Tensor>>& lr_tensors, const at::Tensor& sums,
+                           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  // Checked first: the sums' data pointer is read only once they are known to be float64.
+  const std::vector<GroupCall> groups = parse_apply_groups(params, grads, momentum_buffers, group_sizes, hyper,
+                                                           flags, lr_tensors, sums, grad_scale, found_inf);
+  run_groups_cuda(groups, grad_scale, found_inf, SumsIO{nullptr, sums.const_data_ptr<double>()});
+}
+
+// Whether lars_kernel has an image for `device` (SASS for its architecture or PTX
+// the driver can JIT): cudaFuncGetAttributes fails with
+// cudaErrorNoKernelImageForDevice otherwise. Cached per device.
+bool kernel_runs_on(int64_t device) {
+  static std::mutex mu;
+  static std::vector<int> known;  // -1 unknown, 0 no, 1 yes
+  std::lock_guard<std::mutex> lock(mu);
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || device < 0 || device >= count) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  if (known.size() <= static_cast<size_t>(device)) known.resize(device + 1, -1);
+  if (known[device] < 0) {
+    const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+    cudaFuncAttributes attr;
+    const cudaError_t err = cudaFuncGetAttributes(&attr, lars_kernel<float, float>);
+    (void)cudaGetLastError();  // clear a sticky "no kernel image" so torch does not see it later
+    known[device] = err == cudaSuccess ? 1 : 0;
+  }
+  return known[device] == 1;
+}
+
+const bool probe_installed = (cuda_kernel_probe() = &kernel_runs_on, true);
+
+}  // namespace
+}  // namespace cuda_impl
+
+using namespace cuda_impl;
+
+TORCH_LIBRARY_IMPL(lars_cuda, CUDA, m) {
+  m.impl("fused_lars_groups_", &fused_lars_groups_cuda);
+  m.impl("fused_lars_norms", &fused_lars_norms_cuda);
+  m.impl("fused_lars_apply_", &fused_lars_apply_cuda);
+}
+
+}  // namespace lars_cuda

@@ -1,0 +1,84 @@
+// Launching the kernel: one cooperative launch when the device allows it (the
+// grid barriers separate the phases), else three ordinary launches on the same
+// stream; one launch without LARS groups. Moved from lars_kernel.cu; the
+// environment is read once (launch_config.h) instead of on every call.
+#pragma once
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+
+#include <algorithm>
+#include <mutex>
+#include <vector>
+
+#include "../launch_config.h"
+#include "../status.h"
+#include "kernel.cuh"
+
+namespace lars_cuda {
+namespace cuda_impl {
+
+
+template <typename P, typename G>
+int cooperative_grid(int device) {
+  // Blocks that can be co-resident, per device; 0 when cooperative launch is unsupported.
+  static std::mutex mu;
+  static std::vector<int> per_device;
+  std::lock_guard<std::mutex> lock(mu);
+  if (per_device.size() <= static_cast<size_t>(device)) per_device.resize(device + 1, -1);
+  if (per_device[device] < 0) {
+    int coop = 0, sms = 0, per_sm = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, lars_kernel<P, G>, kThreads, 0));
+    per_device[device] = coop ? sms * per_sm : 0;
+  }
+  return per_device[device];
+}
+
+template <typename P, typename G>
+void launch(const DeviceTable& tab, const LaunchGroups& groups, const float* grad_scale, const float* found_inf,
+            int device, SumsIO io) {
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  // LARS_CUDA_BLOCKS_PER_SM caps the grid (for tuning); by default as many
+  // blocks as fit, which the cooperative launch caps again.
+  const LaunchConfig config = launch_config();
+  const int64_t per_sm = config.blocks_per_sm;
+  const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(tab.n_chunks, per_sm * sms));
+  if (!groups.any_lars || io.in != nullptr) {  // no norms to take: the update alone
+    lars_kernel<P, G><<<static_cast<unsigned>(wanted), kThreads, 0, stream>>>(tab, groups, grad_scale, found_inf,
+                                                                               kPhaseUpdate, io);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    set_last_cuda_launch("single");
+    return;
+  }
+  // Sums out: the norm and ratio phases only.
+  const int wanted_phases = io.out != nullptr ? kPhaseNorms | kPhaseRatios : kPhaseNorms | kPhaseRatios | kPhaseUpdate;
+  // LARS_CUDA_LAUNCH=three-kernel forces the fallback (so the tests cover it).
+  const bool force_three = config.force_three_kernel;
+  const int coop_max = force_three ? 0 : cooperative_grid<P, G>(device);
+  if (coop_max > 0) {
+    const unsigned grid = static_cast<unsigned>(std::min<int64_t>(wanted, coop_max));
+    int phases = wanted_phases | kGridSync;
+    DeviceTable tab_arg = tab;
+    LaunchGroups groups_arg = groups;
+    SumsIO io_arg = io;
+    void* args[] = {&tab_arg, &groups_arg, &grad_scale, &found_inf, &phases, &io_arg};
+    C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(lars_kernel<P, G>), dim3(grid),
+                                               dim3(kThreads), args, 0, stream));
+    set_last_cuda_launch("cooperative");
+    return;
+  }
+  for (int phase : {kPhaseNorms, kPhaseRatios, kPhaseUpdate}) {
+    if (!(wanted_phases & phase)) continue;
+    lars_kernel<P, G><<<static_cast<unsigned>(wanted), kThreads, 0, stream>>>(tab, groups, grad_scale, found_inf,
+                                                                               phase, io);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  set_last_cuda_launch("three-kernel");
+}
+
+
+}  // namespace cuda_impl
+}  // namespace lars_cuda

@@ -1,0 +1,172 @@
+"""Planning a step: which tensors run which path with which options. One
+:class:`Plan` type for every path, plain and sharded; everything is checked
+here, before anything is written (``lars_cuda.execute`` runs the plans).
+
+A param group becomes plans in four cuts, each by :func:`partition`:
+the group's views (``StepOptions.views``: timm's always_adapt, the SSL
+filters), plain tensors vs DTensors (FSDP2), fresh buffers with dampening vs
+the rest (``functional.create_buffers``), and, for ``fused=True`` with float64
+tensors, the kernel's dtypes vs the rest (which run foreach, as torch's fused
+SGD takes float64).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from . import ops, sharded
+from .functional import create_buffers
+from .options import KERNEL_DTYPES, StepOptions
+from .partition import partition, take
+from .validation import (check_amp_scaling_path, check_grads, check_group_options, check_path, check_sharded,
+                         check_sharded_buffer)
+
+__all__ = ["Plan", "choose_path", "plan_step"]
+
+
+@dataclass
+class Plan:
+    """One set of tensors a step updates with one set of options on one path. For
+    plain tensors ``local_*`` are the tensors themselves; for DTensors (``sharded``)
+    their local shards, and ``sums`` holds the rows of the one all-reduce."""
+
+    options: StepOptions
+    path: str                       # "fused", "foreach" or "single"
+    params: list[Tensor]            # the keys of the state (DTensors when sharded)
+    local_params: list[Tensor]
+    local_grads: list[Tensor]
+    local_bufs: list[Tensor]        # [] without momentum
+    sharded: bool = False
+    new_bufs: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (param, its fresh buffer) for the state
+    sums: Optional[Tensor] = None   # sharded: float64 [n, 3] (p², g², g·p), local then global
+
+    @property
+    def device(self) -> torch.device:
+        return self.local_params[0].device
+
+
+def plan_step(groups: list[dict[str, Any]], state: dict, buffer_key: str,
+              grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> list[Plan]:
+    """Every plan of one step over param groups in Lars's options; raises (and
+    writes nothing) on any bad option or tensor."""
+    plans: list[Plan] = []
+    for group in groups:
+        check_group_options(group, read_tensor_lr=False)
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            continue
+        grads = [p.grad for p in params]
+        dtypes = {p.dtype for p in params}
+        check_grads(grads, dtypes)
+        bufs: list[Optional[Tensor]] = []
+        if group["momentum"] != 0:
+            # One dict lookup per param (Tensor.__hash__ is a Python call): this runs every step.
+            get, empty = state.get, {}
+            bufs = [(get(p) or empty).get(buffer_key) for p in params]
+        for options, idx in StepOptions.views(group, params):
+            view = take([params, grads, bufs], idx)
+            is_d = [sharded.HAS_DTENSOR and sharded.is_dtensor(p) for p in view[0]]
+            for dist, (lists, _) in partition(view, lambda i: is_d[i]).items():
+                plans += (_sharded_plans if dist else _plain_plans)(group, options, *lists, grad_scale, found_inf)
+    return plans
+
+
+def _plain_plans(group, options: StepOptions, params, grads, bufs, grad_scale, found_inf) -> list[Plan]:
+    fresh = [i for i, b in enumerate(bufs) if b is None]
+    plans = []
+    for o, idx in create_buffers(options, params, bufs):
+        p, g, b = take([params, grads, bufs], idx)
+        plans += _by_path(group, o, p, p, g, b, False, grad_scale, found_inf)
+    _record_new_buffers(plans, params, bufs, fresh)
+    return plans
+
+
+def _sharded_plans(group, options: StepOptions, params, grads, bufs, grad_scale, found_inf) -> list[Plan]:
+    for i, (p, g) in enumerate(zip(params, grads)):
+        check_sharded(p, g, i)
+    fresh = [i for i, b in enumerate(bufs) if b is None]
+    plans = []
+    for o, idx in create_buffers(options, params, bufs):
+        p, g, b = take([params, grads, bufs], idx)
+        for i, (param, buf) in zip(idx, zip(p, b)):
+            check_sharded_buffer(param, buf, i)
+        plans += _by_path(group, o, p, [t.to_local() for t in p], [t.to_local() for t in g],
+                          [t.to_local() for t in b], True, grad_scale, found_inf)
+    _record_new_buffers(plans, params, bufs, fresh)
+    return plans
+
+
+def _record_new_buffers(plans: list[Plan], params, bufs, fresh: list[int]) -> None:
+    """The buffers create_buffers made go into the state after the step (not before:
+    a failed check leaves the state as it was)."""
+    if fresh and plans:
+        plans[0].new_bufs = [(params[i], bufs[i]) for i in fresh]
+
+
+def _by_path(group, o: StepOptions, params, local_p, local_g, local_b, is_sharded, grad_scale, found_inf) -> list[Plan]:
+    """The plan(s) of one set of tensors: the path the group asks for, and float64
+    tensors of a fused group on foreach."""
+    dtypes = {p.dtype for p in local_p}
+    path = choose_path(group, local_p, dtypes)
+    parts = {path: ([params, local_p, local_g, local_b], None)}
+    if path == "fused" and not dtypes <= KERNEL_DTYPES:
+        parts = {("fused" if k else "foreach"): v for k, v in
+                 partition([params, local_p, local_g, local_b], lambda i: local_p[i].dtype in KERNEL_DTYPES).items()}
+    plans = []
+    for part_path, ((p, lp, lg, lb), _) in parts.items():
+        check_path(part_path, lp, lb, o.lr)
+        check_amp_scaling_path(part_path == "fused", grad_scale, found_inf)
+        plans.append(Plan(options=o, path=part_path, params=p, local_params=lp, local_grads=lg, local_bufs=lb,
+                          sharded=is_sharded))
+    return plans
+
+
+def choose_path(group: dict[str, Any], params: list[Tensor], dtypes: Optional[set] = None) -> str:
+    """As torch.optim.SGD: fused=True -> kernel; foreach=True -> foreach; foreach=False
+    -> the loop. Unset, the kernel where it serves every tensor, else foreach."""
+    fused, foreach = group["fused"], group["foreach"]
+    if fused:
+        device = params[0].device if params else None
+        if device is None or device.type not in ("cpu", "cuda") or ops.fused_runs_on(device):
+            return "fused"  # (other device types are refused by check_path)
+        _warn_fused_unavailable(device, asked=True)
+        return "foreach"
+    if foreach:
+        return "foreach"
+    if foreach is False:
+        return "single"
+    devices = {p.device for p in params}
+    if len(devices) > 1:
+        return "single"
+    if dtypes is None:
+        dtypes = {p.dtype for p in params}
+    if fused is None and dtypes <= KERNEL_DTYPES:
+        if not params:
+            return "fused"
+        device = next(iter(devices))
+        if ops.fused_runs_on(device):
+            return "fused"
+        if ops.has_fused(device):  # built for CUDA, but with no code for this card
+            _warn_fused_unavailable(device, asked=False)
+    return "foreach"
+
+
+_WARNED_UNAVAILABLE: set = set()
+
+
+def _warn_fused_unavailable(device: torch.device, asked: bool) -> None:
+    """One warning per device and process: the fused kernel cannot run there (why, and the
+    rebuild command), so the step runs the foreach path (the same math, slower)."""
+    if (device, asked) in _WARNED_UNAVAILABLE:
+        return
+    _WARNED_UNAVAILABLE.add((device, asked))
+    from .diagnostics import fused_unavailable
+
+    wanted = "fused=True was asked for, but " if asked else ""
+    warnings.warn(f"lars_cuda: {wanted}{fused_unavailable(device)}; Lars runs the foreach path on {device} "
+                  f"instead (same math, slower)", RuntimeWarning, stacklevel=6)

@@ -1,0 +1,35 @@
+"""The param-group options and momentum-state key of every LARS flavour
+lars_cuda speaks: what each class's ``state_dict()`` holds, and so what tells a
+state dict of one flavour from another's (``validation.check_state_dict_schema``)."""
+
+from __future__ import annotations
+
+__all__ = ["ALL_BUFFER_KEYS", "ALL_OPTIONS", "HOME", "LARS_OPTIONS", "SGD_OPTIONS", "SSL_OPTIONS", "STEP_OPTIONS",
+           "TIMM_OPTIONS"]
+
+# Lars: the options the step's math takes (the keyword arguments of functional.lars),
+STEP_OPTIONS = ("lr", "momentum", "eeta", "weight_decay", "epsilon", "lars", "nesterov", "trust_clip",
+                "update_clip", "maximize", "dampening", "decay", "ratio_on_grad", "norm_of_update", "larc_clip",
+                "zero_norm_skip")
+# ... then those that decide which tensors a step adapts and decays, and the path switches.
+LARS_OPTIONS = STEP_OPTIONS + ("always_adapt", "decay_filter", "adaptation_filter", "foreach", "fused")
+# timm.optim.Lars, torch.optim.SGD (under apex LARC), the self-supervised repos' LARS.
+TIMM_OPTIONS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "trust_coeff", "eps", "trust_clip",
+                "always_adapt", "foreach", "fused")
+SGD_OPTIONS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "foreach", "differentiable",
+               "fused")
+SSL_OPTIONS = ("lr", "weight_decay", "momentum", "eta", "weight_decay_filter", "lars_adaptation_filter", "foreach",
+               "fused")
+
+# A state dict holding one of these that a class does not have comes from another
+# flavour. Keys no flavour defines (a scheduler's ``initial_lr``, timm's ``lr_scale``)
+# pass, and so does torch's ``differentiable`` (every torch.optim state dict has it,
+# and Lars reads SGD's).
+ALL_OPTIONS = frozenset(LARS_OPTIONS + TIMM_OPTIONS + SGD_OPTIONS + SSL_OPTIONS) - {"differentiable"}
+ALL_BUFFER_KEYS = frozenset({"momentum_buffer", "mu"})
+# Whose a key is, for the message.
+HOME = {"eeta": "lars_cuda.Lars", "update_clip": "lars_cuda.Lars", "ratio_on_grad": "lars_cuda.Lars",
+        "trust_coeff": "timm.optim.Lars (lars_cuda.compat.TimmLars)",
+        "eta": "the self-supervised LARS (lars_cuda.compat.SSLLars)",
+        "mu": "the self-supervised LARS (lars_cuda.compat.SSLLars)",
+        "momentum_buffer": "torch.optim.SGD, Lars, TimmLars or LARC"}

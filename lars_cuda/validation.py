@@ -1,0 +1,223 @@
+"""Every check of the optimizer's input, and so every error it raises, in one
+place. One error type per kind of mistake, as torch.optim raises them:
+
+* ``TypeError``: an option of the wrong type (``momentum="0.9"``, ``nesterov=1``);
+* ``ValueError``: an option or tensor out of range or inconsistent (a negative lr,
+  a buffer unlike its param, tensors on two devices, GradScaler's on-device
+  ``grad_scale`` off the fused path, another flavour's state dict);
+* :class:`UnsupportedTensorError`: a tensor no path steps (sparse, complex, integer);
+* ``RuntimeError``: ``fused=True`` where the compiled kernel is not built.
+
+Nothing here writes: a step checks everything before it touches anything, so a
+bad input leaves params and state as they were. (The compiled op checks each
+tensor again, in C++, before it writes: ``csrc/group_args.cpp``.)
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from . import ops
+from .schemas import ALL_BUFFER_KEYS, ALL_OPTIONS, HOME
+
+__all__ = ["UnsupportedTensorError", "check_amp_scaling_path", "check_dtype", "check_group_options",
+           "check_grads", "check_path", "check_sharded", "check_sharded_buffer", "check_state_dict_schema",
+           "check_grad_scale"]
+
+
+class UnsupportedTensorError(TypeError, ValueError, RuntimeError):
+    """A parameter or gradient the optimizer cannot step (sparse, complex, integer).
+
+    A ``TypeError`` by nature; also a ``ValueError`` (a bad input) and a
+    ``RuntimeError`` (what ``torch.optim`` raises for sparse gradients), so code
+    written against any of the three conventions catches it."""
+
+
+def _is_real_number(x: Any) -> bool:
+    return isinstance(x, Real) and not isinstance(x, bool)
+
+
+def check_group_options(group: dict[str, Any], *, read_tensor_lr: bool) -> None:
+    """Raises ValueError/TypeError naming the first invalid option of a param group
+    (in Lars's options). ``read_tensor_lr``: also read a CUDA tensor lr's value (a
+    host sync: at construction only)."""
+    lr = group["lr"]
+    if lr is None:  # required unless every group brings its own (as Horovod's re-created optimizer does)
+        raise TypeError("Lars needs a learning rate: pass lr=... (or give every param group an 'lr')")
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
+        if not lr.is_floating_point():
+            raise TypeError(f"a tensor lr must be floating point, got {lr.dtype}")
+        # Reading a CUDA tensor would synchronise, so a step checks its value only on
+        # the CPU (where .item() is free) and at construction.
+        if read_tensor_lr or (lr.device.type == "cpu" and not torch.compiler.is_compiling()):
+            value = lr.item()
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"Invalid learning rate: {value}")
+    elif not _is_real_number(lr):
+        raise TypeError(f"lr must be a float or a one-element tensor, got {type(lr).__name__}")
+    elif not (math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"Invalid learning rate: {lr}")
+
+    for name in ("momentum", "weight_decay", "epsilon"):
+        value = group[name]
+        if not _is_real_number(value):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"Invalid {name} value: {value}")
+    eeta = group["eeta"]
+    if not _is_real_number(eeta):
+        raise TypeError(f"eeta must be a real number, got {type(eeta).__name__}")
+    if not 0 < eeta <= 1:
+        raise ValueError(f"Invalid eeta (trust coefficient) value: {eeta}; it must lie in (0, 1]")
+    for name in ("trust_clip", "update_clip"):
+        value = group[name]
+        if value is None:
+            continue
+        if not _is_real_number(value):
+            raise TypeError(f"{name} must be a real number or None, got {type(value).__name__}")
+        if not (value >= 0 and not math.isnan(value)):
+            raise ValueError(f"Invalid {name} value: {value}")
+    for name in ("lars", "nesterov", "maximize", "ratio_on_grad", "norm_of_update", "larc_clip", "zero_norm_skip",
+                 "always_adapt", "decay_filter", "adaptation_filter"):
+        if not isinstance(group[name], bool):
+            raise TypeError(f"{name} must be a bool, got {type(group[name]).__name__}")
+    if group["decay"] is not None and not isinstance(group["decay"], bool):
+        raise TypeError(f"decay must be None or a bool, got {type(group['decay']).__name__}")
+    dampening = group["dampening"]
+    if not _is_real_number(dampening):
+        raise TypeError(f"dampening must be a real number, got {type(dampening).__name__}")
+    if not 0 <= dampening <= 1:
+        raise ValueError(f"Invalid dampening value: {dampening}; it must lie in [0, 1]")
+    for name in ("foreach", "fused"):
+        if group[name] is not None and not isinstance(group[name], bool):
+            raise TypeError(f"{name} must be None or a bool, got {type(group[name]).__name__}")
+    if group["foreach"] and group["fused"]:
+        raise ValueError("foreach and fused cannot both be True")
+    if group["nesterov"] and (group["momentum"] == 0 or group["dampening"] != 0):
+        raise ValueError("Nesterov momentum requires a nonzero momentum and zero dampening")
+
+
+def check_dtype(dtype: torch.dtype) -> None:
+    if dtype.is_complex:
+        raise UnsupportedTensorError(f"Lars does not support complex parameters (got {dtype})")
+    if not dtype.is_floating_point:
+        raise UnsupportedTensorError(f"Lars steps floating-point parameters only (got {dtype})")
+
+
+def check_grads(grads: list[Tensor], dtypes: set[torch.dtype]) -> None:
+    """Per dtype, not per tensor: this runs every step. (A grad's dtype is its param's:
+    autograd refuses to assign another, and the kernel checks it again.)"""
+    if any(g.is_sparse for g in grads):
+        raise UnsupportedTensorError("Lars does not support sparse gradients")
+    for dtype in dtypes:
+        check_dtype(dtype)
+
+
+def check_amp_scaling_path(fused: bool, grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> None:
+    """GradScaler's on-device scale and inf flag are consumed by the fused kernel
+    only: the one error for every caller that would hand them to another path."""
+    if (grad_scale is not None or found_inf is not None) and not fused:
+        raise ValueError("grad_scale/found_inf are only supported by the fused path")
+
+
+def check_path(path: str, params: list[Tensor], bufs: list[Optional[Tensor]], lr: Any) -> None:
+    """What a path needs of its tensors. The fused op checks each tensor itself (in
+    C++, before it writes), so the fused path only pays for checks over whole lists."""
+    if not params:
+        return
+    if path != "fused":
+        for i, p in enumerate(params):
+            buf = bufs[i] if bufs else None
+            if buf is not None and (buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device):
+                raise ValueError(
+                    f"momentum_buffer of shape {tuple(buf.shape)}, {buf.dtype} on {buf.device} does not match "
+                    f"its param ({tuple(p.shape)}, {p.dtype}, {p.device})"
+                )
+    if path == "single":
+        return
+    devices = {p.device for p in params}
+    if len(devices) > 1:
+        raise ValueError(
+            f"foreach/fused Lars steps one device per param group, got {sorted(map(str, devices))}; "
+            "put each device's params in its own group or use foreach=False, fused=False"
+        )
+    device = params[0].device
+    if isinstance(lr, Tensor) and lr.device not in (device, torch.device("cpu")):
+        raise ValueError(f"lr tensor is on {lr.device} but the params are on {device}")
+    if path == "fused" and not ops.has_fused(device):  # cpu/cuda without the kernel ran foreach (plan.choose_path)
+        raise RuntimeError(f"fused=True: the lars_cuda kernel is not built for {device}")
+
+
+def _describe(placements) -> str:
+    return "(" + ", ".join(str(p) for p in placements) + ")"
+
+
+def check_sharded(param: Tensor, grad: Tensor, index: int) -> None:
+    """Raises ValueError/TypeError for a DTensor param the sharded step cannot take."""
+    from torch.distributed.tensor import Partial, Replicate, Shard
+
+    from .sharded import is_dtensor
+
+    if not is_dtensor(grad):
+        raise TypeError(f"param {index} is a DTensor but its grad is a {type(grad).__name__}; "
+                        "a sharded param needs a DTensor grad on the same mesh")
+    for what, t in (("param", param), ("grad", grad)):
+        for dim, placement in enumerate(t.placements):
+            if isinstance(placement, Partial):
+                raise ValueError(
+                    f"Lars cannot step a {what} with placement {placement} on mesh dim {dim} (param {index}, "
+                    f"placements {_describe(t.placements)}): a Partial tensor is a pending sum, not a value; "
+                    "redistribute it to Shard or Replicate first")
+            if not isinstance(placement, (Shard, Replicate)):
+                raise ValueError(f"Lars does not know the placement {placement} of {what} {index} "
+                                 f"(placements {_describe(t.placements)}); Shard and Replicate are supported")
+    if grad.device_mesh != param.device_mesh or tuple(grad.placements) != tuple(param.placements):
+        raise ValueError(
+            f"param {index} has placements {_describe(param.placements)} on {param.device_mesh}, but its grad "
+            f"{_describe(grad.placements)} on {grad.device_mesh}; LARS reads both shard by shard, so they must match")
+
+
+def check_sharded_buffer(param: Tensor, buf: Tensor, index: int) -> None:
+    """A sharded param's buffer is a DTensor laid out as the param (DCP saves it shard by shard)."""
+    from .sharded import is_dtensor
+
+    if not is_dtensor(buf) or buf.placements != param.placements or buf.shape != param.shape:
+        raise ValueError(f"the momentum buffer of sharded param {index} must be a DTensor laid out as "
+                         f"the param ({tuple(param.shape)}, {tuple(param.placements)})")
+
+
+def check_grad_scale(grad_scale: Any) -> float:
+    """``trust_ratios(grad_scale=...)``: a positive finite number (or a one-element tensor)."""
+    scale = 1.0 if grad_scale is None else float(grad_scale)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"grad_scale must be a positive finite number, got {scale}")
+    return scale
+
+
+def check_state_dict_schema(name: str, options: tuple[str, ...], buffer_key: str, state_dict: dict[str, Any]) -> None:
+    """Raises ValueError naming the first key of ``state_dict`` that belongs to another
+    flavour's schema than ``options`` / ``buffer_key`` (lars_cuda.schemas)."""
+    own = set(options)
+    for i, group in enumerate(state_dict.get("param_groups", [])):
+        foreign = sorted(k for k in group if k in ALL_OPTIONS and k not in own)
+        if foreign:
+            key = next((k for k in foreign if k in HOME), foreign[0])  # the key that tells whose it is
+            home = HOME.get(key, "another LARS flavour")
+            raise ValueError(
+                f"{name}.load_state_dict: param group {i} holds {key!r}, an option {name} does not have: "
+                f"this state dict was saved by {home} (keys {foreign}); load it into that class, or see the "
+                f"README's 'Switching from ...' for the class that reads it")
+    for index, entry in state_dict.get("state", {}).items():
+        foreign = sorted(k for k in entry if k in ALL_BUFFER_KEYS and k != buffer_key)
+        if foreign:
+            raise ValueError(
+                f"{name}.load_state_dict: the state of param {index} holds {foreign[0]!r} but {name} keeps its "
+                f"momentum under {buffer_key!r}: this state dict was saved by {HOME[foreign[0]]}; loading it here "
+                f"would start from zero momentum")
