@@ -200,7 +200,7 @@ def _multi_tensor_lars(params, grads, momentum_buffer_list, o: StepOptions, *, s
     (create_buffers) wherever o has momentum."""
     if not params:
         return
-    parts = partition([params, grads, momentum_buffer_list], lambda i: params[i].dtype == torch.float64)
+    parts = partition([params, grads, momentum_buffer_list], [p.dtype == torch.float64 for p in params])
     if len(parts) > 1:
         # float64 params compute in float64, the others in float32: one call each.
         for (p, g, b), idx in parts.values():
@@ -283,7 +283,7 @@ def fused_lars_groups(
     and filled into ``momentum_buffer_list``. With ``sums`` (the sharded step's
     global sums, one row per param of all groups in order) the op
     ``fused_lars_apply_`` runs instead, taking its norms from them."""
-    calls, order, at = [], [], 0
+    calls, order, at, reordered = [], [], 0, False
     for params, grads, bufs, options in groups:
         o = options if isinstance(options, StepOptions) else StepOptions.of(options)
         for view, idx in create_buffers(o, params, bufs):
@@ -291,9 +291,11 @@ def fused_lars_groups(
                 calls.append((params, grads, bufs if o.has_momentum else [], view))
             else:
                 calls.append(([params[i] for i in idx], [grads[i] for i in idx], [bufs[i] for i in idx], view))
-            order += [at + i for i in idx]
+                reordered = True
+            if sums is not None:  # (the rows follow the tensors)
+                order += [at + i for i in idx]
         at += len(params)
-    if sums is not None and order != list(range(at)):
+    if sums is not None and reordered:
         sums = sums[torch.tensor(order, device=sums.device)].contiguous()
     if len(calls) == 1:  # the common case: the group's own lists, no copy
         params, grads, bufs, _ = calls[0]

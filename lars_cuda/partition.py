@@ -3,19 +3,18 @@ view, by DTensor or not, by kernel dtype, by compute dtype, by device."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Hashable, Sequence
 
-__all__ = ["partition"]
+__all__ = ["partition", "take"]
 
 
-def partition(lists: Sequence[Sequence[Any]], key: Callable[[int], Hashable]) -> dict[Hashable, tuple[list[list], list[int]]]:
-    """Splits parallel lists by ``key(index)``, in the shape of torch's
+def partition(lists: Sequence[Sequence[Any]], keys: Sequence[Hashable]) -> dict[Hashable, tuple[list[list], list[int]]]:
+    """Splits parallel lists by ``keys`` (one per index), in the shape of torch's
     ``Optimizer._group_tensors_by_device_and_dtype(..., with_indices=True)``: per key
     (in order of first appearance), the sublists and the indices they came from. An
     empty list (no buffers) stays empty in every part; one part is the lists
     themselves (no copy)."""
     n = len(lists[0])
-    keys = [key(i) for i in range(n)]
     order = list(dict.fromkeys(keys))
     if len(order) == 1:
         return {order[0]: ([list(lst) if not isinstance(lst, list) else lst for lst in lists], list(range(n)))}

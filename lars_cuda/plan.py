@@ -71,7 +71,7 @@ def plan_step(groups: list[dict[str, Any]], state: dict, buffer_key: str,
         for options, idx in StepOptions.views(group, params):
             view = take([params, grads, bufs], idx)
             is_d = [sharded.HAS_DTENSOR and sharded.is_dtensor(p) for p in view[0]]
-            for dist, (lists, _) in partition(view, lambda i: is_d[i]).items():
+            for dist, (lists, _) in partition(view, is_d).items():
                 plans += (_sharded_plans if dist else _plain_plans)(group, options, *lists, grad_scale, found_inf)
     return plans
 
@@ -116,7 +116,7 @@ def _by_path(group, o: StepOptions, params, local_p, local_g, local_b, is_sharde
     parts = {path: ([params, local_p, local_g, local_b], None)}
     if path == "fused" and not dtypes <= KERNEL_DTYPES:
         parts = {("fused" if k else "foreach"): v for k, v in
-                 partition([params, local_p, local_g, local_b], lambda i: local_p[i].dtype in KERNEL_DTYPES).items()}
+                 partition([params, local_p, local_g, local_b], [p.dtype in KERNEL_DTYPES for p in local_p]).items()}
     plans = []
     for part_path, ((p, lp, lg, lb), _) in parts.items():
         check_path(part_path, lp, lb, o.lr)

@@ -1,0 +1,1 @@
+"""The trainer (train/imagenet.py is its entry point; docs/training.md, the manual)."""

@@ -10,6 +10,7 @@
 #include "../buckets.h"
 #include "../dispatch.h"
 #include "../group_args.h"
+#include "../op_entry_points.h"
 #include "../status.h"
 
 namespace lars_cuda {
@@ -57,7 +58,7 @@ CpuKernel cpu_kernel_choice() {
 // an invalid group has already raised with nothing written. `io`: the sharded
 // step's halves (group_args.h); the norms half reads no grad_scale/found_inf.
 void run_groups_cpu(const std::vector<GroupCall>& groups, const std::optional<at::Tensor>& grad_scale,
-                    const std::optional<at::Tensor>& found_inf, SumsIO io = {}) {
+                    const std::optional<at::Tensor>& found_inf, SumsIO io) {
   // On the CPU these reads cost nothing: there is no device to wait for.
   if (found_inf.has_value() && found_inf->item<double>() != 0.0) return;
   const float inv_scale = grad_scale.has_value() ? static_cast<float>(1.0 / grad_scale->item<double>()) : 1.f;
@@ -83,32 +84,9 @@ void run_groups_cpu(const std::vector<GroupCall>& groups, const std::optional<at
   }
 }
 
-void fused_lars_groups_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                           at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, at::IntArrayRef flags,
-                           const c10::List<std::optional<at::Tensor>>& lr_tensors,
-                           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
-  run_groups_cpu(parse_groups(params, grads, momentum_buffers, group_sizes, hyper, flags, lr_tensors, grad_scale,
-                              found_inf),
-                 grad_scale, found_inf);
-}
+at::Device cpu_sums_device(at::TensorList) { return at::Device(at::kCPU); }
 
-at::Tensor fused_lars_norms_cpu(at::TensorList params, at::TensorList grads, at::IntArrayRef group_sizes,
-                                at::IntArrayRef flags) {
-  const std::vector<GroupCall> groups = parse_norm_groups(params, grads, group_sizes, flags);
-  at::Tensor sums = at::zeros({static_cast<int64_t>(params.size()), kSumsPerTensor}, at::kDouble);
-  run_groups_cpu(groups, std::nullopt, std::nullopt, SumsIO{sums.data_ptr<double>(), nullptr});
-  return sums;
-}
-
-void fused_lars_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                          at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, at::IntArrayRef flags,
-                          const c10::List<std::optional<at::Tensor>>& lr_tensors, const at::Tensor& sums,
-                          const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
-  // Checked first: the sums' data pointer is read only once they are known to be float64.
-  const std::vector<GroupCall> groups = parse_apply_groups(params, grads, momentum_buffers, group_sizes, hyper,
-                                                           flags, lr_tensors, sums, grad_scale, found_inf);
-  run_groups_cpu(groups, grad_scale, found_inf, SumsIO{nullptr, sums.const_data_ptr<double>()});
-}
+using CpuOps = OpEntryPoints<&run_groups_cpu, &cpu_sums_device>;
 
 }  // namespace
 
@@ -124,9 +102,9 @@ std::string cpu_kernel_variant() {
 }
 
 TORCH_LIBRARY_IMPL(lars_cuda, CPU, m) {
-  m.impl("fused_lars_groups_", &fused_lars_groups_cpu);
-  m.impl("fused_lars_norms", &fused_lars_norms_cpu);
-  m.impl("fused_lars_apply_", &fused_lars_apply_cpu);
+  m.impl("fused_lars_groups_", &CpuOps::groups);
+  m.impl("fused_lars_norms", &CpuOps::norms);
+  m.impl("fused_lars_apply_", &CpuOps::apply);
 }
 
 }  // namespace lars_cuda

@@ -1,7 +1,7 @@
-// The CUDA implementations of the ops (fused_lars_groups_, fused_lars_norms,
-// fused_lars_apply_): parse and check every group (group_args.h), bucket the
-// tensors by dtype (buckets.h), launch per bucket (launch.cuh); and the probe
-// that tells whether this build has code for a device. Moved from lars_kernel.cu.
+// The CUDA backend: its run (bucket the checked groups by dtype, find or build
+// each bucket's device table, launch), registered through op_entry_points.h, and
+// the probe that tells whether this build has code for a device. Moved from
+// lars_kernel.cu.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -13,6 +13,7 @@
 #include "../dispatch.h"
 #include "../group_args.h"
 #include "../launch_config.h"
+#include "../op_entry_points.h"
 #include "../status.h"
 #include "launch.cuh"
 #include "tensor_table.cuh"
@@ -45,7 +46,7 @@ LrArg lr_arg(const GroupCall& g) {
 // an invalid group has already raised with nothing written. One launch per
 // dtype bucket for up to kMaxGroups groups (the seed's two groups: one launch).
 void run_groups_cuda(const std::vector<GroupCall>& groups, const std::optional<at::Tensor>& grad_scale,
-                     const std::optional<at::Tensor>& found_inf, SumsIO io = {}) {
+                     const std::optional<at::Tensor>& found_inf, SumsIO io) {
   std::vector<at::Tensor> keep;
   const float* scale_ptr = float_ptr_or_null(grad_scale, keep);
   const float* inf_ptr = float_ptr_or_null(found_inf, keep);
@@ -79,34 +80,8 @@ void run_groups_cuda(const std::vector<GroupCall>& groups, const std::optional<a
   }
 }
 
-void fused_lars_groups_cuda(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                            at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, at::IntArrayRef flags,
-                            const c10::List<std::optional<at::Tensor>>& lr_tensors,
-                            const std::optional<at::Tensor>& grad_scale,
-                            const std::optional<at::Tensor>& found_inf) {
-  run_groups_cuda(parse_groups(params, grads, momentum_buffers, group_sizes, hyper, flags, lr_tensors, grad_scale,
-                               found_inf),
-                  grad_scale, found_inf);
-}
-
-at::Tensor fused_lars_norms_cuda(at::TensorList params, at::TensorList grads, at::IntArrayRef group_sizes,
-                                 at::IntArrayRef flags) {
-  const std::vector<GroupCall> groups = parse_norm_groups(params, grads, group_sizes, flags);
-  const at::TensorOptions opts = at::TensorOptions().dtype(at::kDouble).device(
-      params.empty() ? at::Device(at::kCUDA, c10::cuda::current_device()) : params[0].device());
-  at::Tensor sums = at::zeros({static_cast<int64_t>(params.size()), kSumsPerTensor}, opts);
-  run_groups_cuda(groups, std::nullopt, std::nullopt, SumsIO{sums.data_ptr<double>(), nullptr});
-  return sums;
-}
-
-void fused_lars_apply_cuda(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                           at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, at::IntArrayRef flags,
-                           const c10::List<std::optional<at::Tensor>>& lr_tensors, const at::Tensor& sums,
-                           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
-  // Checked first: the sums' data pointer is read only once they are known to be float64.
-  const std::vector<GroupCall> groups = parse_apply_groups(params, grads, momentum_buffers, group_sizes, hyper,
-                                                           flags, lr_tensors, sums, grad_scale, found_inf);
-  run_groups_cuda(groups, grad_scale, found_inf, SumsIO{nullptr, sums.const_data_ptr<double>()});
+at::Device cuda_sums_device(at::TensorList params) {
+  return params.empty() ? at::Device(at::kCUDA, c10::cuda::current_device()) : params[0].device();
 }
 
 // Whether lars_kernel has an image for `device` (SASS for its architecture or PTX
@@ -137,12 +112,12 @@ const bool probe_installed = (cuda_kernel_probe() = &kernel_runs_on, true);
 }  // namespace
 }  // namespace cuda_impl
 
-using namespace cuda_impl;
+using CudaOps = OpEntryPoints<&cuda_impl::run_groups_cuda, &cuda_impl::cuda_sums_device>;
 
 TORCH_LIBRARY_IMPL(lars_cuda, CUDA, m) {
-  m.impl("fused_lars_groups_", &fused_lars_groups_cuda);
-  m.impl("fused_lars_norms", &fused_lars_norms_cuda);
-  m.impl("fused_lars_apply_", &fused_lars_apply_cuda);
+  m.impl("fused_lars_groups_", &CudaOps::groups);
+  m.impl("fused_lars_norms", &CudaOps::norms);
+  m.impl("fused_lars_apply_", &CudaOps::apply);
 }
 
 }  // namespace lars_cuda
