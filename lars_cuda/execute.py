@@ -5,7 +5,7 @@ reference loop. Nothing here can fail on an input the planner accepted."""
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -17,7 +17,7 @@ __all__ = ["run_plans"]
 
 
 def run_plans(plans: list[Plan], grad_scale: Optional[Tensor],
-              found_inf: Optional[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+              found_inf: Optional[Tensor]) -> list[tuple[Tensor, Tensor]]:
     """Steps every plan; returns the (param, buffer) pairs of the buffers created
     this step, for the optimizer's state."""
     plain = [p for p in plans if not p.sharded]

@@ -14,6 +14,7 @@ from torch import Tensor
 from . import sharded
 from .functional import _ratio_and_decay
 from .options import StepOptions
+from .partition import partition
 
 __all__ = ["trust_ratios"]
 
@@ -50,18 +51,13 @@ def _sums(params: list[Tensor]) -> Tensor:
     step computes them, widened); sharded params' global sums come from one
     all-reduce (so every rank must call this), the others from one host copy per device."""
     out = torch.empty(len(params), 3, dtype=torch.float64)
-    is_d = [sharded.HAS_DTENSOR and sharded.is_dtensor(p) for p in params]
-    if any(is_d):
-        idx = [i for i, d in enumerate(is_d) if d]
-        out[idx] = sharded.sharded_trust_ratio_sums([params[i] for i in idx]).to("cpu", torch.float64)
-    by_device: dict[torch.device, list[int]] = {}
-    for i, d in enumerate(is_d):
-        if not d:
-            by_device.setdefault(params[i].device, []).append(i)
-    for idx in by_device.values():
-        rows = []
-        for i in idx:
-            pf, gf = params[i].detach().float(), params[i].grad.detach().float()
-            rows.append(torch.stack([(pf * pf).sum(), (gf * gf).sum(), (gf * pf).sum()]))
-        out[idx] = torch.stack(rows).to("cpu", torch.float64)
+    keys = ["sharded" if sharded.HAS_DTENSOR and sharded.is_dtensor(p) else p.device for p in params]
+    for key, ((part,), idx) in partition([params], keys).items():
+        rows = sharded.sharded_trust_ratio_sums(part) if key == "sharded" else torch.stack([_row(p) for p in part])
+        out[idx] = rows.to("cpu", torch.float64)
     return out
+
+
+def _row(p: Tensor) -> Tensor:
+    pf, gf = p.detach().float(), p.grad.detach().float()
+    return torch.stack([(pf * pf).sum(), (gf * gf).sum(), (gf * pf).sum()])

@@ -342,3 +342,95 @@ def test_each_flavour_steps_with_the_kernel_options_of_its_original():
 def test_larc_names_what_it_was_given_instead_of_an_sgd():
     with pytest.raises(TypeError, match="got Adam"):
         compat.LARC(torch.optim.Adam([torch.nn.Parameter(torch.ones(3))]))
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("path", PATHS)
+def test_a_flavour_steps_on_the_path_its_groups_ask_for(flavour, path):
+    from unittest import mock
+
+    from lars_cuda import functional
+
+    spies = {"reference": mock.patch.object(functional, "_single_tensor_lars", wraps=functional._single_tensor_lars),
+             "foreach": mock.patch.object(functional, "_multi_tensor_lars", wraps=functional._multi_tensor_lars),
+             "fused": mock.patch.object(functional.ops, "fused_lars_groups_",
+                                        wraps=functional.ops.fused_lars_groups_)}
+    params = [torch.nn.Parameter(p.clone()) for p in make_params()]
+    opt = FLAVOURS[flavour](params, **PATHS[path])
+    for p, g in zip(params, grads_for(0, [p.shape for p in params])):
+        p.grad = g
+    with spies["reference"] as single, spies["foreach"] as multi, spies["fused"] as fused:
+        opt.step()
+    assert {"reference": single.called, "foreach": multi.called, "fused": fused.called} == \
+        {name: name == path for name in PATHS}
+    for key, value in PATHS[path].items():
+        assert all(g[key] is value for g in opt._kernel_groups()), key
+
+
+def test_larc_refuses_a_differentiable_sgd():
+    sgd = torch.optim.SGD([torch.nn.Parameter(torch.ones(3))], lr=0.1, differentiable=True)
+    with pytest.raises(ValueError, match=r"^LARC: the SGD's differentiable=True is not supported$"):
+        compat.LARC(sgd)
+
+
+def test_larc_gives_a_group_added_later_the_sgds_defaults():
+    sgd = torch.optim.SGD([torch.nn.Parameter(torch.ones(3))], lr=0.3, momentum=0.8, dampening=0.1,
+                          weight_decay=1e-4, nesterov=False)
+    opt = compat.LARC(sgd, fused=False)
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))]})
+    added = {k: v for k, v in opt.param_groups[1].items() if k != "params"}
+    assert added == {**{k: v for k, v in sgd.defaults.items()}, "fused": False}
+
+
+def test_larc_steps_a_state_dict_without_maximize_as_not_maximizing():
+    # torch < 1.12 saved SGD groups without "maximize"; torch's SGD reads that as False
+    def trained(drop_maximize):
+        params = [torch.nn.Parameter(p.clone()) for p in make_params()]
+        opt = compat.LARC(torch.optim.SGD(params, lr=0.3, momentum=0.9, weight_decay=1e-3))
+        state = opt.state_dict()
+        if drop_maximize:
+            for g in state["param_groups"]:
+                del g["maximize"]
+        opt.load_state_dict(state)
+        for p, g in zip(params, grads_for(0, [p.shape for p in params])):
+            p.grad = g
+        opt.step()
+        return params
+    for a, b in zip(trained(True), trained(False)):
+        assert torch.equal(a, b)
+
+
+def _ssl_filters(**filters):
+    params = [torch.nn.Parameter(p.clone()) for p in make_params()]
+    opt = compat.SSLLars(params, lr=0.5, weight_decay=1e-3, **filters)
+    for p, g in zip(params, grads_for(0, [p.shape for p in params])):
+        p.grad = g
+    opt.step()
+    return [p.detach() for p in params]
+
+
+def exclude_bias_and_norm(p):  # VICReg's filter function, by name
+    return p.ndim == 1
+
+
+@pytest.mark.parametrize("which", ["weight_decay_filter", "lars_adaptation_filter"])
+def test_ssl_lars_takes_vicregs_filter_function_as_true(which):
+    other = "lars_adaptation_filter" if which == "weight_decay_filter" else "weight_decay_filter"
+    with_function = _ssl_filters(**{which: exclude_bias_and_norm, other: False})
+    with_true = _ssl_filters(**{which: True, other: False})
+    with_false = _ssl_filters(**{which: False, other: False})
+    assert all(torch.equal(a, b) for a, b in zip(with_function, with_true))
+    assert not all(torch.equal(a, b) for a, b in zip(with_function, with_false))
+
+
+@pytest.mark.parametrize("which", ["weight_decay_filter", "lars_adaptation_filter"])
+def test_ssl_lars_takes_none_as_no_filter(which):
+    assert all(torch.equal(a, b) for a, b in zip(_ssl_filters(**{which: None}), _ssl_filters(**{which: False})))
+
+
+@pytest.mark.parametrize("value", [lambda p: p.ndim == 1, "yes", 1])
+@pytest.mark.parametrize("which", ["weight_decay_filter", "lars_adaptation_filter"])
+def test_ssl_lars_refuses_a_filter_it_cannot_read_naming_it(which, value):
+    with pytest.raises(TypeError) as info:
+        compat.SSLLars([torch.nn.Parameter(torch.ones(3))], lr=0.1, **{which: value})
+    assert str(info.value) == f"{which} must be a bool (or the SSL repos' exclude_bias_and_norm), got {value!r}"

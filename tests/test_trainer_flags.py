@@ -12,7 +12,7 @@ import shutil
 import pytest
 import torch
 
-from train.imagenet import scaled_lr
+from train.builders import scaled_lr
 
 from .test_trainer import FMNIST, assert_same_weights, launch, needs_fashion, needs_mpi, weights
 

@@ -36,7 +36,6 @@ if not __package__ and "train" not in sys.modules:
 import torch  # noqa: E402
 
 from train import checkpoint as ckpt  # noqa: E402
-from train.builders import make_optimizer, scaled_lr  # noqa: E402,F401  (the trainer's names, as before the split)
 from train.cli import parse_args  # noqa: E402
 from train.data import DataError  # noqa: E402
 from train.distributed import make_dist  # noqa: E402
