@@ -47,7 +47,8 @@ test-suite: setup
 
 test-avx2: setup
 	ATEN_CPU_CAPABILITY=avx2 LARS_CUDA_CPU_KERNEL=avx2 $(PY) -m pytest -q tests/test_lars_math.py \
-		tests/test_fused_op.py tests/test_compat.py tests/test_diagnostics.py tests/test_switching.py
+		tests/test_fused_op.py tests/test_compat.py tests/test_diagnostics.py tests/test_switching.py \
+		tests/test_functional_api.py tests/test_sharded_in_process.py
 
 # Build the wheel, install it into a fresh venv with only torch and the test
 # requirements, run the package's tests against site-packages (scripts/wheel_test.sh).

@@ -47,4 +47,6 @@ cd "$OUT/run"
 LARS_CUDA_TEST_INSTALLED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$OUT/venv/bin/python" -m pytest -q -p no:cacheprovider \
   tests/test_lars_math.py tests/test_conformance.py tests/test_validation.py tests/test_state_dict.py \
   tests/test_grouping.py tests/test_scheduler.py tests/test_fused_op.py tests/test_messages_and_defaults.py \
-  tests/test_compat.py tests/test_diagnostics.py tests/test_switching.py tests/test_sharded.py
+  tests/test_compat.py tests/test_diagnostics.py tests/test_switching.py tests/test_sharded.py \
+  tests/test_sharded_in_process.py tests/test_diagnostics_in_process.py tests/test_functional_api.py \
+  tests/test_path_choice.py

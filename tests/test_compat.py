@@ -6,6 +6,7 @@ steps; params and momentum buffers must agree."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import sys
@@ -428,7 +429,7 @@ def test_ssl_lars_takes_none_as_no_filter(which):
     assert all(torch.equal(a, b) for a, b in zip(_ssl_filters(**{which: None}), _ssl_filters(**{which: False})))
 
 
-@pytest.mark.parametrize("value", [lambda p: p.ndim == 1, "yes", 1])
+@pytest.mark.parametrize("value", [lambda p: p.ndim == 1, functools.partial(exclude_bias_and_norm), "yes", 1])
 @pytest.mark.parametrize("which", ["weight_decay_filter", "lars_adaptation_filter"])
 def test_ssl_lars_refuses_a_filter_it_cannot_read_naming_it(which, value):
     with pytest.raises(TypeError) as info:

@@ -324,3 +324,12 @@ def test_the_report_lists_the_switches_in_force_in_the_table_s_order(monkeypatch
     monkeypatch.setenv("LARS_CUDA_LAUNCH", "")  # set but empty: not in force
     assert diagnostics.report().splitlines()[-1] == \
         "environment switches in force: LARS_CUDA_CPU_KERNEL=avx2, LARS_CUDA_WAVE_MB=4"
+
+
+def test_an_op_called_without_the_library_says_why_it_did_not_load(monkeypatch):
+    monkeypatch.setattr(ops, "_C", None)
+    monkeypatch.setattr(ops, "EXTENSION_ERROR", ImportError("gone"))
+    monkeypatch.setattr(diagnostics, "load_failure", lambda e: f"WHY({e})")
+    with pytest.raises(RuntimeError) as info:
+        ops.fused_lars_norms([torch.ones(2)], [torch.ones(2)], [1], [1])
+    assert str(info.value) == "lars_cuda's compiled extension did not load, so its ops are unavailable: WHY(gone)"

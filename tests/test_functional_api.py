@@ -33,34 +33,44 @@ CONFIGS = {
     "ssl": dict(norm_of_update=True, trust_clip=None, update_clip=None),
     "larc": dict(larc_clip=True, zero_norm_skip=True, trust_clip=None, update_clip=None),
     "larc_clip_only": dict(larc_clip=True, trust_clip=None, update_clip=None),
+    "larc_clip_lr_above_one": dict(larc_clip=True, lr=2.0, trust_clip=None, update_clip=None),
+    "larc_lr_above_one": dict(larc_clip=True, zero_norm_skip=True, lr=2.0, trust_clip=None, update_clip=None),
     "tensor_lr": dict(lr=torch.tensor(0.1)),
 }
 PATHS = {"single": dict(), "foreach": dict(foreach=True), "fused": dict(fused=True)}
 
 
-def _tensors(seed, dtype=torch.float32, zero_first=False):
+def _tensors(seed, dtype=torch.float32, zero=None):
     gen = torch.Generator().manual_seed(seed)
     ts = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in SHAPES]
-    if zero_first:
-        ts[0].zero_()  # a zero norm: the ratio's guards and LARC's skip
+    if zero is not None:
+        ts[zero].zero_()  # a zero norm: the ratio's guards and LARC's skip
     return ts
 
 
-def _functional_steps(options, path, dtype, steps=3, zero_first=False):
-    params = _tensors(0, dtype, zero_first)
+def _params(dtype):
+    return _tensors(0, dtype, zero=0)  # a zero weight ...
+
+
+def _grads(step, dtype):
+    return _tensors(10 + step, dtype, zero=1)  # ... and a zero gradient
+
+
+def _functional_steps(options, path, dtype, steps=3):
+    params = _params(dtype)
     bufs = [None] * len(params)
     for step in range(steps):
-        functional.lars(params, _tensors(10 + step, dtype), bufs, **options, **PATHS[path])
+        functional.lars(params, _grads(step, dtype), bufs, **options, **PATHS[path])
     return params, bufs
 
 
-def _optimizer_steps(options, path, dtype, steps=3, zero_first=False):
-    params = [torch.nn.Parameter(t) for t in _tensors(0, dtype, zero_first)]
+def _optimizer_steps(options, path, dtype, steps=3):
+    params = [torch.nn.Parameter(t) for t in _params(dtype)]
     group_only = {k: options[k] for k in ("lars",) if k in options}
     opt = lars_cuda.Lars([dict(params=params, **group_only)], **{k: v for k, v in options.items() if k != "lars"},
                          **({"foreach": False, "fused": False} if path == "single" else PATHS[path]))
     for step in range(steps):
-        for p, g in zip(params, _tensors(10 + step, dtype)):
+        for p, g in zip(params, _grads(step, dtype)):
             p.grad = g
         opt.step()
     return [p.detach() for p in params], [opt.state[p].get("momentum_buffer") for p in params]
@@ -75,8 +85,8 @@ def test_functional_lars_steps_as_the_optimizer_with_the_same_options(config, pa
     if path == "fused" and dtype == torch.float64:
         pytest.skip("the kernel steps float32/16-bit tensors (Lars runs float64 on foreach)")
     options = {**SEED, **CONFIGS[config]}
-    got_p, got_b = _functional_steps(options, path, dtype, zero_first=config.startswith("larc"))
-    want_p, want_b = _optimizer_steps(options, path, dtype, zero_first=config.startswith("larc"))
+    got_p, got_b = _functional_steps(options, path, dtype)
+    want_p, want_b = _optimizer_steps(options, path, dtype)
     for g, w in zip(got_p, want_p):
         assert torch.equal(g, w)
     if options["momentum"] == 0:
@@ -123,53 +133,105 @@ def test_functional_lars_with_dampening_copies_d_into_a_fresh_buffer_and_damps_a
     torch.testing.assert_close(params[1], -0.1 * bufs[1])
 
 
-@pytest.mark.parametrize("path", ["single", "foreach"])
-def test_functional_lars_takes_norms_from_given_sums(path):
-    # sums (p², g², g·p): a step from sums equals a step from the tensors when they agree,
-    # and follows the sums when they do not (the sharded step's global norms)
+def _sums(params, grads, scale_p2=1.0):
+    """(p², g², g·p) rows as the sharded step's all-reduce gives them; ``scale_p2`` makes
+    them differ from the tensors' own (as the global sums of a shard do)."""
+    return torch.tensor([[scale_p2 * x.double().square().sum(), y.double().square().sum(),
+                          (x.double() * y.double()).sum()] for x, y in zip(params, grads)])
+
+
+def _mixed_dtypes(ts):
+    return [t.double() if i % 2 else t for i, t in enumerate(ts)]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtypes", ["float32", "mixed"])
+def test_functional_lars_takes_norms_from_given_sums(path, dtypes):
+    # sums equal to the tensors' own give the step from the tensors; other sums are followed
+    if path == "fused" and not ops.has_fused(torch.device("cpu")):
+        pytest.skip("the compiled kernel is not built")
+    if path == "fused" and dtypes == "mixed":
+        pytest.skip("the kernel steps float32/16-bit tensors")
+    convert = _mixed_dtypes if dtypes == "mixed" else list
     options = {**SEED, "momentum": 0.0, "update_clip": None}
-    p, g = _tensors(0)[:2], _tensors(1)[:2]
-    own = torch.tensor([[x.double().square().sum(), y.double().square().sum(), (x.double() * y.double()).sum()]
-                        for x, y in zip(p, g)])
-    a, b = [t.clone() for t in p], [t.clone() for t in p]
+    p, g = convert(_tensors(0)), convert(_tensors(1))
+    a, b, c = ([t.clone() for t in p] for _ in range(3))
     functional.lars(a, g, [], **options, **PATHS[path])
-    functional.lars(b, g, [], **options, **PATHS[path], sums=own)
+    functional.lars(b, g, [], **options, **PATHS[path], sums=_sums(p, g))
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
-    c = [t.clone() for t in p]
-    functional.lars(c, g, [], **options, **PATHS[path], sums=own * torch.tensor([[4.0, 1.0, 1.0]]).double())
-    ratio = [0.05 * 2 * x.double().norm() / (y.double().norm() + 0.01 * 2 * x.double().norm()) for x, y in zip(p, g)]
-    for x, y, r, gg in zip(p, c, ratio, g):
+    functional.lars(c, g, [], **options, **PATHS[path], sums=_sums(p, g, scale_p2=4.0))
+    for x, y, gg in zip(p, c, g):
+        w, n = 2 * x.double().norm(), gg.double().norm()
+        r = 0.05 * w / (n + 0.01 * w)
         torch.testing.assert_close(y.double(), x.double() - 0.1 * r * (gg.double() + 0.01 * x.double()),
                                    rtol=1e-5, atol=1e-6)
 
 
-def test_functional_lars_with_sums_and_dampening_keeps_each_tensor_s_row():
-    # fresh and old buffers step apart (first_step): the rows must follow their tensors
-    options = {**SEED, "dampening": 0.5, "update_clip": None}
+_OLD_AND_FRESH = [None, torch.ones(5), None, torch.ones(1)]  # fresh and old buffers: two views under dampening
+
+
+def _split_and_per_tensor(step_all, step_one, sums):
+    """The same step in one call and tensor by tensor: the rows of ``sums`` must
+    follow their tensors through every split of the one call."""
     p, g = _tensors(0), _tensors(1)
-    sums = torch.tensor([[x.double().square().sum(), y.double().square().sum(), 0.0] for x, y in zip(p, g)])
-    bufs = [None, torch.ones(5), None, torch.ones(1)]
     a, b = [t.clone() for t in p], [t.clone() for t in p]
-    bufs_a, bufs_b = list(bufs), [None if x is None else x.clone() for x in bufs]
-    functional.lars(a, g, bufs_a, **options)
-    functional.lars(b, g, bufs_b, **options, sums=sums)
+    bufs_a = [None if x is None else x.clone() for x in _OLD_AND_FRESH]
+    bufs_b = [None if x is None else x.clone() for x in _OLD_AND_FRESH]
+    step_all(a, g, bufs_a, sums)
+    for i in range(len(p)):
+        one = [bufs_b[i]]
+        step_one(i, b[i:i + 1], g[i:i + 1], one, sums[i:i + 1])
+        bufs_b[i] = one[0]
     for x, y in zip(a + bufs_a, b + bufs_b):
         torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_functional_lars_with_sums_and_dampening_keeps_each_tensor_s_row(path):
+    if path == "fused" and not ops.has_fused(torch.device("cpu")):
+        pytest.skip("the compiled kernel is not built")
+    options = {**SEED, "dampening": 0.5, "update_clip": None}
+
+    def step_all(params, grads, bufs, sums):
+        functional.lars(params, grads, bufs, **options, **PATHS[path], sums=sums)
+    _split_and_per_tensor(step_all, lambda i, *args: step_all(*args), _sums(_tensors(0), _tensors(1), 4.0))
 
 
 @pytest.mark.skipif(not ops.has_fused(torch.device("cpu")), reason="the compiled kernel is not built")
-def test_fused_lars_groups_with_sums_and_dampening_keeps_each_tensor_s_row():
-    options = dict(**SEED, dampening=0.5)
+def test_fused_lars_groups_with_sums_keeps_each_tensor_s_row_across_groups_and_views():
+    # three groups (1, 2 and 1 tensors), each eeta its own, fresh and old buffers under dampening
+    cuts, eetas = [(0, 1), (1, 3), (3, 4)], [0.05, 0.1, 0.15]
+    group_of = [0, 1, 1, 2]
+    options = dict(SEED, dampening=0.5)
+
+    def step_all(params, grads, bufs, sums):
+        groups = [(params[a:b], grads[a:b], bufs[a:b], dict(options, eeta=e)) for (a, b), e in zip(cuts, eetas)]
+        functional.fused_lars_groups(groups, sums=sums)
+        for (a, b), (_, _, part, _) in zip(cuts, groups):
+            bufs[a:b] = part
+
+    def step_one(i, params, grads, bufs, sums):
+        functional.fused_lars_groups([(params, grads, bufs, dict(options, eeta=eetas[group_of[i]]))], sums=sums)
+    _split_and_per_tensor(step_all, step_one, _sums(_tensors(0), _tensors(1), 4.0))
+
+
+@pytest.mark.parametrize("path", ["single", "foreach"])
+def test_functional_lars_runs_the_implementation_its_switches_name(path):
+    from unittest import mock
+
+    name = {"single": "_single_tensor_lars", "foreach": "_multi_tensor_lars"}
+    with mock.patch.object(functional, name[path], wraps=getattr(functional, name[path])) as spy:
+        functional.lars(_tensors(0), _tensors(1), [None] * 4, **SEED, **PATHS[path])
+    assert spy.called
+
+
+def test_functional_lars_takes_tuples_of_params_and_grads():
     p, g = _tensors(0), _tensors(1)
-    sums = torch.tensor([[x.double().square().sum(), y.double().square().sum(), 0.0] for x, y in zip(p, g)])
-    bufs = [None, torch.ones(5), None, torch.ones(1)]
-    a, b = [t.clone() for t in p], [t.clone() for t in p]
-    bufs_a, bufs_b = list(bufs), [None if x is None else x.clone() for x in bufs]
-    functional.fused_lars_groups([(a, g, bufs_a, options)])
-    functional.fused_lars_groups([(b, g, bufs_b, options)], sums=sums)
-    for x, y in zip(a + bufs_a, b + bufs_b):
-        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
+    a = [t.clone() for t in p]
+    functional.lars(tuple(p), tuple(g), [None] * 4, **SEED, foreach=True)
+    functional.lars(a, g, [None] * 4, **SEED, foreach=True)
+    assert all(torch.equal(x, y) for x, y in zip(p, a))
 
 
 @pytest.mark.skipif(not ops.has_fused(torch.device("cpu")), reason="the compiled kernel is not built")
@@ -187,6 +249,13 @@ def test_fused_lars_groups_steps_several_groups_as_one_call_each():
         bufs_a[a:b] = part
     for x, y in zip(together, apart):
         assert torch.equal(x, y)
+
+
+@pytest.mark.skipif(not ops.has_fused(torch.device("cpu")), reason="the compiled kernel is not built")
+def test_fused_lars_norms_take_options_without_an_lr():
+    p, g = _tensors(0), _tensors(1)
+    assert torch.equal(functional.fused_lars_norms([(p, g, {"lars": True})]),
+                       functional.fused_lars_norms([(p, g, dict(SEED))]))
 
 
 def test_fused_lars_groups_of_no_tensors_does_nothing():

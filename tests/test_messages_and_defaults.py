@@ -3,6 +3,8 @@ is the documented one: table-driven, so a changed message or default shows."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from torch import nn
@@ -142,8 +144,6 @@ def test_has_fused_serves_the_cpu_and_cuda_only():
 
 
 def test_functional_lars_defaults_to_the_loop_and_no_maximize():
-    from unittest import mock
-
     p = torch.linspace(-1, 1, 5)
     g = torch.linspace(0.5, -0.5, 5)
     with mock.patch.object(functional, "_single_tensor_lars", wraps=functional._single_tensor_lars) as loop:
@@ -306,3 +306,29 @@ def test_the_card_and_the_rebuild_command_are_described_from_its_capability(monk
     assert ops.describe_cuda_device("cuda") == "card 0 (sm_90)"
     assert ops.rebuild_hint("cuda:2") == "TORCH_CUDA_ARCH_LIST=10.0 pip install --no-build-isolation -e ."
     assert ops.rebuild_hint("cuda") == "TORCH_CUDA_ARCH_LIST=9.0 pip install --no-build-isolation -e ."
+
+
+@pytest.mark.skipif(ops.EXTENSION_ERROR is not None, reason="the compiled library did not load")
+def test_launch_env_sets_and_unsets_knobs_for_the_block_and_restores_them(monkeypatch):
+    import os
+
+    monkeypatch.setenv("LARS_CUDA_LAUNCH", "cooperative")
+    monkeypatch.delenv("LARS_CUDA_WAVE_MB", raising=False)
+    with mock.patch.object(torch.ops.lars_cuda, "reload_launch_config",
+                           wraps=torch.ops.lars_cuda.reload_launch_config) as reload:
+        with ops.launch_env(LARS_CUDA_WAVE_MB="4", LARS_CUDA_LAUNCH=None):
+            assert os.environ["LARS_CUDA_WAVE_MB"] == "4" and "LARS_CUDA_LAUNCH" not in os.environ
+            assert reload.call_count == 1  # read again inside the block ...
+        assert reload.call_count == 2  # ... and after it
+    assert os.environ["LARS_CUDA_LAUNCH"] == "cooperative" and "LARS_CUDA_WAVE_MB" not in os.environ
+
+
+@pytest.mark.skipif(ops.EXTENSION_ERROR is not None, reason="the compiled library did not load")
+def test_launch_env_restores_the_knobs_when_the_block_raises(monkeypatch):
+    import os
+
+    monkeypatch.setenv("LARS_CUDA_BLOCKS_PER_SM", "2")
+    with pytest.raises(KeyError):
+        with ops.launch_env(LARS_CUDA_BLOCKS_PER_SM="8"):
+            raise KeyError("inside")
+    assert os.environ["LARS_CUDA_BLOCKS_PER_SM"] == "2"

@@ -194,3 +194,19 @@ def test_ssl_trust_ratios_divide_the_gradient_by_grad_scale_inside_the_update_no
     torch.testing.assert_close(opt.trust_ratios(grad_scale=64.0), plain)
     want = torch.stack([0.001 * p.detach().norm() / (p.grad / 64.0 + 0.1 * p.detach()).norm() for p in ps])
     torch.testing.assert_close(plain, want)
+
+
+@pytest.mark.parametrize("scale", [0.0, -2.0, float("inf"), float("nan"), torch.tensor(0.0)])
+def test_trust_ratios_refuse_a_grad_scale_that_is_not_positive_and_finite(scale):
+    with pytest.raises(ValueError) as info:
+        lars_cuda.Lars(_params(), lr=0.1).trust_ratios(grad_scale=scale)
+    assert str(info.value) == f"grad_scale must be a positive finite number, got {float(scale)}"
+
+
+def test_the_loop_steps_a_group_on_two_devices():
+    # foreach=False is torch's answer to params on several devices (meta: a second device without a GPU)
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3, device="meta"))]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    lars_cuda.Lars(params, lr=0.1, momentum=0.9, foreach=False).step()
+    assert not torch.equal(params[0].detach(), torch.ones(3)) and params[1].device.type == "meta"

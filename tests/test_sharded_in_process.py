@@ -417,3 +417,54 @@ def test_fresh_buffers_of_a_sharded_step_are_dtensors_laid_out_as_their_params()
         return all(isinstance(b, DTensor) and b.placements == p.placements and b.shape == p.shape
                    for b, p in zip(bufs, mine))
     assert threaded_ranks.run_on_ranks(rank_main) == [True, True]
+
+
+def test_a_partial_on_the_second_mesh_dim_names_the_dim_and_every_placement():
+    from torch.distributed.tensor import DTensor, Partial, Shard
+
+    def rank_main(rank):
+        mesh = _mesh((2, 1))
+        p = nn.Parameter(DTensor.from_local(torch.ones(2), mesh, [Shard(0), Partial()]))
+        p.grad = DTensor.from_local(torch.ones(2), mesh, [Shard(0), Partial()])
+        try:
+            lars_cuda.Lars([p], lr=0.1).step()
+        except ValueError as exc:
+            return str(exc)
+    message = threaded_ranks.run_on_ranks(rank_main)[0]
+    assert message.startswith(f"Lars cannot step a param with placement {Partial()} on mesh dim 1 (param 0, "
+                              f"placements ({Shard(0)}, {Partial()})):")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_sharded_group_with_dampening_steps_fresh_and_old_buffers_as_sgd(path):
+    # a param without a grad on the first step gets its buffer on the second, beside an old one
+    def rank_main(rank):
+        from torch.distributed.tensor import distribute_tensor
+
+        ref, mine = _pair(_mesh(), _shard0)
+        kw = dict(lr=0.1, momentum=0.9, dampening=0.3, update_clip=None)
+        opt_ref = lars_cuda.Lars([dict(params=ref, lars=False)], **kw, **PATHS[path])
+        opt = lars_cuda.Lars([dict(params=mine, lars=False)], **kw, **PATHS[path])
+        for step in range(3):
+            for i, (r, m, g) in enumerate(zip(ref, mine, _tensors(100 + step))):
+                keep = step > 0 or i % 2 == 0
+                r.grad = g.clone() if keep else None
+                m.grad = distribute_tensor(g.clone(), m.device_mesh, m.placements) if keep else None
+            opt_ref.step()
+            opt.step()
+        return _err(ref, mine, opt_ref, opt)
+    assert _worst(threaded_ranks.run_on_ranks(rank_main)) < TOL
+
+
+@pytest.mark.parametrize("which", ["grad_scale", "found_inf"])
+def test_gradscaler_tensors_off_the_fused_path_are_refused_in_a_sharded_step(which):
+    def rank_main(rank):
+        ref, mine = _pair(_mesh(), _shard0)
+        _set_grads(ref, mine, 0)
+        opt = lars_cuda.Lars(mine, lr=0.1, foreach=True)
+        setattr(opt, which, torch.tensor(1.0 if which == "grad_scale" else 0.0))
+        try:
+            opt.step()
+        except ValueError as exc:
+            return str(exc)
+    assert threaded_ranks.run_on_ranks(rank_main) == ["grad_scale/found_inf are only supported by the fused path"] * 2

@@ -210,3 +210,55 @@ def test_timms_factory_builds_ours_by_name_and_it_steps_as_timms(ours, theirs, p
     assert results[1] == results[3]  # the same param groups: no decay for biases and norms
     for a, b in zip(results[0], results[2]):
         torch.testing.assert_close(a, b, **TOL)
+
+
+# ---- the refusal's words ------------------------------------------------------------------
+
+
+def test_the_refusal_names_the_class_the_key_its_owner_and_every_foreign_key():
+    params = _fresh()
+    saved = ORIGINALS["timm"][0](params).state_dict()
+    with pytest.raises(ValueError) as info:
+        Lars(_fresh(), lr=0.1).load_state_dict(saved)
+    assert str(info.value) == (
+        "Lars.load_state_dict: param group 0 holds 'trust_coeff', an option Lars does not have: this state dict was "
+        "saved by timm.optim.Lars (lars_cuda.compat.TimmLars) (keys ['eps', 'trust_coeff']); load it into that "
+        "class, or see the README's 'Switching from ...' for the class that reads it")
+
+
+def test_foreign_keys_no_flavour_owns_are_named_as_another_flavours():
+    # an SGD's state dict into SSLLars: dampening, maximize and nesterov are nobody's own key
+    saved = torch.optim.SGD(_fresh(), lr=0.1).state_dict()
+    with pytest.raises(ValueError) as info:
+        compat.SSLLars(_fresh(), lr=0.1).load_state_dict(saved)
+    assert str(info.value).startswith(
+        "SSLLars.load_state_dict: param group 0 holds 'dampening', an option SSLLars does not have: this state "
+        "dict was saved by another LARS flavour (keys ['dampening', 'maximize', 'nesterov'])")
+
+
+def test_the_momentum_refusal_names_both_keys_and_the_saver():
+    saved = {"state": {0: {"mu": torch.zeros(3)}}, "param_groups": []}
+    with pytest.raises(ValueError) as info:
+        compat.TimmLars(_fresh(), momentum=0.9).load_state_dict(saved)
+    assert str(info.value) == (
+        "TimmLars.load_state_dict: the state of param 0 holds 'mu' but TimmLars keeps its momentum under "
+        "'momentum_buffer': this state dict was saved by the self-supervised LARS (lars_cuda.compat.SSLLars); "
+        "loading it here would start from zero momentum")
+
+
+@pytest.mark.parametrize("state_dict", [{}, {"state": {}}, {"param_groups": []}])
+def test_the_schema_check_reads_a_state_dict_missing_either_part(state_dict):
+    from lars_cuda.schemas import LARS_OPTIONS
+    from lars_cuda.validation import check_state_dict_schema
+
+    assert check_state_dict_schema("Lars", LARS_OPTIONS, "momentum_buffer", state_dict) is None
+
+
+def test_timms_registry_holds_ours_with_timms_descriptions():
+    from timm.optim._optim_factory import default_registry
+
+    compat.register_timm()
+    for name, (description, defaults) in compat.TIMM_NAMES.items():
+        info = default_registry.get_optimizer_info(name)
+        assert (info.opt_class, info.description, info.has_momentum) == (compat.TimmLars, description, True)
+        assert info.defaults == (defaults or None)
