@@ -228,7 +228,7 @@ def test_the_cpu_name_is_the_first_model_name_of_proc_cpuinfo(monkeypatch):
     assert diagnostics._cpu_name() == "AMD EPYC 7B13: 64-Core"
 
 
-@pytest.mark.parametrize("text", [None, "processor\t: 0\n"])
+@pytest.mark.parametrize("text", [None, "processor\t: 0\n"], ids=["no-cpuinfo", "no-model-name"])
 def test_without_a_model_name_the_cpu_is_named_by_platform(monkeypatch, text):
     _cpuinfo(monkeypatch, text)
     monkeypatch.setattr(platform, "processor", lambda: "PROC")
