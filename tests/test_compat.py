@@ -435,3 +435,23 @@ def test_ssl_lars_refuses_a_filter_it_cannot_read_naming_it(which, value):
     with pytest.raises(TypeError) as info:
         compat.SSLLars([torch.nn.Parameter(torch.ones(3))], lr=0.1, **{which: value})
     assert str(info.value) == f"{which} must be a bool (or the SSL repos' exclude_bias_and_norm), got {value!r}"
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_timm_lars_clips_a_zero_norm_ratio_by_an_lr_above_one_as_timm(path):
+    # timm: r = 1 where a norm is 0, then min(r / lr, 1): 0.5 at lr 2 (make_params holds a zero weight and grad)
+    from timm.optim import Lars as Timm
+
+    kw = dict(lr=2.0, weight_decay=1e-3, trust_coeff=0.02, trust_clip=True, always_adapt=True, momentum=0.9)
+    theirs, opt_theirs = run(lambda g: Timm(g, **kw), two_groups(wd_second=1e-2))
+    mine, opt_mine = run(lambda g: compat.TimmLars(g, **kw, **PATHS[path]), two_groups(wd_second=1e-2))
+    assert_same(mine, theirs, opt_mine, opt_theirs)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_larc_leaves_a_zero_norm_tensor_unscaled_at_an_lr_above_one_as_apex(path):
+    # apex LARC: no adaptive lr at all where a norm is 0, even where min(1 / lr, 1) would be 0.5
+    sgd_kw = dict(lr=2.0, weight_decay=5e-4, momentum=0.9)
+    theirs, opt_theirs = run(lambda g: ApexLARC(torch.optim.SGD(g, **sgd_kw), clip=True), two_groups())
+    mine, opt_mine = run(lambda g: compat.LARC(torch.optim.SGD(g, **sgd_kw), clip=True, **PATHS[path]), two_groups())
+    assert_same(mine, theirs, opt_mine, opt_theirs.optim)

@@ -334,3 +334,17 @@ def test_launch_env_restores_the_knobs_when_the_block_raises(monkeypatch):
         with ops.launch_env(LARS_CUDA_BLOCKS_PER_SM="8"):
             raise KeyError("inside")
     assert os.environ["LARS_CUDA_BLOCKS_PER_SM"] == "2"
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("decay", "yes", "decay must be None or a bool, got str"),
+    ("dampening", "0.1", "dampening must be a real number, got str"),
+])
+def test_decay_and_dampening_of_the_wrong_type_are_named(option, value, message):
+    with pytest.raises(TypeError) as info:
+        Lars([Parameter(torch.ones(2))], lr=0.1, momentum=0.9, **{option: value})
+    assert str(info.value) == message
+
+
+def test_a_dampening_of_one_is_allowed():
+    Lars([Parameter(torch.ones(2))], lr=0.1, momentum=0.9, dampening=1.0)
