@@ -40,3 +40,22 @@ def expected_kernel(requested: str) -> str:
     if requested in ("avx512", "avx2") and can_run("avx2"):
         return "avx2"
     return "default"
+
+
+BUILDS_BEST_FIRST = ("avx512", "avx2", "default")
+
+
+def builds_below_best() -> list[str]:
+    """The CPU kernel's builds this machine runs besides its best one (make test-cpu-builds
+    runs the kernel tests on each): avx2 and default on an AVX-512 CPU, default on an
+    AVX2-only one."""
+    best = expected_kernel("avx512")
+    return [b for b in BUILDS_BEST_FIRST[BUILDS_BEST_FIRST.index(best) + 1:] if can_run(b)]
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--builds-below-best"]:
+        sys.exit("usage: python -m tests.machine --builds-below-best")
+    print(" ".join(builds_below_best()))

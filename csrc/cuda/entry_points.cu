@@ -15,32 +15,13 @@
 #include "../launch_config.h"
 #include "../op_entry_points.h"
 #include "../status.h"
+#include "group_launches.h"
 #include "launch.cuh"
 #include "tensor_table.cuh"
 
 namespace lars_cuda {
 namespace cuda_impl {
 namespace {
-
-const float* float_ptr_or_null(const std::optional<at::Tensor>& t, std::vector<at::Tensor>& keep) {
-  if (!t.has_value()) return nullptr;
-  if (t->scalar_type() == at::kFloat) return t->const_data_ptr<float>();
-  keep.push_back(t->to(at::kFloat));
-  return keep.back().const_data_ptr<float>();
-}
-
-LrArg lr_arg(const GroupCall& g) {
-  LrArg lr{static_cast<float>(g.lr), nullptr, false};
-  if (g.lr_tensor.has_value()) {
-    if (g.lr_tensor->is_cpu()) {
-      lr.value = static_cast<float>(g.lr_tensor->item<double>());  // a host value: no device sync
-    } else {
-      lr.ptr = g.lr_tensor->const_data_ptr();
-      lr.is_double = g.lr_tensor->scalar_type() == at::kDouble;
-    }
-  }
-  return lr;
-}
 
 // Every group was checked before this runs (parse_groups), so
 // an invalid group has already raised with nothing written. One launch per
@@ -50,34 +31,19 @@ void run_groups_cuda(const std::vector<GroupCall>& groups, const std::optional<a
   std::vector<at::Tensor> keep;
   const float* scale_ptr = float_ptr_or_null(grad_scale, keep);
   const float* inf_ptr = float_ptr_or_null(found_inf, keep);
-  for (size_t first = 0; first < groups.size(); first += kMaxGroups) {
-    const size_t last = std::min(groups.size(), first + kMaxGroups);
-    std::vector<Bucket> buckets;
-    LaunchGroups args{};
-    args.n = static_cast<int>(last - first);
-    args.any_lars = false;
-    for (size_t k = first; k < last; ++k) {
-      const GroupCall& g = groups[k];
-      args.h[k - first] = g.hyper;
-      args.lr[k - first] = lr_arg(g);
-      if (g.params.empty() || (io.out != nullptr && !g.hyper.lars)) continue;  // norms: LARS groups only
-      args.any_lars |= g.hyper.lars;
-      add_to_buckets(buckets, g.params, g.grads, g.bufs, static_cast<int64_t>(k - first), g.first_index);
-    }
-    for (Bucket& b : buckets) {
-      const c10::cuda::CUDAGuard guard(b.params[0].device());
-      const DeviceTable tab = get_table(b, launch_config().wave_bytes);
-      const int device = b.params[0].get_device();
-      dispatch_lars_type(b.p_type, "params", [&](auto p_tag) {
-        using P = decltype(p_tag);
-        dispatch_lars_type(b.g_type, "grads", [&](auto g_tag) {
-          using G = decltype(g_tag);
-          launch<P, G>(tab, args, scale_ptr, inf_ptr, device, io);
-        });
-      });
-      finish_bucket(b);
-    }
-  }
+  for_each_launch(groups, io, [](const at::Tensor& lr) { return lr.is_cpu(); },
+                  [&](const LaunchGroups& args, const Bucket& b) {
+                    const c10::cuda::CUDAGuard guard(b.params[0].device());
+                    const DeviceTable tab = get_table(b, launch_config().wave_bytes);
+                    const int device = b.params[0].get_device();
+                    dispatch_lars_type(b.p_type, "params", [&](auto p_tag) {
+                      using P = decltype(p_tag);
+                      dispatch_lars_type(b.g_type, "grads", [&](auto g_tag) {
+                        using G = decltype(g_tag);
+                        launch<P, G>(tab, args, scale_ptr, inf_ptr, device, io);
+                      });
+                    });
+                  });
 }
 
 at::Device cuda_sums_device(at::TensorList params) {

@@ -14,6 +14,7 @@
 #include "../launch_config.h"
 #include "../status.h"
 #include "kernel.cuh"
+#include "launch_plan.h"
 
 namespace lars_cuda {
 namespace cuda_impl {
@@ -41,42 +42,27 @@ void launch(const DeviceTable& tab, const LaunchGroups& groups, const float* gra
             int device, SumsIO io) {
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  // LARS_CUDA_BLOCKS_PER_SM caps the grid (for tuning); by default as many
-  // blocks as fit, which the cooperative launch caps again.
   const LaunchConfig config = launch_config();
-  const int64_t per_sm = config.blocks_per_sm;
-  const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(tab.n_chunks, per_sm * sms));
-  if (!groups.any_lars || io.in != nullptr) {  // no norms to take: the update alone
-    lars_kernel<P, G><<<static_cast<unsigned>(wanted), kThreads, 0, stream>>>(tab, groups, grad_scale, found_inf,
-                                                                               kPhaseUpdate, io);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    set_last_cuda_launch("single");
-    return;
-  }
-  // Sums out: the norm and ratio phases only.
-  const int wanted_phases = io.out != nullptr ? kPhaseNorms | kPhaseRatios : kPhaseNorms | kPhaseRatios | kPhaseUpdate;
-  // LARS_CUDA_LAUNCH=three-kernel forces the fallback (so the tests cover it).
-  const bool force_three = config.force_three_kernel;
-  const int coop_max = force_three ? 0 : cooperative_grid<P, G>(device);
-  if (coop_max > 0) {
-    const unsigned grid = static_cast<unsigned>(std::min<int64_t>(wanted, coop_max));
-    int phases = wanted_phases | kGridSync;
+  const bool norms = groups.any_lars && io.in == nullptr;
+  const int coop_max = norms && !config.force_three_kernel ? cooperative_grid<P, G>(device) : 0;
+  const LaunchPlan plan = plan_launch(tab.n_chunks, groups.any_lars, io, config, sms, coop_max);
+  if (plan.mode == LaunchPlan::kCooperative) {
+    int phases = plan.phases[0];
     DeviceTable tab_arg = tab;
     LaunchGroups groups_arg = groups;
     SumsIO io_arg = io;
     void* args[] = {&tab_arg, &groups_arg, &grad_scale, &found_inf, &phases, &io_arg};
-    C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(lars_kernel<P, G>), dim3(grid),
-                                               dim3(kThreads), args, 0, stream));
-    set_last_cuda_launch("cooperative");
-    return;
+    C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(lars_kernel<P, G>),
+                                               dim3(static_cast<unsigned>(plan.grid)), dim3(kThreads), args, 0,
+                                               stream));
+  } else {
+    for (int k = 0; k < plan.n_launches; ++k) {
+      lars_kernel<P, G><<<static_cast<unsigned>(plan.grid), kThreads, 0, stream>>>(tab, groups, grad_scale,
+                                                                                    found_inf, plan.phases[k], io);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   }
-  for (int phase : {kPhaseNorms, kPhaseRatios, kPhaseUpdate}) {
-    if (!(wanted_phases & phase)) continue;
-    lars_kernel<P, G><<<static_cast<unsigned>(wanted), kThreads, 0, stream>>>(tab, groups, grad_scale, found_inf,
-                                                                               phase, io);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  set_last_cuda_launch("three-kernel");
+  set_last_cuda_launch(plan.name);
 }
 
 

@@ -1,0 +1,187 @@
+// The CUDA backend of lars_cuda's ops with the emulator (emulator.h) in place
+// of a GPU: the device code of csrc/cuda/ (kernel.cuh, traversal.cuh,
+// device_table.cuh, csrc/lars.h) compiled unmodified by g++, and the host
+// code's pure parts (group_launches.h, table_layout.h, launch_plan.h), on CPU
+// tensors. Registered as torch.ops.lars_cuda_emulated.* with the schemas of
+// torch.ops.lars_cuda.*, plus the emulated device's knobs.
+//
+// Left out (they call the CUDA runtime): the table cache and its pinned copy
+// (tensor_table.cu), the occupancy query and the launches themselves
+// (launch.cuh), streams and device guards, and the "has code for this card"
+// probe (entry_points.cu). Here each launch gets a fresh table in host memory,
+// its scratch (partials, steps) filled with NaN, each part its own allocation,
+// so a sanitizer sees an access past any of them.
+#include <torch/library.h>
+
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "../../csrc/cuda/group_launches.h"
+#include "../../csrc/cuda/launch_plan.h"
+#include "../../csrc/cuda/table_layout.h"
+#include "../../csrc/dispatch.h"
+#include "../../csrc/op_entry_points.h"
+#include "emulator.h"
+
+namespace lars_cuda {
+namespace cuda_impl {
+namespace {
+
+// The emulated device: `grid` multiprocessors of one block each, cooperative
+// launch supported or not, the wave size, the scheduling seed, and a fault to
+// inject into the table (for the sanitizer tests): "", "read_past" (the last
+// chunk of the last tensor one element longer), "partials_short" (one partial
+// fewer than chunks), "misaligned" (every tensor marked 16-byte aligned).
+struct Device {
+  int64_t grid = 2;
+  bool cooperative = true;
+  int64_t wave_bytes = 0;
+  uint64_t seed = 0;
+  std::string fault;
+  // What ran: the last plan's name and the launches since the last reset.
+  std::string last = "none";
+  int64_t launches = 0;
+};
+
+std::mutex device_mutex;
+Device device;
+
+// Each part of the table in an allocation of its exact size.
+struct HostTable {
+  std::vector<TensorRow> rows;
+  std::vector<ChunkRow> chunks;
+  std::vector<WaveRow> waves;
+  std::unique_ptr<cuda::Sums3[]> partials;
+  std::unique_ptr<TensorStep[]> steps;
+  DeviceTable view;
+};
+
+void poison(void* p, size_t bytes) { std::memset(p, 0xff, bytes); }  // NaN in every float and double
+
+HostTable host_table(const Bucket& b, const Device& d) {
+  TableLayout l = table_layout(b, d.wave_bytes);
+  HostTable t;
+  t.rows = std::move(l.rows);
+  t.chunks = std::move(l.chunks);
+  t.waves = std::move(l.waves);
+  int64_t n_partials = static_cast<int64_t>(t.chunks.size());
+  if (d.fault == "read_past" && !t.chunks.empty()) t.chunks.back().end += 1;
+  if (d.fault == "partials_short") n_partials -= 1;
+  if (d.fault == "misaligned")
+    for (TensorRow& r : t.rows) r.vec_ok = 1;
+  // (new of 0 elements is still a distinct allocation, so an access shows.)
+  t.partials.reset(new cuda::Sums3[static_cast<size_t>(std::max<int64_t>(n_partials, 0))]);
+  poison(t.partials.get(), sizeof(cuda::Sums3) * static_cast<size_t>(std::max<int64_t>(n_partials, 0)));
+  t.steps.reset(new TensorStep[t.rows.size()]);
+  poison(t.steps.get(), sizeof(TensorStep) * t.rows.size());
+  t.view = DeviceTable{t.rows.data(),       t.chunks.data(),
+                       t.waves.data(),      t.partials.get(),
+                       t.steps.get(),       static_cast<int64_t>(t.rows.size()),
+                       static_cast<int64_t>(t.chunks.size()), static_cast<int64_t>(t.waves.size())};
+  return t;
+}
+
+template <typename P, typename G>
+void launch(const DeviceTable& tab, const LaunchGroups& groups, const float* grad_scale, const float* found_inf,
+            SumsIO io, const Device& d) {
+  LaunchConfig config;
+  config.blocks_per_sm = 1;
+  config.force_three_kernel = !d.cooperative;
+  const LaunchPlan plan = plan_launch(tab.n_chunks, groups.any_lars, io, config, d.grid, d.grid);
+  const emu::LaunchKind kind =
+      plan.mode == LaunchPlan::kCooperative ? emu::LaunchKind::kCooperative : emu::LaunchKind::kOrdinary;
+  for (int k = 0; k < plan.n_launches; ++k) {
+    const int phases = plan.phases[k];
+    // The kernel's arguments, by value per thread as a launch passes them.
+    emu::launch(static_cast<unsigned>(plan.grid), kThreads, kind,
+                [&] { lars_kernel<P, G>(tab, groups, grad_scale, found_inf, phases, io); }, {d.seed});
+  }
+  std::lock_guard<std::mutex> lock(device_mutex);
+  device.last = plan.name;
+  device.launches += plan.n_launches;
+}
+
+void run_groups_emulated(const std::vector<GroupCall>& groups, const std::optional<at::Tensor>& grad_scale,
+                         const std::optional<at::Tensor>& found_inf, SumsIO io) {
+  Device d;
+  {
+    std::lock_guard<std::mutex> lock(device_mutex);
+    d = device;
+  }
+  std::vector<at::Tensor> keep;
+  const float* scale_ptr = float_ptr_or_null(grad_scale, keep);
+  const float* inf_ptr = float_ptr_or_null(found_inf, keep);
+  // Every tensor here is "device memory": a tensor lr is read by the kernel, as on a GPU.
+  for_each_launch(groups, io, [](const at::Tensor&) { return false; },
+                  [&](const LaunchGroups& args, const Bucket& b) {
+                    const HostTable table = host_table(b, d);
+                    dispatch_lars_type(b.p_type, "params", [&](auto p_tag) {
+                      using P = decltype(p_tag);
+                      dispatch_lars_type(b.g_type, "grads", [&](auto g_tag) {
+                        using G = decltype(g_tag);
+                        try {
+                          launch<P, G>(table.view, args, scale_ptr, inf_ptr, io, d);
+                        } catch (const emu::Error& e) {
+                          TORCH_CHECK(false, "emulated CUDA kernel: ", e.what());
+                        }
+                      });
+                    });
+                  });
+}
+
+at::Device emulated_sums_device(at::TensorList) { return at::Device(at::kCPU); }
+
+using EmulatedOps = OpEntryPoints<&run_groups_emulated, &emulated_sums_device>;
+
+void configure(int64_t grid, bool cooperative, double wave_mb, int64_t seed, std::string fault) {
+  TORCH_CHECK_VALUE(grid >= 1, "configure: grid must be at least 1, got ", grid);
+  TORCH_CHECK_VALUE(fault.empty() || fault == "read_past" || fault == "partials_short" || fault == "misaligned",
+                    "configure: unknown fault ", fault);
+  std::lock_guard<std::mutex> lock(device_mutex);
+  device.grid = grid;
+  device.cooperative = cooperative;
+  device.wave_bytes = static_cast<int64_t>(wave_mb * (1 << 20));
+  device.seed = static_cast<uint64_t>(seed);
+  device.fault = std::move(fault);
+  device.last = "none";
+  device.launches = 0;
+}
+
+std::string last_launch() {
+  std::lock_guard<std::mutex> lock(device_mutex);
+  return device.last;
+}
+
+int64_t launches() {
+  std::lock_guard<std::mutex> lock(device_mutex);
+  return device.launches;
+}
+
+}  // namespace
+}  // namespace cuda_impl
+
+TORCH_LIBRARY(lars_cuda_emulated, m) {
+  m.def(
+      "fused_lars_groups_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] group_sizes, "
+      "float[] hyper, int[] flags, Tensor?[] lr_tensors, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+  m.def("fused_lars_norms(Tensor[] params, Tensor[] grads, int[] group_sizes, int[] flags) -> Tensor");
+  m.def(
+      "fused_lars_apply_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] group_sizes, "
+      "float[] hyper, int[] flags, Tensor?[] lr_tensors, Tensor sums, Tensor? grad_scale=None, "
+      "Tensor? found_inf=None) -> ()");
+  m.def("configure(int grid, bool cooperative, float wave_mb, int seed, str fault) -> ()",
+        &cuda_impl::configure);
+  m.def("last_launch() -> str", &cuda_impl::last_launch);
+  m.def("launches() -> int", &cuda_impl::launches);
+}
+
+TORCH_LIBRARY_IMPL(lars_cuda_emulated, CPU, m) {
+  m.impl("fused_lars_groups_", &cuda_impl::EmulatedOps::groups);
+  m.impl("fused_lars_norms", &cuda_impl::EmulatedOps::norms);
+  m.impl("fused_lars_apply_", &cuda_impl::EmulatedOps::apply);
+}
+
+}  // namespace lars_cuda
