@@ -23,6 +23,7 @@ CSRC = os.path.join(REPO, "csrc")
 SOURCES = [
     os.path.join(HERE, "emulator.cpp"),
     os.path.join(HERE, "emulated_ops.cpp"),
+    os.path.join(HERE, "selftest_kernels.cpp"),
     os.path.join(CSRC, "group_args.cpp"),
     os.path.join(CSRC, "buckets.cpp"),
 ]
@@ -61,9 +62,13 @@ def sanitizer_env() -> dict[str, str]:
     """The environment a process needs to load the sanitized variant: ASan's runtime
     first (an uninstrumented python otherwise refuses it), no leak report (torch's
     allocations outlive the tests), and every report fatal."""
-    libasan = subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True,
-                             check=True).stdout.strip()
-    return dict(os.environ, LD_PRELOAD=libasan, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1",
+    def lib(name):
+        return subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    # libstdc++ too: ASan's __cxa_throw interceptor needs the real one at start-up
+    # (python does not link libstdc++), else the first C++ exception aborts.
+    return dict(os.environ, LD_PRELOAD=f"{lib('libasan.so')} {lib('libstdc++.so.6')}", ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1",
                 UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
 
 

@@ -89,6 +89,7 @@ struct Grid {
   int turn = 0;  // the block that holds the baton; -1 when every block has returned
   std::vector<BlockState> state;
   std::vector<Site> grid_site;
+  std::vector<char> left_grid_sync;  // per block: the grid has left grid.sync() since its last turn
   bool aborted = false;
   std::string error;
 };
@@ -286,9 +287,10 @@ Outcome release(Block& b) {
 
 // Runs the block's threads until every one waits at grid.sync() or has
 // returned (or, in random order, until it hands over the baton).
-Outcome run_block(Block& b) {
-  for (Fiber& f : b.fibers)  // the grid has left grid.sync() (or this is the first turn)
-    if (f.at == At::kGridSync) make_ready(b, f);
+Outcome run_block(Block& b, bool left_grid_sync) {
+  if (left_grid_sync)  // (else the block handed over the baton with threads still on their way to it)
+    for (Fiber& f : b.fibers)
+      if (f.at == At::kGridSync) make_ready(b, f);
   for (;;) {
     while (b.ready_head < b.ready.size()) {
       Fiber& f = b.fibers[next_ready(b)];
@@ -332,6 +334,7 @@ void pass_baton(Grid& g, unsigned from) {
         return;
       }
       g.state[i] = BlockState::kRunnable;
+      g.left_grid_sync[i] = 1;
       runnable.push_back(i);
     }
   }
@@ -365,9 +368,15 @@ void block_thread(Grid& g, unsigned index) {
       g.cv.wait(lock, [&] { return g.aborted || g.turn == static_cast<int>(index); });
       if (g.aborted) break;
     }
+    bool left_grid_sync;
+    {
+      std::lock_guard<std::mutex> lock(g.mu);
+      left_grid_sync = g.left_grid_sync[index] != 0;
+      g.left_grid_sync[index] = 0;
+    }
     Outcome o;
     try {
-      o = run_block(b);
+      o = run_block(b, left_grid_sync);
     } catch (const Error& e) {
       std::lock_guard<std::mutex> lock(g.mu);
       if (!g.aborted) {
@@ -409,6 +418,7 @@ void launch(unsigned grid, unsigned block, LaunchKind kind, const std::function<
   g.rng.seed(options.seed);
   g.state.assign(grid, BlockState::kRunnable);
   g.grid_site.assign(grid, Site{});
+  g.left_grid_sync.assign(grid, 0);
   g.turn = g.random ? static_cast<int>(g.rng() % grid) : 0;
   std::vector<std::thread> threads;
   threads.reserve(grid);
