@@ -83,17 +83,19 @@ LARS_HD TensorStep tensor_step(float lr, double pp, double gg, double pg, float 
   const float wd = applied_decay(h);
   if (!h.lars) return {lr, 1.f, wd};
   const float w = static_cast<float>(sqrt(pp));
-  const float n = static_cast<float>(sqrt(gg)) * (g_coef < 0.f ? -g_coef : g_coef);
   float r;
   bool zero;
   if (h.norm_of_update) {
-    // ||g + wd*p||² = ||g||² + 2 wd <g,p> + wd² ||p||², from the same read of p and g.
-    const double dot = pg * static_cast<double>(g_coef);
-    const double u2 = static_cast<double>(n) * n + 2.0 * wd * dot + static_cast<double>(wd) * wd * pp;
+    // ||g + wd*p||² = ||g||² + 2 wd <g,p> + wd² ||p||², from the same read of p and g,
+    // in double from the sums themselves: where g nearly cancels wd*p the terms
+    // cancel too, and a float ||g|| squared would carry its rounding into the difference.
+    const double c = static_cast<double>(g_coef);
+    const double u2 = gg * c * c + 2.0 * wd * (pg * c) + static_cast<double>(wd) * wd * pp;
     const float u = static_cast<float>(sqrt(u2 > 0.0 ? u2 : 0.0));
     zero = !(w > 0.f && u > 0.f);
     r = zero ? 1.f : h.eeta * w / u;
   } else {
+    const float n = static_cast<float>(sqrt(gg)) * (g_coef < 0.f ? -g_coef : g_coef);
     zero = !(w > 0.f && n > 0.f);
     r = zero ? 1.f : h.eeta * w / (n + h.weight_decay * w + h.epsilon);
   }

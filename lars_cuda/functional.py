@@ -128,8 +128,10 @@ def _ratio_and_decay(w, n, dot, o: StepOptions):
         clipped = torch.minimum(ratio / o.lr, torch.ones_like(ratio))
         ratio = torch.where(zero, ratio, clipped) if o.zero_norm_skip else clipped
     if o.trust_clip is not None:
-        ratio = ratio.clamp(0.0, o.trust_clip)
-    # apex LARC: a zero norm means the tensor is neither decayed nor scaled
+        clamped = ratio.clamp(0.0, o.trust_clip)
+        ratio = torch.where(zero, ratio, clamped) if o.zero_norm_skip else clamped
+    # apex LARC: a zero norm means the tensor is neither decayed nor scaled (r = 1:
+    # no clip applies to it either, as lars.h's tensor_step returns before its clips)
     skip = zero if o.zero_norm_skip else None
     return ratio, wd, skip
 

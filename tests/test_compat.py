@@ -455,3 +455,18 @@ def test_larc_leaves_a_zero_norm_tensor_unscaled_at_an_lr_above_one_as_apex(path
     theirs, opt_theirs = run(lambda g: ApexLARC(torch.optim.SGD(g, **sgd_kw), clip=True), two_groups())
     mine, opt_mine = run(lambda g: compat.LARC(torch.optim.SGD(g, **sgd_kw), clip=True, **PATHS[path]), two_groups())
     assert_same(mine, theirs, opt_mine, opt_theirs.optim)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_ssl_fused_step_keeps_its_ratio_where_g_nearly_cancels_weight_decay(dtype):
+    """The fused kernel forms ||g + wd p||^2 = ||g||^2 + 2 wd <g, p> + wd^2 ||p||^2 from its
+    sums, in double: here g = -(255/256) p, so ||g + p|| = sqrt(3)/256 is 0.4 % of ||g||
+    and a float ||g|| squared would move the ratio by 0.4 % (docs/semantics.md)."""
+    from lars_cuda import functional
+
+    p = torch.ones(3, dtype=dtype)
+    g = torch.full((3,), -255 / 256, dtype=dtype)
+    functional.lars([p], [g], [None], lr=1.0, momentum=0.0, weight_decay=1.0, eeta=0.5, epsilon=0.0, lars=True,
+                    nesterov=False, trust_clip=None, update_clip=None, norm_of_update=True, fused=True)
+    # r = 0.5 * sqrt(3) / (sqrt(3) / 256) = 128; p = 1 - 128 * (1/256) = 0.5
+    assert abs(p.double() - 0.5).max().item() < 1e-6

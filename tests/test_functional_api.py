@@ -311,3 +311,17 @@ def test_create_buffers_with_dampening_steps_fresh_buffers_undamped(fresh, expec
     assert [(("first" if v.dampening == 0 else "own"), idx) for v, idx in got] == expected
     for v, _ in got:
         assert v == (o.first_step() if v.dampening == 0 else o)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_zero_norm_tensor_under_zero_norm_skip_steps_by_its_gradient_whatever_the_trust_clip(path):
+    """docs/semantics.md: with zero_norm_skip a zero norm means u = g (no decay, no
+    scaling), so a numeric trust_clip below 1 must not scale that step."""
+    weight = torch.zeros(4)
+    grad = torch.tensor([1.0, -2.0, 3.0, -4.0])
+    zero_grad_weight = torch.ones(4)
+    options = dict(lr=1.0, momentum=0.0, weight_decay=0.1, eeta=0.02, epsilon=0.0, lars=True, nesterov=False,
+                   trust_clip=0.5, update_clip=None, zero_norm_skip=True)
+    functional.lars([weight, zero_grad_weight], [grad, torch.zeros(4)], [None, None], **options, **PATHS[path])
+    assert torch.equal(weight, -grad)
+    assert torch.equal(zero_grad_weight, torch.ones(4))
