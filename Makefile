@@ -16,7 +16,7 @@ HOROVOD := $(VENV)/.horovod-installed
 BUILT := $(VENV)/.extension-built
 CSRC := $(shell find csrc -type f)
 
-.PHONY: setup test test-suite test-cpu-builds wheel-test train bench convergence mutation clean
+.PHONY: setup test test-suite test-cpu-builds wheel-test train bench convergence mutation emulator-coverage clean
 
 setup: $(BUILT) $(HOROVOD)
 
@@ -89,6 +89,10 @@ mutation: setup
 	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 2 || true
 	$(VENV)/bin/mutmut results --all true > mutmut-results.txt; $(PY) scripts/mutation_report.py mutmut-results.txt
 	$(PY) scripts/hand_mutations.py
+
+# Line coverage of the CUDA device code by the emulated kernel's tests (gcov; ~5 min).
+emulator-coverage: setup
+	$(PY) scripts/emulator_coverage.py
 
 clean:
 	rm -rf build dist .wheel-test *.egg-info lars_cuda/*.so lars_cuda/_build_info.json

@@ -2,8 +2,9 @@
 # The one prepared run for a GPU machine (H100/H200; torch, nvcc, ncu and
 # compute-sanitizer installed, no network). Builds the extension, runs the CUDA
 # tests and compute-sanitizer memcheck/racecheck (concurrently: correctness
-# only), then, alone on the GPU, the step benchmark, ncu on the fused kernel
-# and ResNet-50 training throughput.
+# only), compares the CPU emulator's bits with the GPU's, then, alone on the
+# GPU, the step benchmark, ncu on the fused kernel and ResNet-50 training
+# throughput.
 # At most 8 files come back from the device tool, so $OUT holds exactly:
 #   check.log                 every stage's output, then a summary table
 #   bench-resnet50.json       step benchmark, ResNet-50 fp32+bf16, every peer but torch.compile
@@ -96,6 +97,10 @@ for f in memcheck racecheck; do echo "=== $f"; tail -25 "$BENCH_TMP/$f.log"; don
 SUMMARY+=("$(head -1 "$BENCH_TMP/tests.rc" 2>/dev/null)" "$(sed -n 2p "$BENCH_TMP/tests.rc" 2>/dev/null)" \
           "$(tail -1 "$BENCH_TMP/memcheck.log")" \
           "$(tail -1 "$BENCH_TMP/racecheck.log")")
+
+# The emulator's bits (tests/cuda_emulator, what every make test runs) against the GPU's
+# on the same cases: how far FMA contraction and the GPU's own arithmetic move them.
+stage emulator_vs_gpu 150 $PY benchmarks/emulator_vs_gpu.py
 
 # Speed, one thing at a time on the GPU.
 bench() {  # bench TAG LIMIT ARGS...

@@ -34,6 +34,10 @@ ENV_SWITCHES = {
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
+# How this release's CUDA kernel was verified (README, "Known limits"): the one statement of it.
+CUDA_VERIFIED = ("device code executed on the CPU under the CUDA emulator of the tests (tests/cuda_emulator) "
+                 "in every make test; last run on a GPU: 2026-11-26 (NVIDIA H100)")
+
 
 def build_info() -> Optional[dict[str, Any]]:
     """The facts setup.py recorded at build time, or None (a source tree never built)."""
@@ -137,6 +141,7 @@ def report() -> str:
         if info["with_cuda"]:
             lines.append(f"CUDA kernel: SASS {', '.join(info['cuda_sass']) or 'none'}; "
                          f"PTX {', '.join(info['cuda_ptx']) or 'none'} (toolkit {info['cuda_home']})")
+            lines.append(f"CUDA kernel verified: {CUDA_VERIFIED}")
         else:
             lines.append("CUDA kernel: not built (CPU-only build)")
         lines.append(f"CPU kernel builds: {', '.join(info['cpu_builds'])}")

@@ -1,9 +1,11 @@
 """Hand mutations of the C++ kernels (mutmut mutates Python only): each one is
 applied to a scratch copy of the repository, the CPU extension is rebuilt there
 (LARS_CUDA_FORCE_CPU=1, ninja rebuilds only what changed) and the kernel's tests
-are run against it. A mutant the tests do not fail is a survivor. The CUDA file
-has no CPU-runnable tests, so its mutants live in benchmarks/gpu_check.sh's
-domain; the shared math (csrc/lars.h) and op layer are covered here.
+are run against it. A mutant the tests do not fail is a survivor. The CUDA
+device code's mutants (csrc/cuda/*.cuh) are run by the emulated CUDA kernel's
+tests (tests/test_emulated_cuda.py, which rebuild the emulated backend from the
+scratch copy's sources); the shared math (csrc/lars.h) and op layer by the CPU
+kernel's.
 
     python scripts/hand_mutations.py [--keep] [--only NAME]
 
@@ -23,7 +25,11 @@ SCRATCH = "/tmp/lars_cuda-hand-mutations"
 TESTS = ["tests/test_fused_op.py", "tests/test_lars_math.py", "tests/test_conformance.py", "tests/test_validation.py",
          "tests/test_compat.py"]
 
-# (name, file, original text, mutated text): each original must occur exactly once.
+# The emulated CUDA kernel's tests, without the sanitizer runs (their own build).
+EMULATED = ["tests/test_emulated_cuda.py", "-k", "not sanitiz"]
+
+# (name, file, original text, mutated text[, tests]): each original must occur exactly once;
+# tests default to TESTS.
 MUTANTS = [
     ("kernel writes nothing", "csrc/cpu/lars_cpu.cpp",
      "    if (g.params.empty() || (io.out != nullptr && !g.hyper.lars)) continue;\n",
@@ -71,6 +77,35 @@ MUTANTS = [
     ("one of the four norm chains left out", "csrc/cpu/traversal.h",
      "p2 = sp + at::vec::vec_reduce_all<float>(add, (vp[0] + vp[1]) + (vp[2] + vp[3]));",
      "p2 = sp + at::vec::vec_reduce_all<float>(add, (vp[0] + vp[1]) + vp[2]);"),
+    # The CUDA device code, under the emulator.
+    ("CUDA: __syncthreads removed before warp 0 reads the warps' sums", "csrc/cuda/traversal.cuh",
+     "  if (lane == 0) smem[warp] = v;\n  __syncthreads();\n", "  if (lane == 0) smem[warp] = v;\n", EMULATED),
+    ("CUDA: __syncthreads removed before smem is reused by the next chunk", "csrc/cuda/traversal.cuh",
+     "  __syncthreads();  // smem is reused by the next chunk\n", "", EMULATED),
+    ("CUDA: a shuffle offset wrong (block_sum starts at 8)", "csrc/cuda/traversal.cuh",
+     "  for (int o = 16; o > 0; o >>= 1) {\n    v.pp += __shfl_down_sync(0xffffffffu, v.pp, o);",
+     "  for (int o = 8; o > 0; o >>= 1) {\n    v.pp += __shfl_down_sync(0xffffffffu, v.pp, o);", EMULATED),
+    ("CUDA: the last chunk of a multi-chunk tensor left out of its norm", "csrc/cuda/kernel.cuh",
+     "c < tr.first_chunk + tr.n_chunks; c += 32)", "c < tr.first_chunk + tr.n_chunks - (tr.n_chunks > 1); c += 32)",
+     EMULATED),
+    ("CUDA: the tail path skipped", "csrc/cuda/traversal.cuh",
+     "for (int64_t i = tail + threadIdx.x; i < end; i += kThreads)",
+     "for (int64_t i = tail + threadIdx.x; i < tail; i += kThreads)", EMULATED),
+    ("CUDA: a partial written to the wrong row (the tensor's)", "csrc/cuda/kernel.cuh",
+     "if (threadIdx.x == 0) tab.partials[c] = total;", "if (threadIdx.x == 0) tab.partials[ch.tensor] = total;",
+     EMULATED),
+    ("CUDA: grid.sync() removed between the norms and the ratios", "csrc/cuda/kernel.cuh",
+     "    if (phases & kGridSync) cg::this_grid().sync();\n\n    if (phases & kPhaseRatios) {",
+     "\n    if (phases & kPhaseRatios) {", EMULATED),
+    ("CUDA: the wave bound off by one (a wave's last tensor gets no ratio)", "csrc/cuda/kernel.cuh",
+     "t < wave.end_tensor; t += n_warps)", "t < wave.end_tensor - 1; t += n_warps)", EMULATED),
+    ("CUDA: the inf flag ignored", "csrc/cuda/kernel.cuh",
+     "  if (found_inf != nullptr && *found_inf != 0.f) return;\n", "", EMULATED),
+    ("CUDA: the vector path drops the momentum buffer's store", "csrc/cuda/traversal.cuh",
+     "            if (with_m) store_pack<P, N>(m + i, mm[u]);\n", "", EMULATED),
+    ("CUDA: the update reads the previous tensor's step", "csrc/cuda/kernel.cuh",
+     "const TensorStep* st = &tab.steps[ch.tensor];",
+     "const TensorStep* st = &tab.steps[ch.tensor == 0 ? 0 : ch.tensor - 1];", EMULATED),
 ]
 
 
@@ -85,13 +120,13 @@ def fresh_copy():
     shutil.copytree(REPO, SCRATCH, ignore=ignore)
 
 
-def build_and_test(env) -> tuple[bool, str]:
+def build_and_test(env, tests=TESTS) -> tuple[bool, str]:
     b = run([sys.executable, "setup.py", "build_ext", "--inplace"], env=env, timeout=900)
     if b.returncode != 0:
         return False, "build failed: " + b.stderr[-400:]
     t = run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:logging", "-p", "no:cacheprovider",
              "--deselect", "tests/test_fused_op.py::test_torch_compile_traces_a_fused_step_without_graph_breaks",
-             *TESTS], env=env, timeout=900)
+             *tests], env=env, timeout=1800)
     return t.returncode == 0, t.stdout.strip().splitlines()[-1] if t.stdout.strip() else t.stderr[-300:]
 
 
@@ -102,13 +137,13 @@ def main() -> int:
     args = ap.parse_args()
     env = dict(os.environ, LARS_CUDA_FORCE_CPU="1", PYTHONDONTWRITEBYTECODE="1")
     fresh_copy()
-    ok, detail = build_and_test(env)
+    ok, detail = build_and_test(env, TESTS + EMULATED)
     if not ok:
         print(f"the unmutated copy does not pass: {detail}")
         return 2
     survivors = 0
     mutants = [m for m in MUTANTS if args.only is None or args.only in m[0]]
-    for name, rel, old, new in mutants:
+    for name, rel, old, new, *tests in mutants:
         path = os.path.join(SCRATCH, rel)
         text = open(path).read()
         if text.count(old) != 1:
@@ -117,7 +152,7 @@ def main() -> int:
             continue
         open(path, "w").write(text.replace(old, new))
         t0 = time.time()
-        passed, detail = build_and_test(env)
+        passed, detail = build_and_test(env, tests[0] if tests else TESTS)
         open(path, "w").write(text)
         verdict = "SURVIVED" if passed else "killed  "
         survivors += passed

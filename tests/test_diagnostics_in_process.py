@@ -260,6 +260,8 @@ def test_the_report_of_a_cuda_build(build, machine):
     assert diagnostics.report().splitlines()[3:] == [
         f"torch built against: {torch.__version__} (CUDA 13.0)",
         "CUDA kernel: SASS sm_80, sm_90; PTX compute_90 (toolkit /usr/local/cuda)",
+        "CUDA kernel verified: device code executed on the CPU under the CUDA emulator of the tests "
+        "(tests/cuda_emulator) in every make test; last run on a GPU: 2026-11-26 (NVIDIA H100)",
         "CPU kernel builds: avx512, avx2, default",
         "compiled extension: loaded",
         "CPU: CPU NAME; CPU kernel that runs here: KERNEL CHOICE",
@@ -303,7 +305,7 @@ def test_the_report_of_a_library_that_did_not_load_says_what_runs_instead(monkey
     monkeypatch.setattr(ops, "EXTENSION_ERROR", ImportError("gone"))
     monkeypatch.setattr(diagnostics, "load_failure", lambda e: f"WHY({e})")
     lines = diagnostics.report().splitlines()
-    assert lines[6:8] == ["compiled extension: NOT LOADED -- WHY(gone)",
+    assert lines[7:9] == ["compiled extension: NOT LOADED -- WHY(gone)",
                           "so: Lars runs its foreach path (exact, slower); fused=True warns and does the same"]
     assert not any(line.startswith("CPU: ") for line in lines)
 
