@@ -11,6 +11,7 @@
 
 #include "group_args.h"
 #include "launch_config.h"
+#include "op_schemas.h"
 #include "status.h"
 
 namespace lars_cuda {
@@ -22,23 +23,10 @@ TORCH_LIBRARY(lars_cuda, m) {
       "fused_lars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, float lr, "
       "Tensor? lr_tensor, float momentum, float weight_decay, float eeta, float epsilon, bool lars, "
       "bool nesterov, float? trust_clip, float? update_clip, Tensor? grad_scale, Tensor? found_inf) -> ()");
-  // Several param groups in one call: every group is checked before any is
-  // written. Per group k: group_sizes[k] params (and as many buffers when its
-  // momentum is nonzero), a row of kHyperStride floats in `hyper`, its switches
-  // as bits in flags[k] (the layout: group_args.h), lr_tensors[k] overriding
-  // the row's lr when given.
-  m.def(
-      "fused_lars_groups_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] group_sizes, "
-      "float[] hyper, int[] flags, Tensor?[] lr_tensors, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
-  // The sharded step (DTensor params): per tensor of the local shards (Σp², Σg², Σg·p)
-  // in float64, [N, 3] (zeros for lars=False groups and empty shards); the
-  // caller all-reduces them over the shard group and passes the sums to
-  // fused_lars_apply_, which forms the ratios from them and updates in place.
-  m.def("fused_lars_norms(Tensor[] params, Tensor[] grads, int[] group_sizes, int[] flags) -> Tensor");
-  m.def(
-      "fused_lars_apply_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] group_sizes, "
-      "float[] hyper, int[] flags, Tensor?[] lr_tensors, Tensor sums, Tensor? grad_scale=None, "
-      "Tensor? found_inf=None) -> ()");
+  // The kernel ops (their schemas and what they do: op_schemas.h).
+  m.def(kGroupsSchema);
+  m.def(kNormsSchema);
+  m.def(kApplySchema);
   // Which CUDA launch path the last CUDA call took: "cooperative", "three-kernel" or "none".
   m.def("last_cuda_launch() -> str", [] { return last_cuda_launch(); });
   // Whether the CUDA kernel can run on CUDA device `device` (false in a CPU-only build).

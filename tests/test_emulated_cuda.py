@@ -43,8 +43,8 @@ def emulated_ops():
     return torch.ops.lars_cuda_emulated
 
 
-def configure(grid=2, cooperative=True, seed=0, wave_mb=0.0, fault=""):
-    emulated_ops().configure(grid, cooperative, wave_mb, seed, fault)
+def configure(grid=2, cooperative=True, seed=0, wave_mb=0.0, fault="", host_lr=False):
+    emulated_ops().configure(grid, cooperative, wave_mb, seed, fault, host_lr)
 
 
 def route_through_the_emulator(monkeypatch):
@@ -252,6 +252,17 @@ def test_emulated_kernel_gives_the_same_bits_in_waves_as_in_one(wave_mb, monkeyp
     in_waves = on_every_emulated_launch(monkeypatch, lambda: step_groups(names, DTYPES["f32"]),
                                         configs=[(3, True, 0), (2, False, 0)], wave_mb=wave_mb)
     assert_bits_equal({"one wave": one_wave[(3, True, 0)], **{f"waves {k}": v for k, v in in_waves.items()}})
+
+
+@pytest.mark.parametrize("grid,cooperative,seed", CONFIGS[::3])
+def test_emulated_tensor_lr_read_by_the_kernel_or_on_the_host_gives_the_same_bits(grid, cooperative, seed,
+                                                                                  monkeypatch):
+    route_through_the_emulator(monkeypatch)
+    results = {}
+    for host_lr in (False, True):
+        configure(grid, cooperative, seed, host_lr=host_lr)
+        results[f"host_lr={host_lr}"] = step_groups(["lr_tensor", "seed"], DTYPES["f32"])
+    assert_bits_equal(results)
 
 
 @pytest.mark.parametrize("options", ["seed", "timm", "larc", "ssl"])

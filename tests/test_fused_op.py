@@ -281,6 +281,16 @@ def test_cpu_kernel_follows_torchs_own_instruction_set_capped_by_the_cpu(capabil
     assert ours == expected_kernel(capability)
 
 
+def test_make_tests_cpu_builds_pass_covers_every_build_this_cpu_runs_but_its_best():
+    """make test-cpu-builds runs the kernel tests on tests.machine.builds_below_best(); the
+    suite itself runs the best (what torch's own capability picks on this CPU)."""
+    from .machine import BUILDS_BEST_FIRST, builds_below_best, can_run, expected_kernel
+
+    below = builds_below_best()
+    assert expected_kernel("avx512") not in below
+    assert sorted(below + [expected_kernel("avx512")]) == sorted(b for b in BUILDS_BEST_FIRST if can_run(b))
+
+
 GROUP_OPTIONS = [
     dict(lr=0.1, momentum=0.9, weight_decay=1e-4, eeta=0.02, epsilon=0.0, trust_clip=50.0, update_clip=10.0,
          lars=True, nesterov=False, maximize=False),

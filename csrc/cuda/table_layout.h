@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "../buckets.h"
@@ -64,14 +63,6 @@ inline TableLayout table_layout(const Bucket& b, int64_t wave_limit) {
   l.off_steps = l.off_partials + align16(n_chunks * static_cast<int64_t>(sizeof(cuda::Sums3)));
   l.bytes = l.off_steps + align16(n_tensors * static_cast<int64_t>(sizeof(TensorStep)));
   return l;
-}
-
-// The rows, chunks and waves into a host buffer of l.bytes bytes (partials and
-// steps are the kernel's scratch: left as they are).
-inline void write_layout(const TableLayout& l, uint8_t* host) {
-  std::memcpy(host, l.rows.data(), l.rows.size() * sizeof(TensorRow));
-  std::memcpy(host + l.off_chunks, l.chunks.data(), l.chunks.size() * sizeof(ChunkRow));
-  std::memcpy(host + l.off_waves, l.waves.data(), l.waves.size() * sizeof(WaveRow));
 }
 
 // The kernel's view of a buffer holding the layout at `base` (device memory on a GPU).

@@ -1,6 +1,5 @@
-// The cached tensor tables (tensor_table.cuh). Moved, not changed, from
-// lars_kernel.cu, except that the wave size arrives as an argument (read once:
-// launch_config.h).
+// The cached tensor tables (tensor_table.cuh): a bucket's layout
+// (table_layout.h) copied to the device once per parameter list.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAGraphsUtils.cuh>
 
@@ -53,6 +52,14 @@ std::vector<int64_t> table_key(const Bucket& b, int64_t wave) {
     key.push_back(b.index[i]);
   }
   return key;
+}
+
+// The rows, chunks and waves into a host buffer of l.bytes bytes (partials and
+// steps are the kernel's scratch: left as they are).
+void write_layout(const TableLayout& l, uint8_t* host) {
+  std::memcpy(host, l.rows.data(), l.rows.size() * sizeof(TensorRow));
+  std::memcpy(host + l.off_chunks, l.chunks.data(), l.chunks.size() * sizeof(ChunkRow));
+  std::memcpy(host + l.off_waves, l.waves.data(), l.waves.size() * sizeof(WaveRow));
 }
 
 CachedTable build_table(std::vector<int64_t> key, const Bucket& b, int64_t wave_limit) {

@@ -24,6 +24,7 @@
 #include "../../csrc/cuda/table_layout.h"
 #include "../../csrc/dispatch.h"
 #include "../../csrc/op_entry_points.h"
+#include "../../csrc/op_schemas.h"
 #include "emulator.h"
 
 namespace lars_cuda {
@@ -31,7 +32,8 @@ namespace cuda_impl {
 namespace {
 
 // The emulated device: `grid` multiprocessors of one block each, cooperative
-// launch supported or not, the wave size, the scheduling seed, and a fault to
+// launch supported or not, the wave size, the scheduling seed, where a tensor
+// lr is read (host_lr: on the host, as a CPU lr beside CUDA params), and a fault to
 // inject into the table (for the sanitizer tests): "", "read_past" (the last
 // chunk of the last tensor one element longer), "partials_short" (one partial
 // fewer than chunks), "misaligned" (every tensor marked 16-byte aligned).
@@ -40,6 +42,7 @@ struct Device {
   bool cooperative = true;
   int64_t wave_bytes = 0;
   uint64_t seed = 0;
+  bool host_lr = false;  // a tensor lr read on the host (a CPU scalar beside device params), not by the kernel
   std::string fault;
   // What ran: the last plan's name and the launches since the last reset.
   std::string last = "none";
@@ -114,8 +117,9 @@ void run_groups_emulated(const std::vector<GroupCall>& groups, const std::option
   std::vector<at::Tensor> keep;
   const float* scale_ptr = float_ptr_or_null(grad_scale, keep);
   const float* inf_ptr = float_ptr_or_null(found_inf, keep);
-  // Every tensor here is "device memory": a tensor lr is read by the kernel, as on a GPU.
-  for_each_launch(groups, io, [](const at::Tensor&) { return false; },
+  // Every tensor here is "device memory": a tensor lr is read by the kernel, as on a
+  // GPU, unless the device is told to take it as a host value.
+  for_each_launch(groups, io, [&](const at::Tensor&) { return d.host_lr; },
                   [&](const LaunchGroups& args, const Bucket& b) {
                     const HostTable table = host_table(b, d);
                     dispatch_lars_type(b.p_type, "params", [&](auto p_tag) {
@@ -136,7 +140,7 @@ at::Device emulated_sums_device(at::TensorList) { return at::Device(at::kCPU); }
 
 using EmulatedOps = OpEntryPoints<&run_groups_emulated, &emulated_sums_device>;
 
-void configure(int64_t grid, bool cooperative, double wave_mb, int64_t seed, std::string fault) {
+void configure(int64_t grid, bool cooperative, double wave_mb, int64_t seed, std::string fault, bool host_lr) {
   TORCH_CHECK_VALUE(grid >= 1, "configure: grid must be at least 1, got ", grid);
   TORCH_CHECK_VALUE(fault.empty() || fault == "read_past" || fault == "partials_short" || fault == "misaligned",
                     "configure: unknown fault ", fault);
@@ -145,6 +149,7 @@ void configure(int64_t grid, bool cooperative, double wave_mb, int64_t seed, std
   device.cooperative = cooperative;
   device.wave_bytes = static_cast<int64_t>(wave_mb * (1 << 20));
   device.seed = static_cast<uint64_t>(seed);
+  device.host_lr = host_lr;
   device.fault = std::move(fault);
   device.last = "none";
   device.launches = 0;
@@ -164,15 +169,10 @@ int64_t launches() {
 }  // namespace cuda_impl
 
 TORCH_LIBRARY(lars_cuda_emulated, m) {
-  m.def(
-      "fused_lars_groups_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] group_sizes, "
-      "float[] hyper, int[] flags, Tensor?[] lr_tensors, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
-  m.def("fused_lars_norms(Tensor[] params, Tensor[] grads, int[] group_sizes, int[] flags) -> Tensor");
-  m.def(
-      "fused_lars_apply_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] group_sizes, "
-      "float[] hyper, int[] flags, Tensor?[] lr_tensors, Tensor sums, Tensor? grad_scale=None, "
-      "Tensor? found_inf=None) -> ()");
-  m.def("configure(int grid, bool cooperative, float wave_mb, int seed, str fault) -> ()",
+  m.def(kGroupsSchema);
+  m.def(kNormsSchema);
+  m.def(kApplySchema);
+  m.def("configure(int grid, bool cooperative, float wave_mb, int seed, str fault, bool host_lr=False) -> ()",
         &cuda_impl::configure);
   m.def("last_launch() -> str", &cuda_impl::last_launch);
   m.def("launches() -> int", &cuda_impl::launches);

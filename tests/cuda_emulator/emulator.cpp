@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <mutex>
+#include <numeric>
 #include <random>
 #include <thread>
 #include <vector>
@@ -98,8 +100,14 @@ struct Block {
   Grid* grid = nullptr;
   unsigned index = 0;
   std::vector<Fiber> fibers;
-  std::vector<unsigned> ready;  // fibers that can run, in the order they will (fixed order: a queue)
-  size_t ready_head = 0;
+  // The threads that can run, per warp (each a queue), and the order in which
+  // warps get to run: by index, or (random schedules) an order drawn again at
+  // every block barrier, so that a warp may run far ahead of another until the
+  // next barrier, as a GPU's warp scheduler may let it.
+  std::vector<std::deque<unsigned>> ready;
+  size_t n_ready = 0;
+  std::vector<unsigned> warp_order;
+  bool started = false;
   ucontext_t sched;
   Fiber* current = nullptr;
   const void* sched_bottom = nullptr;
@@ -193,7 +201,14 @@ void make_fibers(Block& b, unsigned n) {
     f.ctx.uc_stack.ss_size = kStackBytes;
     f.ctx.uc_link = nullptr;
     makecontext(&f.ctx, fiber_main, 0);
-    b.ready.push_back(t);
+  }
+  const unsigned warps = (n + 31) / 32;
+  b.ready.assign(warps, {});
+  b.warp_order.resize(warps);
+  std::iota(b.warp_order.begin(), b.warp_order.end(), 0u);
+  for (Fiber& f : b.fibers) {
+    b.ready[f.tid / 32].push_back(f.tid);
+    ++b.n_ready;
   }
 }
 
@@ -204,23 +219,36 @@ void free_fibers(Block& b) {
 
 void make_ready(Block& b, Fiber& f) {
   f.at = At::kRunning;
-  b.ready.push_back(f.tid);
+  b.ready[f.tid / 32].push_back(f.tid);
+  ++b.n_ready;
 }
 
+// A new order of warps, at a block barrier (random schedules only).
+void reorder_warps(Block& b) {
+  if (b.grid->random) std::shuffle(b.warp_order.begin(), b.warp_order.end(), b.grid->rng);
+}
+
+// The next thread to run: the first ready one of the first warp in warp_order
+// that has one (a random one of that warp in a random schedule).
 unsigned next_ready(Block& b) {
-  Grid& g = *b.grid;
-  if (!g.random) return b.ready[b.ready_head++];
-  const size_t n = b.ready.size() - b.ready_head;
-  const size_t k = b.ready_head + static_cast<size_t>(g.rng() % n);
-  std::swap(b.ready[k], b.ready[b.ready_head]);
-  return b.ready[b.ready_head++];
+  for (unsigned w : b.warp_order) {
+    std::deque<unsigned>& q = b.ready[w];
+    if (q.empty()) continue;
+    if (b.grid->random) std::swap(q.front(), q[static_cast<size_t>(b.grid->rng() % q.size())]);
+    const unsigned t = q.front();
+    q.pop_front();
+    --b.n_ready;
+    return t;
+  }
+  throw Error("emu: no thread is ready");  // (callers check n_ready first)
 }
 
 std::string block_name(const Block& b) { return "block " + std::to_string(b.index) + ": "; }
 
 // Every lane of the warp's waiting shuffle stands at it: exchange the values
-// and make the lanes ready. False when no lane of the warp waits at a shuffle.
-bool release_shuffle(Block& b, unsigned w0) {
+// and make the lanes ready. False when no lane of the warp waits at a shuffle,
+// or (`eager`) when a lane of its mask has not arrived yet.
+bool release_shuffle(Block& b, unsigned w0, bool eager) {
   const unsigned n = static_cast<unsigned>(b.fibers.size());
   const unsigned w_end = std::min(n, w0 + 32);
   const Fiber* first = nullptr;
@@ -228,6 +256,9 @@ bool release_shuffle(Block& b, unsigned w0) {
     if (b.fibers[t].at == At::kShuffle) first = &b.fibers[t];
   if (first == nullptr) return false;
   const std::string warp = block_name(b) + "warp " + std::to_string(w0 / 32) + ": ";
+  if (eager)
+    for (unsigned lane = 0; lane < 32 && w0 + lane < w_end; ++lane)
+      if (((first->mask >> lane) & 1u) && b.fibers[w0 + lane].at == At::kRunning) return false;
   for (unsigned lane = 0; lane < 32; ++lane) {
     if (!((first->mask >> lane) & 1u)) continue;
     if (w0 + lane >= w_end)
@@ -261,7 +292,7 @@ enum class Outcome { kYield, kAtGridSync, kDone };
 // nothing can. Returns kYield after a release, else the block's state.
 Outcome release(Block& b) {
   bool progress = false;
-  for (unsigned w0 = 0; w0 < b.fibers.size(); w0 += 32) progress |= release_shuffle(b, w0);
+  for (unsigned w0 = 0; w0 < b.fibers.size(); w0 += 32) progress |= release_shuffle(b, w0, /*eager=*/false);
   if (progress) return Outcome::kYield;
   const Fiber* waiting = nullptr;
   for (const Fiber& f : b.fibers)
@@ -276,6 +307,7 @@ Outcome release(Block& b) {
                 " (a GPU would hang or run on with a broken barrier)");
   }
   if (waiting->at == At::kSyncThreads) {
+    reorder_warps(b);
     for (Fiber& f : b.fibers) make_ready(b, f);
     return Outcome::kYield;
   }
@@ -288,17 +320,25 @@ Outcome release(Block& b) {
 // Runs the block's threads until every one waits at grid.sync() or has
 // returned (or, in random order, until it hands over the baton).
 Outcome run_block(Block& b, bool left_grid_sync) {
-  if (left_grid_sync)  // (else the block handed over the baton with threads still on their way to it)
+  if (!b.started) {  // (under the baton: the grid's rng is the baton holder's)
+    b.started = true;
+    reorder_warps(b);
+  }
+  if (left_grid_sync) {  // (else the block handed over the baton with threads still on their way to it)
+    reorder_warps(b);
     for (Fiber& f : b.fibers)
       if (f.at == At::kGridSync) make_ready(b, f);
+  }
   for (;;) {
-    while (b.ready_head < b.ready.size()) {
+    while (b.n_ready > 0) {
       Fiber& f = b.fibers[next_ready(b)];
       resume(b, f);
       if (f.at == At::kFailed) throw Error(block_name(b) + "thread " + std::to_string(f.tid) + ": " + b.error);
+      // A warp leaves its shuffle as soon as its last lane arrives, while other
+      // warps may still be on their way to a barrier (as on a GPU): code that
+      // assumes the other warps are held back (a missing __syncthreads) shows.
+      if (f.at == At::kShuffle) release_shuffle(b, f.tid / 32 * 32, /*eager=*/true);
     }
-    b.ready.clear();
-    b.ready_head = 0;
     const Outcome o = release(b);
     if (o != Outcome::kYield) return o;
     if (b.grid->random && b.grid->n_blocks > 1 && (b.grid->rng() & 1u)) return Outcome::kYield;

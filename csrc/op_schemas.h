@@ -1,0 +1,26 @@
+// The schemas of the kernel ops, one owner for the library (library.cpp) and the
+// emulated CUDA backend of the tests (tests/cuda_emulator/emulated_ops.cpp).
+#pragma once
+
+namespace lars_cuda {
+
+// Several param groups in one call: every group is checked before any is
+// written. Per group k: group_sizes[k] params (and as many buffers when its
+// momentum is nonzero), a row of kHyperStride floats in `hyper`, its switches
+// as bits in flags[k] (the layout: group_args.h), lr_tensors[k] overriding
+// the row's lr when given.
+constexpr const char* kGroupsSchema =
+    "fused_lars_groups_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] group_sizes, "
+    "float[] hyper, int[] flags, Tensor?[] lr_tensors, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()";
+// The sharded step (DTensor params): per tensor of the local shards (Σp², Σg², Σg·p)
+// in float64, [N, 3] (zeros for lars=False groups and empty shards); the
+// caller all-reduces them over the shard group and passes the sums to
+// fused_lars_apply_, which forms the ratios from them and updates in place.
+constexpr const char* kNormsSchema =
+    "fused_lars_norms(Tensor[] params, Tensor[] grads, int[] group_sizes, int[] flags) -> Tensor";
+constexpr const char* kApplySchema =
+    "fused_lars_apply_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] group_sizes, "
+    "float[] hyper, int[] flags, Tensor?[] lr_tensors, Tensor sums, Tensor? grad_scale=None, "
+    "Tensor? found_inf=None) -> ()";
+
+}  // namespace lars_cuda
