@@ -1,7 +1,6 @@
 // The layout of the tensor table the kernel walks (rows per tensor, chunk and
 // wave lists, partials, steps), shared by the kernel (kernel.cuh) and the
-// host code that builds and caches it (tensor_table.cu). Moved, not changed,
-// from lars_kernel.cu.
+// host code that lays it out (table_layout.h) and caches it (tensor_table.cu).
 #pragma once
 
 #include <cstdint>

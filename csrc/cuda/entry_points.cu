@@ -1,7 +1,7 @@
 // The CUDA backend: its run (bucket the checked groups by dtype, find or build
 // each bucket's device table, launch), registered through op_entry_points.h, and
-// the probe that tells whether this build has code for a device. Moved from
-// lars_kernel.cu.
+// the probe that tells whether this build has code for a device. The walk over
+// launches and buckets is group_launches.h's, shared with the emulated build.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>

@@ -36,8 +36,8 @@
 // Environment: LARS_CUDA_LAUNCH=three-kernel forces the fallback;
 // LARS_CUDA_WAVE_MB=N sets the wave size (default 0: one wave);
 // LARS_CUDA_BLOCKS_PER_SM=N caps the grid.
-// (Moved, not changed, from lars_kernel.cu: the launch is in launch.cuh, the
-// table cache in tensor_table.cu, the ops in entry_points.cu.)
+// The launch is in launch.cuh, the table cache in tensor_table.cu, the ops in
+// entry_points.cu; tests/cuda_emulator runs this file on the CPU.
 #pragma once
 
 #include <cooperative_groups.h>

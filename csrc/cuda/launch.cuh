@@ -1,7 +1,8 @@
 // Launching the kernel: one cooperative launch when the device allows it (the
 // grid barriers separate the phases), else three ordinary launches on the same
-// stream; one launch without LARS groups. Moved from lars_kernel.cu; the
-// environment is read once (launch_config.h) instead of on every call.
+// stream; one launch without LARS groups. The decisions are launch_plan.h's
+// (pure host code, so the emulated build of the tests makes them too); the
+// environment is read once (launch_config.h).
 #pragma once
 
 #include <ATen/cuda/CUDAContext.h>

@@ -6,7 +6,7 @@
 //   op(float& p, float g, float& m)
 //
 // A reduction policy (NormSums) accumulates and writes nothing; an update
-// policy (lars_kernel.cu's ApplyLars) changes p and m, which the traversal
+// policy (kernel.cuh's ApplyLars) changes p and m, which the traversal
 // stores back (kWrite). The visiting order — thread t takes packs t, t+256,
 // ..., elements in a pack in order, then the tail — is fixed, so a policy's
 // per-thread sums, reduced in block_sum below in a fixed tree, give the same
