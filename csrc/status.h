@@ -17,7 +17,7 @@ std::string last_cuda_launch();
 using CudaProbe = bool (*)(int64_t device);
 CudaProbe& cuda_kernel_probe();
 
-// Which build of the CPU kernel runs here: "avx2" or "default".
+// Which build of the CPU kernel runs here: "avx512", "avx2" or "default".
 std::string cpu_kernel_variant();
 
 }  // namespace lars_cuda

@@ -22,10 +22,10 @@ import torch
 ENV_SWITCHES = {
     "LARS_CUDA_CPU_KERNEL": "run: ask for one build of the CPU kernel (avx512, avx2, default), capped by the CPU",
     "ATEN_CPU_CAPABILITY": "run: torch's own CPU instruction set, which the CPU kernel follows",
-    "LARS_CUDA_CPU_WAVE_MB": "run: bytes per CPU wave (default 16)",
-    "LARS_CUDA_WAVE_MB": "run: bytes per CUDA wave",
+    "LARS_CUDA_CPU_WAVE_MB": "run: MiB of params+grads per CPU wave (default 4)",
+    "LARS_CUDA_WAVE_MB": "run: MiB of params+grads per CUDA wave (default 0: one wave)",
     "LARS_CUDA_LAUNCH": "run: force a CUDA launch path (cooperative, three-kernel)",
-    "LARS_CUDA_BLOCKS_PER_SM": "run: CUDA blocks per SM",
+    "LARS_CUDA_BLOCKS_PER_SM": "run: cap on CUDA blocks per SM (default 8)",
     "LARS_CUDA_FORCE_CPU": "build: the CPU kernel only",
     "LARS_CUDA_NO_AVX2": "build: leave out the AVX2/AVX-512 CPU builds",
     "TORCH_CUDA_ARCH_LIST": "build: the CUDA architectures to compile for",

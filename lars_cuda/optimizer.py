@@ -35,7 +35,7 @@ class Lars(Optimizer):
             any keyword below).
         lr: learning rate (required unless every group brings its own), a float or a one-element tensor (updated in place by
             schedulers; a CUDA tensor keeps the fused/foreach step free of host syncs).
-        momentum: :math:`\mu`, no dampening. 0 keeps no state.
+        momentum: :math:`\mu` (``dampening``: below). 0 keeps no state.
         eeta: trust coefficient :math:`\eta`, in (0, 1].
         weight_decay: :math:`\beta`; enters the trust ratio and ``d`` when ``lars=True``.
         epsilon: :math:`\epsilon` in the trust ratio's denominator.

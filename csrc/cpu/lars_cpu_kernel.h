@@ -41,11 +41,11 @@ namespace LARS_CPU_NS {
 
 // Elements per norm partial: the unit of determinism and of parallel work.
 constexpr int64_t kChunk = 16384;
-// Bytes of params+grads per wave: 4 MiB, what the update finds still cached on
-// a 2-vCPU cloud VM, whose share of a 32 MiB L3 measured ~8 MiB (on the AMD EPYC
-// of 2026-12-01 4 MiB beat 16 in half precision, ResNet-50 float16 1.35 -> 1.26x
-// fused SGD; on the Xeon of 2026-11-29 2-16 MiB were within noise; see
-// benchmarks/NOTES.md). LARS_CUDA_CPU_WAVE_MB sets another size (read once per process).
+// Bytes of params+grads per wave: 4 MiB, so that the update finds p and g still
+// in the share of the L3 a small cloud VM gets (measured ~8 MiB of a "32 MiB"
+// L3); larger waves were slower in half precision and no faster in float32
+// (the measurements: benchmarks/NOTES.md). LARS_CUDA_CPU_WAVE_MB sets another
+// size (read once per process).
 inline int64_t wave_bytes() {
   static const int64_t bytes = [] {
     const char* env = std::getenv("LARS_CUDA_CPU_WAVE_MB");

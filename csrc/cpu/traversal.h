@@ -147,11 +147,10 @@ constexpr int kVecsInFlight = 4;
 
 // How far ahead a pass over float16/bfloat16 prefetches p, g (and m). Their
 // widening and narrowing add instructions per byte, so fewer loads are in
-// flight than the hardware prefetcher needs: on the 2-core Xeon of 2026-11-29
-// the update phase of ViT-B/16 took 25-29 ms with this instead of 30-33 ms; on
-// the AVX2-only AMD EPYC of 2026-12-01 the norm phase gained too (ViT-B/16
-// float16 1.37 -> 1.30x fused SGD; benchmarks/NOTES.md), which the AVX-512 build
-// was not measured for and so does without. float32 measured no gain anywhere.
+// flight than the hardware prefetcher needs: software prefetch shortened the
+// update phase on AVX-512 and AVX2 machines, and the norm phase on AVX2 (the
+// AVX-512 build was not measured for the norms and so does without); float32
+// gained nothing (the measurements: benchmarks/NOTES.md).
 constexpr uintptr_t kHalfPrefetchBytes = 4096;
 #if defined(CPU_CAPABILITY_AVX2)
 constexpr bool kPrefetchHalfNorms = true;
