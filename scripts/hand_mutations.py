@@ -57,7 +57,7 @@ MUTANTS = [
      "return h.ratio_on_grad ? TensorStep{lr, r, wd} : TensorStep{lr * r, 1.f, wd};",
      "return TensorStep{lr * r, 1.f, wd};"),
     ("dampening ignored", "csrc/lars.h", "undamped(V(1.f - h.dampening))", "undamped(V(1.f))"),
-    ("<g, p> left out of the SSL denominator", "csrc/lars.h", "2.0 * wd * dot", "0.0 * wd * dot"),
+    ("<g, p> left out of the SSL denominator", "csrc/lars.h", "2.0 * wd * (pg * c)", "0.0 * wd * (pg * c)"),
     ("LARC clip skipped", "csrc/lars.h", "if (h.larc_clip) r = fminf(r / lr, 1.f);", ""),
     ("LARC zero-norm branch decays", "csrc/lars.h", "if (zero && h.zero_norm_skip) return {lr, 1.f, 0.f};",
      "if (zero && h.zero_norm_skip) return {lr, 1.f, wd};"),
