@@ -24,7 +24,7 @@ if "CUDA_HOME" not in os.environ and "CUDA_PATH" not in os.environ and os.path.i
     os.environ["CUDA_HOME"] = "/usr/local/cuda"
 
 import torch  # noqa: E402
-from setuptools import find_packages, setup  # noqa: E402
+from setuptools import setup  # noqa: E402
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))

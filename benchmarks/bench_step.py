@@ -184,7 +184,6 @@ def run_set(set_name: str, dtype: torch.dtype, device: torch.device, impls: list
             gbs=floor_bytes / med / 1e9, frac_copy_bw=floor_bytes / med / copy_bw,
             launches_per_step=launches, alloc_bytes_per_step=alloc,
         ))
-    del params, grad_sets, runners
     return rows
 
 
@@ -222,7 +221,8 @@ def plot(rows: list[dict], path: str, device: str) -> None:
     fig, axes = plt.subplots(1, len(dtypes), figsize=(6.5 * len(dtypes), 4.8), squeeze=False)
     for ax, dtype in zip(axes[0], dtypes):
         for impl in IMPLS:
-            pts = sorted((r["numel"], r["median_us"], r["set"]) for r in rows if r["impl"] == impl and r["dtype"] == dtype)
+            pts = sorted((r["numel"], r["median_us"], r["set"]) for r in rows
+                         if r["impl"] == impl and r["dtype"] == dtype)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=impl)
         # Set names along the top edge (x in data units, y as a fraction of the axes).

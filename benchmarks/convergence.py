@@ -149,7 +149,8 @@ def main(argv=None) -> int:
     p.add_argument("--sgd-lr-at-256", type=float, default=0.1)
     p.add_argument("--report-only", action="store_true",
                    help="start no run: tabulate the finished ones (a study completed in parts)")
-    p.add_argument("--sweep", action="store_true", help="first sweep LARS's lr at 1K over 2^1.5, 2^2.5 (the seed's), 2^3.5, 2^4.5 (seed 0)")
+    p.add_argument("--sweep", action="store_true",
+                   help="first sweep LARS's lr at 1K over 2^1.5, 2^2.5 (the seed's), 2^3.5, 2^4.5 (seed 0)")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
 

@@ -15,20 +15,6 @@
 
 namespace lars_cuda {
 
-// Checks lists, devices, dtypes and layouts; throws ValueError/TypeError
-// (TORCH_CHECK_VALUE / TORCH_CHECK_TYPE) before anything is written.
-void check_fused_lars_args(
-    at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-    double momentum, double weight_decay, double eeta, double epsilon,
-    std::optional<double> trust_clip, std::optional<double> update_clip,
-    const std::optional<at::Tensor>& lr_tensor,
-    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf);
-
-LarsHyper make_hyper(double momentum, double weight_decay, double eeta, double epsilon, bool lars,
-                     bool nesterov, std::optional<double> trust_clip, std::optional<double> update_clip,
-                     bool maximize = false);
-
-
 // One param group of a call: slices of the call's lists and its options.
 struct GroupCall {
   at::TensorList params, grads, bufs;
@@ -50,16 +36,29 @@ struct SumsIO {
 };
 constexpr int64_t kSumsPerTensor = 3;
 
-// fused_lars_groups_ packs each group's floats in `hyper` with this stride
-// (a disabled clip is NaN) and its switches in `flags` as these bits.
-constexpr int64_t kHyperStride = 8;  // lr, momentum, weight_decay, eeta, epsilon, trust_clip, update_clip,
-                                     // dampening
+// The ops' names, which start every error they raise.
+constexpr const char* kGroupsOp = "fused_lars_groups_";
+constexpr const char* kNormsOp = "fused_lars_norms";
+constexpr const char* kApplyOp = "fused_lars_apply_";
+// The op a backend's run serves, from where its sums go.
+inline const char* op_of(SumsIO io) {
+  return io.out != nullptr ? kNormsOp : io.in != nullptr ? kApplyOp : kGroupsOp;
+}
+
+// Each group's floats travel in `hyper` as a row of kHyperStride slots, in
+// this order (a disabled clip is NaN; a tensor lr travels in lr_tensors and its
+// slot holds 0), and its switches in `flags` as these bits. The Python owner of
+// the same layout is lars_cuda/options.py (HYPER_FIELDS, FLAG_BITS);
+// tests/test_layout.py holds the two together.
+constexpr int64_t kSlotLr = 0, kSlotMomentum = 1, kSlotWeightDecay = 2, kSlotEeta = 3, kSlotEpsilon = 4,
+                  kSlotTrustClip = 5, kSlotUpdateClip = 6, kSlotDampening = 7;
+constexpr int64_t kHyperStride = 8;
 constexpr int64_t kFlagLars = 1, kFlagNesterov = 2, kFlagMaximize = 4, kFlagDecay = 8, kFlagRatioOnGrad = 16,
                   kFlagNormOfUpdate = 32, kFlagLarcClip = 64, kFlagZeroNormSkip = 128;
 
 // Splits the flat lists of fused_lars_groups_ into groups and checks every
 // group (and grad_scale/found_inf) before the caller writes anything, so a bad
-// group leaves every group as it was.
+// group leaves every group as it was. Every error starts with the op's name.
 std::vector<GroupCall> parse_groups(at::TensorList params, at::TensorList grads, at::TensorList bufs,
                                     at::IntArrayRef group_sizes, at::ArrayRef<double> hyper,
                                     at::IntArrayRef flags, const c10::List<std::optional<at::Tensor>>& lr_tensors,

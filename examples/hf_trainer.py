@@ -42,5 +42,6 @@ if __name__ == "__main__":
         trainer = Trainer(model=TinyRegression(), args=args, train_dataset=Pairs(),
                           optimizer_cls_and_kwargs=(lars_cuda.Lars, {"lr": 0.1, "momentum": 0.9, "eeta": 0.02}))
         trainer.train()
-        print(f"trained with {type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, 'optimizer') else trainer.optimizer).__name__}, "
+        used = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # (accelerate may wrap it)
+        print(f"trained with {type(used).__name__}, "
               f"{trainer.state.global_step} steps, last loss {trainer.state.log_history[-2]['loss']:.4f}")

@@ -5,15 +5,8 @@ or a checkpoint sees is the original's), and steps exactly as the original does
 kernel in one launch, foreach, the reference loop), with GradScaler, tensor lr,
 schedulers and sharded (DTensor) params.
 
-============  ===========================  ==========================  =====================
-flavour       ratio r                      where r goes                zero norm
-============  ===========================  ==========================  =====================
-seed (Lars)   eta*|p| / (|g|+wd|p|+eps)    p -= lr*r*buf, clip 50/10   r = 1, decay kept
-TimmLars      eta*|p| / (|g|+wd|p|+eps)    buf += r*(g+wd*p)           r = 1, decay kept
-LARC          eta*|p| / (|g|+wd|p|+eps)    buf += r*(g+wd*p)           no decay, no scaling
-SSLLars       eta*|p| / |g+wd*p|           buf += r*(g+wd*p)           r = 1, decay kept
-============  ===========================  ==========================  =====================
-
+The flavours' ratios, where each puts it and what a zero norm does: the
+``Lars`` docstring (the switches) and ``docs/semantics.md`` (a table per class).
 (timm's ``trust_clip`` and LARC's ``clip`` both mean r <- min(r/lr, 1).) The
 kernel's options are derived from each group's original options at every step
 (a dict per group, not per tensor), so a scheduler that changes
@@ -34,16 +27,15 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .optimizer import Lars
-from .schemas import SGD_OPTIONS, SSL_OPTIONS, TIMM_OPTIONS
+from .state_dict_schemas import SGD_OPTIONS, SSL_OPTIONS, TIMM_OPTIONS
 
 __all__ = ["LARC", "SSLLars", "TimmLars", "register_timm"]
 
 Params = Iterable[Union[Tensor, dict[str, Any]]]
 
-# Lars's options that no flavour here changes from these values unless it says so.
-_LARS_BASE = dict(lars=True, nesterov=False, trust_clip=None, update_clip=None, maximize=False, dampening=0.0,
-                  decay=None, ratio_on_grad=True, norm_of_update=False, larc_clip=False, zero_norm_skip=False,
-                  always_adapt=True, decay_filter=False, adaptation_filter=False, epsilon=0.0)
+# What every flavour here shares: Lars's defaults without the seed's two clips and
+# with the ratio inside the momentum; each class's _to_lars sets the rest.
+_LARS_BASE = {**Lars.option_defaults(), "trust_clip": None, "update_clip": None, "ratio_on_grad": True}
 
 
 class _Flavour(Lars):

@@ -1,38 +1,33 @@
-"""The LARS step as functions over lists of tensors.
+"""The LARS step as functions over lists of tensors, as ``torch.optim.sgd``'s
+functional core: :func:`lars` and three implementations of one contract (the
+math: :class:`lars_cuda.Lars`'s docstring; ``docs/semantics.md``):
 
-Three implementations of one contract (the math below; ``docs/semantics.md``):
-
-* :func:`_single_tensor_lars` — a per-parameter loop in plain PyTorch. It is the
+* :func:`single_tensor_lars` — a per-parameter loop in plain PyTorch. It is the
   readable statement of the math and the oracle every test compares against.
-* :func:`_multi_tensor_lars` — the same math on whole lists with
+* :func:`multi_tensor_lars` — the same math on whole lists with
   ``torch._foreach_*``; it never synchronises with the host (no ``.item()``, no
   Python branch on a tensor value), so it can be captured in a CUDA graph.
 * :func:`fused_lars_groups` — one call of the C++/CUDA op
   ``torch.ops.lars_cuda.fused_lars_groups_`` for every group of a device (the op
   buckets dtypes itself).
 
-{math}
+The list helpers :func:`partition` and :func:`take` are the one way every module
+splits parallel lists (params, grads, buffers) and takes entries by index.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Hashable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from . import ops
-from ._docs import MATH
-from .options import FLAG_BITS, StepOptions
-from .partition import partition
+from .options import FLAG_BITS, LR, StepOptions, compute_dtype
 from .validation import check_amp_scaling_path
 
-if __doc__:  # (None under python -OO)
-    __doc__ = __doc__.format(math=MATH)
-
-__all__ = ["create_buffers", "fused_lars_groups", "fused_lars_norms", "lars"]
-
-LR = Union[float, Tensor]
+__all__ = ["create_buffers", "fused_lars_groups", "fused_lars_norms", "lars", "multi_tensor_lars", "partition",
+           "ratio_and_decay", "single_tensor_lars", "take"]
 
 
 def lars(
@@ -71,23 +66,16 @@ def lars(
     if foreach and fused:
         raise ValueError("foreach and fused are mutually exclusive")
     check_amp_scaling_path(fused, grad_scale, found_inf)
-    options = StepOptions.of(dict(
-        lr=lr, momentum=momentum, weight_decay=weight_decay, eeta=eeta, epsilon=epsilon, lars=lars,
-        nesterov=nesterov, trust_clip=trust_clip, update_clip=update_clip, maximize=maximize, decay=decay,
-        ratio_on_grad=ratio_on_grad, norm_of_update=norm_of_update, larc_clip=larc_clip,
-        zero_norm_skip=zero_norm_skip, dampening=dampening))
+    options = StepOptions.of(locals())  # (the arguments named as StepOptions' fields)
     if fused:
         fused_lars_groups([(params, grads, momentum_buffer_list, options)], grad_scale=grad_scale,
                           found_inf=found_inf, sums=sums)
         return
-    step = _multi_tensor_lars if foreach else _single_tensor_lars
+    step = multi_tensor_lars if foreach else single_tensor_lars
     for view, idx in create_buffers(options, params, momentum_buffer_list):
-        if len(idx) == len(params):
-            step(params, grads, momentum_buffer_list, view, sums=sums)
-        else:
-            step([params[i] for i in idx], [grads[i] for i in idx],
-                 [momentum_buffer_list[i] for i in idx] if view.has_momentum else [], view,
-                 sums=sums[idx] if sums is not None else None)
+        p, g, b = take([params, grads, momentum_buffer_list], idx)
+        step(p, g, b if view.has_momentum else [], view,
+             sums=sums if sums is None or len(idx) == len(params) else sums[idx])
 
 
 def create_buffers(options: StepOptions, params: Sequence[Tensor],
@@ -111,7 +99,7 @@ def create_buffers(options: StepOptions, params: Sequence[Tensor],
     return [(o, idx) for o, idx in ((options.first_step(), fresh), (options, old)) if idx]
 
 
-def _ratio_and_decay(w, n, dot, o: StepOptions):
+def ratio_and_decay(w, n, dot, o: StepOptions):
     """Trust ratios r and the weight decay each tensor applies, from its norms (1-D
     tensors, or 0-dim for one tensor): every flavour's rule (lars.h's tensor_step)."""
     wd = o.weight_decay if o.decay else 0.0
@@ -142,18 +130,13 @@ def _norms_from_sums(sums: Tensor, compute: torch.dtype) -> tuple[Tensor, Tensor
     return norms[:, 0], norms[:, 1], sums[:, 2].to(compute)
 
 
-def _compute_dtype(t: Tensor) -> torch.dtype:
-    """float64 tensors compute in float64; every other floating type in float32."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def _single_tensor_lars(params, grads, momentum_buffer_list, o: StepOptions, *, sums=None):
+def single_tensor_lars(params, grads, momentum_buffer_list, o: StepOptions, *, sums=None):
     """The reference loop. Buffers exist (create_buffers) wherever o has momentum."""
     lr = o.lr
     for i, param in enumerate(params):
         # The compute type is float32 (float64 for float64 params); the conversion is a
         # no-op when the param already has it, so p32 may alias param.
-        compute = _compute_dtype(param)
+        compute = compute_dtype(param.dtype)
         p32 = param.to(compute)
         g32 = grads[i].to(compute)
         if o.maximize:
@@ -167,7 +150,7 @@ def _single_tensor_lars(params, grads, momentum_buffer_list, o: StepOptions, *, 
                 dot = torch.dot(g32.flatten(), p32.flatten()) if o.norm_of_update else None
             else:
                 w, n, dot = (x[0] for x in _norms_from_sums(sums[i:i + 1], compute))
-            ratio, wd, skip = _ratio_and_decay(w, n, dot, o)
+            ratio, wd, skip = ratio_and_decay(w, n, dot, o)
         else:
             ratio = None
         d = g32.add(p32, alpha=wd) if wd != 0 else g32
@@ -197,20 +180,20 @@ def _single_tensor_lars(params, grads, momentum_buffer_list, o: StepOptions, *, 
             param.copy_(p32)
 
 
-def _multi_tensor_lars(params, grads, momentum_buffer_list, o: StepOptions, *, sums=None):
+def multi_tensor_lars(params, grads, momentum_buffer_list, o: StepOptions, *, sums=None):
     """The same math on whole lists (torch._foreach_*), no host sync. Buffers exist
     (create_buffers) wherever o has momentum."""
     if not params:
         return
-    parts = partition([params, grads, momentum_buffer_list], [p.dtype == torch.float64 for p in params])
+    parts = partition([params, grads, momentum_buffer_list], [compute_dtype(p.dtype) for p in params])
     if len(parts) > 1:
         # float64 params compute in float64, the others in float32: one call each.
         for (p, g, b), idx in parts.values():
-            _multi_tensor_lars(p, g, b, o, sums=sums[idx] if sums is not None else None)
+            multi_tensor_lars(p, g, b, o, sums=sums[idx] if sums is not None else None)
         return
     lr = o.lr
     device = params[0].device
-    compute = torch.float64 if params[0].dtype == torch.float64 else torch.float32
+    compute = compute_dtype(params[0].dtype)
     reduced = [p.dtype != compute for p in params]
     p32 = [p.to(compute) for p in params]
     g32 = [g.to(compute) for g in grads]
@@ -227,7 +210,7 @@ def _multi_tensor_lars(params, grads, momentum_buffer_list, o: StepOptions, *, s
                 if o.norm_of_update else None
         else:
             w, n, dot = _norms_from_sums(sums, compute)
-        ratio, wd, skip = _ratio_and_decay(w, n, dot, o)
+        ratio, wd, skip = ratio_and_decay(w, n, dot, o)
     else:
         ratio = None
     d = torch._foreach_add(g32, p32, alpha=wd) if wd != 0 else g32
@@ -270,6 +253,15 @@ def _multi_tensor_lars(params, grads, momentum_buffer_list, o: StepOptions, *, s
 Group = tuple[list[Tensor], list[Tensor], list[Optional[Tensor]], Union[StepOptions, Mapping[str, Any]]]
 
 
+class _Call(NamedTuple):
+    """One set of tensors of an op call, with the options they step with."""
+
+    params: list[Tensor]
+    grads: list[Tensor]
+    bufs: list[Tensor]
+    options: StepOptions
+
+
 def fused_lars_groups(
     groups: list[Group],
     *,
@@ -285,32 +277,31 @@ def fused_lars_groups(
     and filled into ``momentum_buffer_list``. With ``sums`` (the sharded step's
     global sums, one row per param of all groups in order) the op
     ``fused_lars_apply_`` runs instead, taking its norms from them."""
-    calls, order, at, reordered = [], [], 0, False
+    calls: list[_Call] = []
+    rows: list[int] = []  # the rows of sums in the order of the calls' tensors
+    at, reordered = 0, False
     for params, grads, bufs, options in groups:
         o = options if isinstance(options, StepOptions) else StepOptions.of(options)
         for view, idx in create_buffers(o, params, bufs):
-            if len(idx) == len(params):
-                calls.append((params, grads, bufs if o.has_momentum else [], view))
-            else:
-                calls.append(([params[i] for i in idx], [grads[i] for i in idx], [bufs[i] for i in idx], view))
-                reordered = True
-            if sums is not None:  # (the rows follow the tensors)
-                order += [at + i for i in idx]
+            calls.append(_Call(*take([params, grads, bufs if o.has_momentum else []], idx), view))
+            reordered |= len(idx) != len(params)
+            if sums is not None:
+                rows += [at + i for i in idx]
         at += len(params)
     if sums is not None and reordered:
-        sums = sums[torch.tensor(order, device=sums.device)].contiguous()
+        sums = sums[torch.tensor(rows, device=sums.device)].contiguous()
     if len(calls) == 1:  # the common case: the group's own lists, no copy
-        params, grads, bufs, _ = calls[0]
+        params, grads, bufs = calls[0].params, calls[0].grads, calls[0].bufs
     else:
-        params = [p for c in calls for p in c[0]]
-        grads = [g for c in calls for g in c[1]]
-        bufs = [b for c in calls for b in c[2]]
+        params = [p for c in calls for p in c.params]
+        grads = [g for c in calls for g in c.grads]
+        bufs = [b for c in calls for b in c.bufs]
     if not params:
         return
-    sizes = [len(c[0]) for c in calls]
-    hyper = [x for c in calls for x in c[3].hyper_row()]
-    flags = [c[3].flags for c in calls]
-    lr_tensors = [c[3].lr_tensor for c in calls]
+    sizes = [len(c.params) for c in calls]
+    hyper = [x for c in calls for x in c.options.hyper_row()]
+    flags = [c.options.flags for c in calls]
+    lr_tensors = [c.options.lr_tensor for c in calls]
     if sums is not None:
         ops.fused_lars_apply_(params, grads, bufs, sizes, hyper, flags, lr_tensors, sums, grad_scale, found_inf)
     else:
@@ -328,3 +319,28 @@ def fused_lars_norms(groups: list[tuple[list[Tensor], list[Tensor], Union[StepOp
     options = [o if isinstance(o, StepOptions) else StepOptions.of({"lr": 0.0, **o}) for _, _, o in groups]
     flags = [o.flags & (FLAG_BITS["lars"] | FLAG_BITS["norm_of_update"]) for o in options]
     return ops.fused_lars_norms(params, grads, sizes, flags)
+
+
+def partition(lists: Sequence[Sequence[Any]], keys: Sequence[Hashable]) -> dict[Hashable, tuple[list[list], list[int]]]:
+    """Splits parallel lists by ``keys`` (one per index), in the shape of torch's
+    ``Optimizer._group_tensors_by_device_and_dtype(..., with_indices=True)``: per key
+    (in order of first appearance), the sublists and the indices they came from. An
+    empty list (no buffers) stays empty in every part; one part is the lists
+    themselves (no copy)."""
+    n = len(lists[0])
+    order = list(dict.fromkeys(keys))
+    if len(order) == 1:
+        return {order[0]: ([list(lst) if not isinstance(lst, list) else lst for lst in lists], list(range(n)))}
+    out: dict[Hashable, tuple[list[list], list[int]]] = {}
+    for k in order:
+        idx = [i for i in range(n) if keys[i] == k]
+        out[k] = ([[lst[i] for i in idx] if len(lst) else [] for lst in lists], idx)
+    return out
+
+
+def take(lists: Sequence[Sequence[Any]], idx: list[int]) -> list[list]:
+    """The entries ``idx`` of each of parallel lists (an empty list stays empty; all
+    of them: the lists themselves)."""
+    if len(idx) == len(lists[0]):
+        return [lst if isinstance(lst, list) else list(lst) for lst in lists]
+    return [[lst[i] for i in idx] if len(lst) else [] for lst in lists]

@@ -1,5 +1,7 @@
-"""The compiled ops: loading ``lars_cuda._C``, their fake (meta) implementations
-for ``torch.compile``, and which devices they serve."""
+"""The compiled ops, in pytorch/extension-cpp's shape: loading ``lars_cuda._C``
+(which registers ``torch.ops.lars_cuda.*``), a Python wrapper per op, their fake
+implementations for ``torch.compile`` — and which devices they serve, and why
+not where they do not (:func:`fused_unavailable`)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
+from . import build_facts
+
 try:
     from . import _C  # noqa: F401  (loading the library registers torch.ops.lars_cuda.*)
 
@@ -18,13 +22,12 @@ try:
 except ImportError as exc:  # never built, or built against another torch ("undefined symbol")
     _C = None
     EXTENSION_ERROR = exc
-    from .diagnostics import load_failure
-
-    warnings.warn(f"lars_cuda: {load_failure(exc)}. Until then Lars runs its foreach path (exact, slower); "
+    warnings.warn(f"lars_cuda: {build_facts.load_failure(exc)}. Until then Lars runs its foreach path (exact, slower); "
                   f"`python -m lars_cuda` reports the details", RuntimeWarning, stacklevel=2)
 
-__all__ = ["EXTENSION_ERROR", "cpu_kernel", "fused_lars_apply_", "fused_lars_groups_", "fused_lars_norms",
-           "fused_runs_on", "has_fused", "last_cuda_launch", "launch_env"]
+__all__ = ["EXTENSION_ERROR", "cpu_kernel", "cuda_arch", "describe_cuda_device", "fused_lars_apply_",
+           "fused_lars_groups_", "fused_lars_norms", "fused_runs_on", "fused_unavailable", "has_fused",
+           "last_cuda_launch", "launch_env"]
 
 
 def has_fused(device: torch.device | str) -> bool:
@@ -70,18 +73,32 @@ def describe_cuda_device(device: torch.device | str) -> str:
     return f"{torch.cuda.get_device_name(index)} (sm_{major}{minor})"
 
 
-def rebuild_hint(device: torch.device | str) -> str:
-    """The command that builds the kernel for this card."""
+def cuda_arch(device: torch.device | str) -> str:
+    """'9.0': the card's architecture as TORCH_CUDA_ARCH_LIST spells it."""
     major, minor = torch.cuda.get_device_capability(_cuda_index(torch.device(device)))
-    return f"TORCH_CUDA_ARCH_LIST={major}.{minor} pip install --no-build-isolation -e ."
+    return f"{major}.{minor}"
+
+
+def fused_unavailable(device: torch.device) -> Optional[str]:
+    """Why the fused kernel cannot run on ``device`` (with the fix), or None if it can."""
+    if EXTENSION_ERROR is not None:
+        return f"lars_cuda's compiled kernels did not load ({build_facts.load_failure(EXTENSION_ERROR)})"
+    if fused_runs_on(device):
+        return None
+    if has_fused(device):  # a CUDA build without code for this card
+        return (f"the fused kernel has no code for {describe_cuda_device(device)}; rebuild for this card: "
+                f"{build_facts.rebuild_command(cuda_arch(device))}")
+    info = build_facts.build_info() or {}
+    if device.type == "cuda" and not info.get("with_cuda", True):
+        return (f"this build of lars_cuda has no CUDA kernel (built with LARS_CUDA_FORCE_CPU=1 or without nvcc); "
+                f"rebuild it with: {build_facts.rebuild_command()}")
+    return f"the fused kernel is not built for {device.type}"
 
 
 def _require_extension() -> None:
     if _C is None:
-        from .diagnostics import load_failure
-
         raise RuntimeError(f"lars_cuda's compiled extension did not load, so its ops are unavailable: "
-                           f"{load_failure(EXTENSION_ERROR)}")
+                           f"{build_facts.load_failure(EXTENSION_ERROR)}")
 
 
 def fused_lars_groups_(

@@ -5,18 +5,16 @@ state in, a plan of the step (``lars_cuda.plan``), the plan run
 
 from __future__ import annotations
 
-import textwrap
+import inspect
 from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._docs import MATH
 from .execute import run_plans
-from .options import KERNEL_DTYPES
+from .options import KERNEL_DTYPES, LARS_OPTIONS
 from .plan import choose_path, plan_step
-from .schemas import LARS_OPTIONS
 from .trust_ratios import trust_ratios
 from .validation import UnsupportedTensorError, check_dtype, check_group_options, check_grad_scale, \
     check_state_dict_schema
@@ -26,15 +24,40 @@ __all__ = ["Lars", "UnsupportedTensorError"]
 
 class Lars(Optimizer):
     r"""Layer-wise Adaptive Rate Scaling (You, Gitman & Ginsburg, 2017), as the
-    seed project computes it (``docs/semantics.md``).
+    seed project computes it. The math of every path (the one statement of it in
+    code; ``docs/semantics.md`` states it for readers, with the flavours' sources):
 
-    {math}
+    Per parameter ``p`` with gradient ``g`` (all arithmetic in float32 for
+    float32/float16/bfloat16 tensors, float64 for float64 ones, rounded once;
+    ``g = -g`` first when ``maximize``)::
+
+        if lars:  w = ||p||, n = ||g||
+                  r = eeta*w / (n + wd*w + eps)   if w > 0 and n > 0 else 1
+                  r = clamp(r, 0, trust_clip)
+                  d = g + wd*p
+        else:     r = 1, d = g                     (no weight decay: the seed)
+        d = clamp(d, -update_clip, update_clip)
+        if momentum: buf = d (first step) | momentum*buf + d;  u = buf  (nesterov: d + momentum*buf)
+        else:        u = d
+        p = p - (lr*r) * u
+
+    The other flavours (``docs/semantics.md``; :mod:`lars_cuda.compat`) are switches
+    of the same step, all off by default: ``decay`` (weight decay in d; default:
+    exactly when ``lars``), ``ratio_on_grad`` (d = r*d before momentum, then
+    p -= lr*u: timm, LARC, SSL), ``norm_of_update`` (r = eeta*||p|| / ||g + wd*p||,
+    no eps: SSL), ``larc_clip`` (r = min(r/lr, 1)), ``zero_norm_skip`` (a zero norm
+    means no decay and no scaling: apex LARC), ``dampening`` (buf = momentum*buf +
+    (1-dampening)*d after a first step that copies d, as torch.optim.SGD), and per
+    group ``always_adapt=False`` (timm: no adaptation where weight_decay == 0),
+    ``decay_filter`` / ``adaptation_filter`` (SSL: 1-D params without decay /
+    adaptation).
 
     Args:
         params: parameters or parameter groups (groups may set ``lars``, and override
             any keyword below).
-        lr: learning rate (required unless every group brings its own), a float or a one-element tensor (updated in place by
-            schedulers; a CUDA tensor keeps the fused/foreach step free of host syncs).
+        lr: learning rate (required unless every group brings its own), a float or a
+            one-element tensor (updated in place by schedulers; a CUDA tensor keeps the
+            fused/foreach step free of host syncs).
         momentum: :math:`\mu` (``dampening``: below). 0 keeps no state.
         eeta: trust coefficient :math:`\eta`, in (0, 1].
         weight_decay: :math:`\beta`; enters the trust ratio and ``d`` when ``lars=True``.
@@ -93,17 +116,18 @@ class Lars(Optimizer):
         foreach: Optional[bool] = None,
         fused: Optional[bool] = None,
     ):
-        defaults = dict(
-            lr=lr, momentum=momentum, eeta=eeta, weight_decay=weight_decay, epsilon=epsilon, lars=True,
-            nesterov=nesterov, trust_clip=trust_clip, update_clip=update_clip, maximize=maximize,
-            dampening=dampening, decay=decay, ratio_on_grad=ratio_on_grad, norm_of_update=norm_of_update,
-            larc_clip=larc_clip, zero_norm_skip=zero_norm_skip, always_adapt=always_adapt,
-            decay_filter=decay_filter, adaptation_filter=adaptation_filter,
-            foreach=foreach, fused=fused,
-        )
+        # Every option is an argument here but ``lars`` (True; a group may turn it off).
+        arguments = locals()
+        defaults = {name: True if name == "lars" else arguments[name] for name in LARS_OPTIONS}
         # add_param_group (called by Optimizer.__init__ for every group) checks each
         # group's options merged with these defaults.
         super().__init__(params, defaults)
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        """Lars's default group options (its signature's, and ``lars=True``)."""
+        signature = inspect.signature(Lars.__init__).parameters
+        return {name: True if name == "lars" else signature[name].default for name in LARS_OPTIONS}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
@@ -168,8 +192,9 @@ class Lars(Optimizer):
         grad_scale: Optional[Tensor] = getattr(self, "grad_scale", None)
         found_inf: Optional[Tensor] = getattr(self, "found_inf", None)
         # Check everything before touching anything: a bad input leaves the state as it was.
-        plans = plan_step(self._kernel_groups(), self.state, self._BUFFER_KEY, grad_scale, found_inf)
-        for param, buf in run_plans(plans, grad_scale, found_inf):
+        planned = plan_step(self._kernel_groups(), self.state, self._BUFFER_KEY, grad_scale, found_inf)
+        run_plans(planned.plans, grad_scale, found_inf)
+        for param, buf in planned.new_buffers:
             self.state[param][self._BUFFER_KEY] = buf
         # The scale the kernel divided the grads by (GradScaler leaves the grads scaled
         # on this path); trust_ratios(grad_scale=...) needs it to read them afterwards.
@@ -194,6 +219,3 @@ class Lars(Optimizer):
         ``opt.last_grad_scale`` (the scale the last step consumed) after it."""
         return trust_ratios(self._kernel_groups(), check_grad_scale(grad_scale))
 
-
-if Lars.__doc__:  # (None under python -OO)
-    Lars.__doc__ = Lars.__doc__.format(math=textwrap.indent(MATH, "    ").strip())

@@ -20,12 +20,20 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from torch import Tensor
 
-__all__ = ["FLAG_BITS", "HYPER_FIELDS", "KERNEL_DTYPES", "StepOptions"]
+__all__ = ["FLAG_BITS", "HYPER_FIELDS", "KERNEL_DTYPES", "LARS_OPTIONS", "LR", "PATH_OPTIONS", "SELECTION_OPTIONS",
+           "STEP_OPTIONS", "StepOptions", "compute_dtype"]
 
 LR = Union[float, Tensor]
 
 # The dtypes the compiled kernel steps (it computes in float32); float64 runs foreach.
 KERNEL_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype every path computes a tensor's step in: float64 for float64
+    tensors, float32 for every other floating type (the kernel's)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
 
 # The op's hyper row of a group, in order (a disabled clip is NaN; a tensor lr
 # travels in lr_tensors and its slot holds 0) ...
@@ -119,5 +127,13 @@ class StepOptions:
         return [float(row[f]) for f in HYPER_FIELDS]
 
 
+# The option names of a Lars param group, all derived from StepOptions' fields
+# (the one list of them): the step's math takes STEP_OPTIONS; SELECTION_OPTIONS
+# decide which tensors a view adapts and decays (StepOptions.views); PATH_OPTIONS
+# choose the path (lars_cuda.plan.choose_path).
+STEP_OPTIONS = tuple(f.name for f in dataclasses.fields(StepOptions))
+SELECTION_OPTIONS = ("always_adapt", "decay_filter", "adaptation_filter")
+PATH_OPTIONS = ("foreach", "fused")
+LARS_OPTIONS = STEP_OPTIONS + SELECTION_OPTIONS + PATH_OPTIONS
 # (a constant: torch.compile traces a step without calling dataclasses.fields)
-_FIELDS = frozenset(f.name for f in dataclasses.fields(StepOptions))
+_FIELDS = frozenset(STEP_OPTIONS)

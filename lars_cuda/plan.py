@@ -15,27 +15,26 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
 from . import ops, sharded
-from .functional import create_buffers
+from .functional import create_buffers, partition, take
 from .options import KERNEL_DTYPES, StepOptions
-from .partition import partition, take
 from .validation import (check_amp_scaling_path, check_grads, check_group_options, check_path, check_sharded,
                          check_sharded_buffer)
 
-__all__ = ["Plan", "choose_path", "plan_step"]
+__all__ = ["Plan", "StepPlan", "choose_path", "plan_step"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
     """One set of tensors a step updates with one set of options on one path. For
     plain tensors ``local_*`` are the tensors themselves; for DTensors (``sharded``)
-    their local shards, and ``sums`` holds the rows of the one all-reduce."""
+    their local shards, whose norms come from one all-reduce (``lars_cuda.execute``)."""
 
     options: StepOptions
     path: str                       # "fused", "foreach" or "single"
@@ -44,19 +43,28 @@ class Plan:
     local_grads: list[Tensor]
     local_bufs: list[Tensor]        # [] without momentum
     sharded: bool = False
-    new_bufs: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (param, its fresh buffer) for the state
-    sums: Optional[Tensor] = None   # sharded: float64 [n, 3] (p², g², g·p), local then global
 
     @property
     def device(self) -> torch.device:
         return self.local_params[0].device
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """A step, planned: its plans, and the momentum buffers it creates, which go
+    into the state after the step (not before: a failed check leaves the state as
+    it was)."""
+
+    plans: list[Plan]
+    new_buffers: list[tuple[Tensor, Tensor]]  # (param, its fresh buffer)
+
+
 def plan_step(groups: list[dict[str, Any]], state: dict, buffer_key: str,
-              grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> list[Plan]:
+              grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> StepPlan:
     """Every plan of one step over param groups in Lars's options; raises (and
     writes nothing) on any bad option or tensor."""
     plans: list[Plan] = []
+    new_buffers: list[tuple[Tensor, Tensor]] = []
     for group in groups:
         check_group_options(group, read_tensor_lr=False)
         params = [p for p in group["params"] if p.grad is not None]
@@ -72,57 +80,50 @@ def plan_step(groups: list[dict[str, Any]], state: dict, buffer_key: str,
             bufs = [(get(p) or empty).get(buffer_key) for p in params]
         for options, idx in StepOptions.views(group, params):
             view = take([params, grads, bufs], idx)
-            is_d = [sharded.HAS_DTENSOR and sharded.is_dtensor(p) for p in view[0]]
-            for dist, (lists, _) in partition(view, is_d).items():
-                plans += (_sharded_plans if dist else _plain_plans)(group, options, *lists, grad_scale, found_inf)
-    return plans
+            is_sharded = [sharded.HAS_DTENSOR and sharded.is_dtensor(p) for p in view[0]]
+            for dist, (lists, _) in partition(view, is_sharded).items():
+                view_plans, view_buffers = _view_plans(group, options, *lists, dist, (grad_scale, found_inf))
+                plans += view_plans
+                new_buffers += view_buffers
+    return StepPlan(plans, new_buffers)
 
 
-def _plain_plans(group, options: StepOptions, params, grads, bufs, grad_scale, found_inf) -> list[Plan]:
+def _view_plans(group, options: StepOptions, params, grads, bufs, is_sharded: bool,
+                amp: tuple) -> tuple[list[Plan], list[tuple[Tensor, Tensor]]]:
+    """The plans of one view's plain tensors or DTensors (their local shards), and
+    the buffers created for them (``functional.create_buffers``)."""
+    if is_sharded:
+        for i, (p, g) in enumerate(zip(params, grads)):
+            check_sharded(p, g, i)
     fresh = [i for i, b in enumerate(bufs) if b is None]
     plans = []
     for o, idx in create_buffers(options, params, bufs):
-        p, g, b = take([params, grads, bufs], idx)
-        plans += _by_path(group, o, p, p, g, b, False, grad_scale, found_inf)
-    _record_new_buffers(plans, params, bufs, fresh)
-    return plans
+        tensors = take([params, grads, bufs], idx)
+        if is_sharded:
+            for i, param, buf in zip(idx, tensors[0], tensors[2]):
+                check_sharded_buffer(param, buf, i)
+            local = [[t.to_local() for t in ts] for ts in tensors]
+        else:
+            local = tensors
+        plans += _by_path(group, o, tensors[0], local, is_sharded, amp)
+    return plans, ([(params[i], bufs[i]) for i in fresh] if plans else [])
 
 
-def _sharded_plans(group, options: StepOptions, params, grads, bufs, grad_scale, found_inf) -> list[Plan]:
-    for i, (p, g) in enumerate(zip(params, grads)):
-        check_sharded(p, g, i)
-    fresh = [i for i, b in enumerate(bufs) if b is None]
-    plans = []
-    for o, idx in create_buffers(options, params, bufs):
-        p, g, b = take([params, grads, bufs], idx)
-        for i, (param, buf) in zip(idx, zip(p, b)):
-            check_sharded_buffer(param, buf, i)
-        plans += _by_path(group, o, p, [t.to_local() for t in p], [t.to_local() for t in g],
-                          [t.to_local() for t in b], True, grad_scale, found_inf)
-    _record_new_buffers(plans, params, bufs, fresh)
-    return plans
-
-
-def _record_new_buffers(plans: list[Plan], params, bufs, fresh: list[int]) -> None:
-    """The buffers create_buffers made go into the state after the step (not before:
-    a failed check leaves the state as it was)."""
-    if fresh and plans:
-        plans[0].new_bufs = [(params[i], bufs[i]) for i in fresh]
-
-
-def _by_path(group, o: StepOptions, params, local_p, local_g, local_b, is_sharded, grad_scale, found_inf) -> list[Plan]:
-    """The plan(s) of one set of tensors: the path the group asks for, and float64
-    tensors of a fused group on foreach."""
+def _by_path(group, o: StepOptions, params: list[Tensor], local: list[list[Tensor]], is_sharded: bool,
+             amp: tuple) -> list[Plan]:
+    """The plan(s) of one set of tensors (``local``: params, grads, buffers): the path
+    the group asks for, and float64 tensors of a fused group on foreach."""
+    local_p = local[0]
     dtypes = {p.dtype for p in local_p}
     path = choose_path(group, local_p, dtypes)
-    parts = {path: ([params, local_p, local_g, local_b], None)}
+    parts = {path: ([params, *local], None)}
     if path == "fused" and not dtypes <= KERNEL_DTYPES:
         parts = {("fused" if k else "foreach"): v for k, v in
-                 partition([params, local_p, local_g, local_b], [p.dtype in KERNEL_DTYPES for p in local_p]).items()}
+                 partition([params, *local], [p.dtype in KERNEL_DTYPES for p in local_p]).items()}
     plans = []
     for part_path, ((p, lp, lg, lb), _) in parts.items():
         check_path(part_path, lp, lb, o.lr)
-        check_amp_scaling_path(part_path == "fused", grad_scale, found_inf)
+        check_amp_scaling_path(part_path == "fused", *amp)
         plans.append(Plan(options=o, path=part_path, params=p, local_params=lp, local_grads=lg, local_bufs=lb,
                           sharded=is_sharded))
     return plans
@@ -167,10 +168,8 @@ def _warn_fused_unavailable(device: torch.device, asked: bool) -> None:
     if (device, asked) in _WARNED_UNAVAILABLE:
         return
     _WARNED_UNAVAILABLE.add((device, asked))
-    from .diagnostics import fused_unavailable
-
     wanted = "fused=True was asked for, but " if asked else ""
-    warnings.warn(f"lars_cuda: {wanted}{fused_unavailable(device)}; Lars runs the foreach path on {device} "
+    warnings.warn(f"lars_cuda: {wanted}{ops.fused_unavailable(device)}; Lars runs the foreach path on {device} "
                   f"instead (same math, slower)", RuntimeWarning, stacklevel=_user_stacklevel())
 
 

@@ -24,7 +24,6 @@ refused: a param is never a pending sum.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -49,50 +48,37 @@ def is_dtensor(t: Any) -> bool:
     return _DTENSOR is not None and isinstance(t, _DTENSOR)
 
 
-@dataclass
-class _Rows:
-    """What reduce_sums reads of a plan (lars_cuda.plan.Plan has both): the DTensors
-    and their local rows, replaced by the global ones."""
-
-    params: list[Tensor]
-    sums: Tensor
-
-
-def _reduce_dims_and_masks(plans):
+def _reduce_dims_and_masks(params: list[Tensor]) -> tuple[list[int], list[bool]]:
     """The mesh dims to reduce over (those that shard some tensor) and, per tensor,
     whether this rank's rows count (not a replica along a reduced dim)."""
     from torch.distributed.tensor import Shard
 
-    dims: set[int] = set()
-    for plan in plans:
-        for p in plan.params:
-            dims.update(d for d, pl in enumerate(p.placements) if isinstance(pl, Shard))
-    dims_sorted = sorted(dims)
+    dims = sorted({d for p in params for d, pl in enumerate(p.placements) if isinstance(pl, Shard)})
     masks = []
-    for plan in plans:
-        for p in plan.params:
-            coordinate = p.device_mesh.get_coordinate()
-            counts = all(isinstance(p.placements[d], Shard) or coordinate[d] == 0 for d in dims_sorted)
-            masks.append(counts)
-    return dims_sorted, masks
+    for p in params:
+        coordinate = p.device_mesh.get_coordinate()
+        masks.append(all(isinstance(p.placements[d], Shard) or coordinate[d] == 0 for d in dims))
+    return dims, masks
 
 
-def reduce_sums(plans, found_inf: Optional[Tensor]) -> Optional[Tensor]:
-    """Sums every plan's local rows over the ranks that shard them, in ONE
-    all-reduce per device mesh (one per sharded mesh dim when tensors shard along
-    several), writing the global rows back into each plan. ``found_inf`` (AMP)
-    travels in the same buffer, so every rank gets the OR of all ranks' flags;
-    returned for the apply half (None when none was given)."""
+def reduce_sums(parts: list[tuple[list[Tensor], Tensor]],
+                found_inf: Optional[Tensor]) -> tuple[list[Tensor], Optional[Tensor]]:
+    """Sums the local rows of each part ``(DTensors, their local rows [n, 3])`` over
+    the ranks that shard them, in ONE all-reduce per device mesh (one per sharded
+    mesh dim when tensors shard along several). Returns the global rows of each
+    part, in order, and ``found_inf`` (AMP), which travels in the same buffer so
+    that every rank gets the OR of all ranks' flags (None when none was given)."""
     import torch.distributed as dist
 
-    by_mesh: dict[Any, list] = {}
-    for plan in plans:
-        if plan.params:
-            by_mesh.setdefault(plan.params[0].device_mesh, []).append(plan)
+    by_mesh: dict[Any, list[int]] = {}
+    for i, (params, _) in enumerate(parts):
+        if params:
+            by_mesh.setdefault(params[0].device_mesh, []).append(i)
+    out = [rows for _, rows in parts]  # (an empty part's rows are already its global rows)
     global_inf = None
-    for mesh, mesh_plans in by_mesh.items():
-        dims, masks = _reduce_dims_and_masks(mesh_plans)
-        rows = torch.cat([plan.sums for plan in mesh_plans])
+    for mesh, idx in by_mesh.items():
+        dims, masks = _reduce_dims_and_masks([p for i in idx for p in parts[i][0]])
+        rows = torch.cat([parts[i][1] for i in idx])
         if not all(masks):
             keep = torch.tensor(masks, dtype=rows.dtype, device=rows.device).unsqueeze(1)
             rows = rows * keep
@@ -104,21 +90,17 @@ def reduce_sums(plans, found_inf: Optional[Tensor]) -> Optional[Tensor]:
         if found_inf is not None:
             global_inf = flat[-1:]
             flat = flat[:-1]
-        rows = flat.reshape(-1, 3)
-        start = 0
-        for plan in mesh_plans:
-            plan.sums = rows[start:start + len(plan.params)]
-            start += len(plan.params)
-    return global_inf
+        for i, part in zip(idx, flat.reshape(-1, 3).split([len(parts[i][0]) for i in idx])):
+            out[i] = part
+    return out, global_inf
 
 
 def sharded_trust_ratio_sums(params: list[Tensor]) -> Tensor:
     """Global (sum p², sum g², sum g·p) of DTensor params and their grads, float64
     [n, 3] on the CPU, for ``Lars.trust_ratios``: local sums and one all-reduce."""
-    plan = _Rows(params, local_sums([p.to_local() for p in params], [p.grad.to_local() for p in params],
-                                    foreach=True, dot=True))
-    reduce_sums([plan], None)
-    return plan.sums.cpu()
+    local = local_sums([p.to_local() for p in params], [p.grad.to_local() for p in params], foreach=True, dot=True)
+    (rows,), _ = reduce_sums([(params, local)], None)
+    return rows.cpu()
 
 
 def local_sums(params: list[Tensor], grads: list[Tensor], *, foreach: bool, dot: bool = False) -> Tensor:

@@ -1,7 +1,7 @@
 """``Lars.trust_ratios()``: the trust ratio the next step would give each LARS
 parameter, for monitoring — from one float32 sum per tensor and one host copy
 per device (no per-parameter ``.item()``), through the step's own ratio rule
-(``functional._ratio_and_decay``) and its views (``StepOptions.views``)."""
+(``functional.ratio_and_decay``) and its views (``StepOptions.views``)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch
 from torch import Tensor
 
 from . import sharded
-from .functional import _ratio_and_decay
+from .functional import partition, ratio_and_decay
 from .options import StepOptions
-from .partition import partition
+
 
 __all__ = ["trust_ratios"]
 
@@ -39,7 +39,7 @@ def trust_ratios(groups: list[dict[str, Any]], scale: float) -> Tensor:
             rows = torch.tensor(idx, dtype=torch.long)
             # float(lr): the ratio alone is wanted, on the CPU, whatever device a tensor lr is on.
             host = dataclasses.replace(options, lr=float(options.lr))
-            r, _, _ = _ratio_and_decay(w[rows].float(), n[rows].float(), dot[rows].float(), host)
+            r, _, _ = ratio_and_decay(w[rows].float(), n[rows].float(), dot[rows].float(), host)
             out[rows] = r.float()
             adapted[rows] = True
         ratios.append(out[adapted])

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from . import ops
-from .schemas import ALL_BUFFER_KEYS, ALL_OPTIONS, HOME
+from .options import LARS_OPTIONS
+from .state_dict_schemas import ALL_BUFFER_KEYS, ALL_OPTIONS, HOME
 
 __all__ = ["UnsupportedTensorError", "check_amp_scaling_path", "check_dtype", "check_group_options",
            "check_grads", "check_path", "check_sharded", "check_sharded_buffer", "check_state_dict_schema",
@@ -65,43 +66,63 @@ def check_group_options(group: dict[str, Any], *, read_tensor_lr: bool) -> None:
     elif not (math.isfinite(lr) and lr >= 0):
         raise ValueError(f"Invalid learning rate: {lr}")
 
-    for name in ("momentum", "weight_decay", "epsilon"):
-        value = group[name]
-        if not _is_real_number(value):
-            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"Invalid {name} value: {value}")
-    eeta = group["eeta"]
-    if not _is_real_number(eeta):
-        raise TypeError(f"eeta must be a real number, got {type(eeta).__name__}")
-    if not 0 < eeta <= 1:
-        raise ValueError(f"Invalid eeta (trust coefficient) value: {eeta}; it must lie in (0, 1]")
-    for name in ("trust_clip", "update_clip"):
-        value = group[name]
-        if value is None:
-            continue
-        if not _is_real_number(value):
-            raise TypeError(f"{name} must be a real number or None, got {type(value).__name__}")
-        if not (value >= 0 and not math.isnan(value)):
-            raise ValueError(f"Invalid {name} value: {value}")
-    for name in ("lars", "nesterov", "maximize", "ratio_on_grad", "norm_of_update", "larc_clip", "zero_norm_skip",
-                 "always_adapt", "decay_filter", "adaptation_filter"):
-        if not isinstance(group[name], bool):
-            raise TypeError(f"{name} must be a bool, got {type(group[name]).__name__}")
-    if group["decay"] is not None and not isinstance(group["decay"], bool):
-        raise TypeError(f"decay must be None or a bool, got {type(group['decay']).__name__}")
-    dampening = group["dampening"]
-    if not _is_real_number(dampening):
-        raise TypeError(f"dampening must be a real number, got {type(dampening).__name__}")
-    if not 0 <= dampening <= 1:
-        raise ValueError(f"Invalid dampening value: {dampening}; it must lie in [0, 1]")
-    for name in ("foreach", "fused"):
-        if group[name] is not None and not isinstance(group[name], bool):
-            raise TypeError(f"{name} must be None or a bool, got {type(group[name]).__name__}")
+    for name in _CHECKED_BY_RULE:
+        _OPTION_RULES.get(name, _a_bool)(name, group[name])
     if group["foreach"] and group["fused"]:
         raise ValueError("foreach and fused cannot both be True")
     if group["nesterov"] and (group["momentum"] == 0 or group["dampening"] != 0):
         raise ValueError("Nesterov momentum requires a nonzero momentum and zero dampening")
+
+
+def _real(name: str, value: Any, what: str = "a real number") -> None:
+    if not _is_real_number(value):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
+
+
+def _non_negative(name: str, value: Any) -> None:
+    _real(name, value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"Invalid {name} value: {value}")
+
+
+def _trust_coefficient(name: str, value: Any) -> None:
+    _real(name, value)
+    if not 0 < value <= 1:
+        raise ValueError(f"Invalid {name} (trust coefficient) value: {value}; it must lie in (0, 1]")
+
+
+def _fraction(name: str, value: Any) -> None:
+    _real(name, value)
+    if not 0 <= value <= 1:
+        raise ValueError(f"Invalid {name} value: {value}; it must lie in [0, 1]")
+
+
+def _clip_or_none(name: str, value: Any) -> None:
+    if value is None:
+        return
+    _real(name, value, "a real number or None")
+    if not (value >= 0 and not math.isnan(value)):
+        raise ValueError(f"Invalid {name} value: {value}")
+
+
+def _a_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+def _bool_or_none(name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"{name} must be None or a bool, got {type(value).__name__}")
+
+
+# How each option of a param group is checked (lr, first, by check_group_options
+# itself); an option not named here is a bool.
+_OPTION_RULES = {
+    "momentum": _non_negative, "weight_decay": _non_negative, "epsilon": _non_negative,
+    "eeta": _trust_coefficient, "dampening": _fraction, "trust_clip": _clip_or_none, "update_clip": _clip_or_none,
+    "decay": _bool_or_none, "foreach": _bool_or_none, "fused": _bool_or_none,
+}
+_CHECKED_BY_RULE = tuple(name for name in LARS_OPTIONS if name != "lr")
 
 
 def check_dtype(dtype: torch.dtype) -> None:
@@ -203,7 +224,7 @@ def check_grad_scale(grad_scale: Any) -> float:
 
 def check_state_dict_schema(name: str, options: tuple[str, ...], buffer_key: str, state_dict: dict[str, Any]) -> None:
     """Raises ValueError naming the first key of ``state_dict`` that belongs to another
-    flavour's schema than ``options`` / ``buffer_key`` (lars_cuda.schemas)."""
+    flavour's schema than ``options`` / ``buffer_key`` (lars_cuda.state_dict_schemas)."""
     own = set(options)
     for i, group in enumerate(state_dict.get("param_groups", [])):
         foreign = sorted(k for k in group if k in ALL_OPTIONS and k not in own)

@@ -19,7 +19,8 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(REPO, "build", "cuda_emulator", "coverage")
-TARGETS = sorted(glob.glob(os.path.join(REPO, "csrc", "cuda", "*.cuh")) + glob.glob(os.path.join(REPO, "csrc", "cuda", "*.h"))) + [
+CUDA_SOURCES = os.path.join(REPO, "csrc", "cuda")
+TARGETS = sorted(glob.glob(os.path.join(CUDA_SOURCES, "*.cuh")) + glob.glob(os.path.join(CUDA_SOURCES, "*.h"))) + [
     os.path.join(REPO, "csrc", "lars.h")]
 # Why a target has no line counts: gcov reports only files with executable lines in an object of the build.
 NO_COUNTS = {

@@ -151,7 +151,7 @@ def placement_case(mesh_shape, placements_of):
     def fn():
         names = ("a", "b")[:len(mesh_shape)]
         mesh = init_device_mesh("cpu", mesh_shape, mesh_dim_names=names)
-        ref, model = net(), net()
+        model = net()
         for i, (name, p) in enumerate(list(model.named_parameters())):
             module_name, _, attr = name.rpartition(".")
             module = model.get_submodule(module_name)

@@ -352,8 +352,8 @@ def test_a_flavour_steps_on_the_path_its_groups_ask_for(flavour, path):
 
     from lars_cuda import functional
 
-    spies = {"reference": mock.patch.object(functional, "_single_tensor_lars", wraps=functional._single_tensor_lars),
-             "foreach": mock.patch.object(functional, "_multi_tensor_lars", wraps=functional._multi_tensor_lars),
+    spies = {"reference": mock.patch.object(functional, "single_tensor_lars", wraps=functional.single_tensor_lars),
+             "foreach": mock.patch.object(functional, "multi_tensor_lars", wraps=functional.multi_tensor_lars),
              "fused": mock.patch.object(functional.ops, "fused_lars_groups_",
                                         wraps=functional.ops.fused_lars_groups_)}
     params = [torch.nn.Parameter(p.clone()) for p in make_params()]

@@ -160,8 +160,8 @@ def test_float64_and_float32_params_in_one_group_step_as_in_groups_of_their_own(
         w64, b64, closure64 = model_and_closure(0, torch.float64)
         w32, b32, closure32 = model_and_closure(1)
         kwargs = with_path(config.kwargs, path)
-        opts = [Lars([w64, b64, w32, b32], **kwargs)] if mixed else [Lars([w64, b64], **kwargs),
-                                                                      Lars([w32, b32], **with_path(config.kwargs, path))]
+        opts = ([Lars([w64, b64, w32, b32], **kwargs)] if mixed
+                else [Lars([w64, b64], **kwargs), Lars([w32, b32], **with_path(config.kwargs, path))])
         for _ in range(3):
             closure64()
             closure32()
@@ -527,8 +527,8 @@ def test_path_selection_matches_torch_sgd(flags, want):
     a.grad = torch.ones(3)
     opt = Lars([a], lr=0.1, **flags)
     spies = {
-        "single": mock.patch.object(functional, "_single_tensor_lars", wraps=functional._single_tensor_lars),
-        "foreach": mock.patch.object(functional, "_multi_tensor_lars", wraps=functional._multi_tensor_lars),
+        "single": mock.patch.object(functional, "single_tensor_lars", wraps=functional.single_tensor_lars),
+        "foreach": mock.patch.object(functional, "multi_tensor_lars", wraps=functional.multi_tensor_lars),
         "fused": mock.patch.object(functional.ops, "fused_lars_groups_", wraps=functional.ops.fused_lars_groups_),
     }
     with spies["single"] as single, spies["foreach"] as foreach, spies["fused"] as fused:

@@ -12,10 +12,12 @@ from lars_cuda import Lars, ops
 
 from .conftest import requires_fused_cuda
 from .reference import lars_step_f64
+from .test_fused_op import one_group
 
 pytestmark = [pytest.mark.cuda, requires_fused_cuda]
 
 HYPER = dict(lr=0.7, momentum=0.9, weight_decay=1e-4, eeta=0.02, epsilon=1e-5)
+SEED = dict(lr=0.1, momentum=0.9, weight_decay=1e-4, eeta=1e-3)  # (the seed's clips 50 and 10: one_group's defaults)
 SHAPES = [(64, 3, 7, 7), (64,), (256, 64, 1, 1), (1000, 2048), (0,), (3,), (70_001,)]
 
 
@@ -65,8 +67,7 @@ def check_against_oracle(dtype, nesterov, offset=1024):
         gs.append(g0.cuda())
         bs.append(b)
         bufs.append((pb, bb, p0, g0, b0))
-    torch.ops.lars_cuda.fused_lars_(ps, gs, bs, HYPER["lr"], None, HYPER["momentum"], HYPER["weight_decay"],
-                                    HYPER["eeta"], HYPER["epsilon"], True, nesterov, 50.0, 10.0, None, None)
+    torch.ops.lars_cuda.fused_lars_groups_(*one_group(ps, gs, bs, nesterov=nesterov, **HYPER))
     torch.cuda.synchronize()
     for (pb, bb, p0, g0, b0), p, b in zip(bufs, ps, bs):
         n = p.numel()
@@ -118,8 +119,7 @@ def test_grid_size_wave_size_and_launch_path_give_the_same_bits(monkeypatch):
         for k, v in env.items():
             _set_knob(monkeypatch, k, v)
         ps, bs = [t.clone() for t in p0], [t.clone() for t in b0]
-        torch.ops.lars_cuda.fused_lars_(ps, g, bs, 0.1, None, 0.9, 1e-4, 1e-3, 0.0, True, True, 50.0, 10.0, None,
-                                        None)
+        torch.ops.lars_cuda.fused_lars_groups_(*one_group(ps, g, bs, nesterov=True, **SEED))
         results[name] = ps + bs
     for name, out in results.items():
         assert all(torch.equal(a, b) for a, b in zip(out, results["default"])), name
@@ -151,8 +151,7 @@ def test_cuda_step_is_bit_reproducible():
         ps = [torch.randn(s, device="cuda") for s in [(4096, 1024), (77,), (3, 3)]]
         gs = [torch.randn_like(p) for p in ps]
         bs = [torch.zeros_like(p) for p in ps]
-        torch.ops.lars_cuda.fused_lars_(ps, gs, bs, 0.1, None, 0.9, 1e-4, 1e-3, 0.0, True, False, 50.0, 10.0, None,
-                                        None)
+        torch.ops.lars_cuda.fused_lars_groups_(*one_group(ps, gs, bs, **SEED))
         outs.append(ps)
     for a, b in zip(*outs):
         assert torch.equal(a, b)
@@ -163,14 +162,14 @@ def test_found_inf_on_the_device_skips_the_step_and_grad_scale_unscales():
     gs = [torch.randn(1000, device="cuda")]
     bs = [torch.randn(1000, device="cuda")]
     before = [ps[0].clone(), bs[0].clone()]
-    args = (0.1, None, 0.9, 1e-4, 1e-3, 0.0, True, False, 50.0, 10.0)
-    torch.ops.lars_cuda.fused_lars_(ps, gs, bs, *args, torch.tensor(8.0, device="cuda"),
-                                    torch.tensor(1.0, device="cuda"))
+    torch.ops.lars_cuda.fused_lars_groups_(*one_group(ps, gs, bs, **SEED, grad_scale=torch.tensor(8.0, device="cuda"),
+                                                      found_inf=torch.tensor(1.0, device="cuda")))
     assert torch.equal(ps[0], before[0]) and torch.equal(bs[0], before[1])
     want_p, want_b = [before[0].clone()], [before[1].clone()]
-    torch.ops.lars_cuda.fused_lars_(want_p, gs, want_b, *args, None, None)
-    torch.ops.lars_cuda.fused_lars_(ps, [gs[0] * 8], bs, *args, torch.tensor(8.0, device="cuda"),
-                                    torch.tensor(0.0, device="cuda"))
+    torch.ops.lars_cuda.fused_lars_groups_(*one_group(want_p, gs, want_b, **SEED))
+    torch.ops.lars_cuda.fused_lars_groups_(*one_group(ps, [gs[0] * 8], bs, **SEED,
+                                                      grad_scale=torch.tensor(8.0, device="cuda"),
+                                                      found_inf=torch.tensor(0.0, device="cuda")))
     torch.testing.assert_close(ps[0], want_p[0])
 
 
@@ -236,8 +235,8 @@ def test_a_tensor_over_2_to_the_31_elements_is_stepped_to_its_last_element():
         pytest.skip("not enough GPU memory")
     p = torch.ones(n, dtype=torch.bfloat16, device="cuda")
     g = torch.ones(n, dtype=torch.bfloat16, device="cuda")
-    torch.ops.lars_cuda.fused_lars_([p], [g], [], 100.0, None, 0.0, 0.0, 1e-3, 0.0, True, False, None, None, None,
-                                    None)
+    torch.ops.lars_cuda.fused_lars_groups_(*one_group([p], [g], [], lr=100.0, momentum=0.0, weight_decay=0.0,
+                                                      eeta=1e-3, trust_clip=None, update_clip=None))
     # ||p|| = ||g||, so r = eeta = 1e-3 and every element moves by 100 * 1e-3
     # (large enough to show in bfloat16: 0.9 rounds to 0.8984375, not to 1).
     want = torch.tensor(0.9, dtype=torch.bfloat16).item()

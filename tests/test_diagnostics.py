@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import lars_cuda
-from lars_cuda import diagnostics, ops
+from lars_cuda import build_facts, diagnostics, ops
 
 from .machine import expected_kernel
 
@@ -40,7 +40,7 @@ def test_the_version_is_the_one_in_version_py():
 
 def test_the_report_names_versions_builds_and_the_kernel_that_runs_here():
     out, _ = _run("lars_cuda", module=True, env={"LARS_CUDA_CPU_KERNEL": ""})
-    info = diagnostics.build_info()
+    info = build_facts.build_info()
     assert f"lars_cuda {lars_cuda.__version__} at " in out
     assert f"torch running: {torch.__version__}" in out
     assert f"torch built against: {info['torch']}" in out
@@ -56,7 +56,7 @@ def test_the_report_names_versions_builds_and_the_kernel_that_runs_here():
 
 
 def test_the_build_records_the_cuda_code_it_compiled():
-    info = diagnostics.build_info()
+    info = build_facts.build_info()
     if not info["with_cuda"]:
         pytest.skip("a CPU-only build")
     if torch.cuda.is_available() or os.environ.get("TORCH_CUDA_ARCH_LIST"):
@@ -87,7 +87,7 @@ def package_that_fails_to_load(tmp_path):
     copy = tmp_path / "site" / "lars_cuda"
     shutil.copytree(os.path.dirname(lars_cuda.__file__), copy,
                     ignore=shutil.ignore_patterns("_C*.so", "__pycache__"))
-    info = diagnostics.build_info()
+    info = build_facts.build_info()
     info["torch"] = "2.11.0+cu130"  # the torch this copy claims to have been built against
     (copy / "_build_info.json").write_text(json.dumps(info))
     src = tmp_path / "unloadable.c"
@@ -139,7 +139,7 @@ def test_the_rebuild_command_of_a_source_checkout_is_an_editable_install():
     source = os.path.dirname(os.path.dirname(os.path.abspath(lars_cuda.__file__)))
     if not os.path.isfile(os.path.join(source, "setup.py")):
         pytest.skip("lars_cuda is installed from a wheel here")
-    assert diagnostics.rebuild_command() == f"{sys.executable} -m pip install --no-build-isolation --no-deps -e " \
+    assert build_facts.rebuild_command() == f"{sys.executable} -m pip install --no-build-isolation --no-deps -e " \
                                             f"{source}"
 
 

@@ -364,7 +364,8 @@ def _takes_path(test):
 
 
 for _module, _names in [
-    (test_lars_math, [n for n in dir(test_lars_math) if n.startswith("test_") and _takes_path(getattr(test_lars_math, n))]),
+    (test_lars_math, [n for n in dir(test_lars_math)
+                      if n.startswith("test_") and _takes_path(getattr(test_lars_math, n))]),
     (test_compat, ["test_timm_lars_steps_exactly_like_timm", "test_larc_steps_exactly_like_apex_larc_around_sgd",
                    "test_ssl_lars_steps_exactly_like_the_barlow_twins_lars", "test_every_path_of_a_flavour_agrees",
                    "test_a_flavour_takes_grad_scale_and_found_inf_on_the_fused_path",

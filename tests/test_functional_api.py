@@ -220,7 +220,7 @@ def test_fused_lars_groups_with_sums_keeps_each_tensor_s_row_across_groups_and_v
 def test_functional_lars_runs_the_implementation_its_switches_name(path):
     from unittest import mock
 
-    name = {"single": "_single_tensor_lars", "foreach": "_multi_tensor_lars"}
+    name = {"single": "single_tensor_lars", "foreach": "multi_tensor_lars"}
     with mock.patch.object(functional, name[path], wraps=getattr(functional, name[path])) as spy:
         functional.lars(_tensors(0), _tensors(1), [None] * 4, **SEED, **PATHS[path])
     assert spy.called

@@ -1,5 +1,5 @@
-"""The compiled op lars_cuda::fused_lars_ itself: schema and fake (opcheck),
-torch.compile, AMP grad scaling, argument checks and the build."""
+"""The compiled op lars_cuda::fused_lars_groups_ itself: schema and fake
+(opcheck), torch.compile, AMP grad scaling, argument checks and the build."""
 
 from __future__ import annotations
 
@@ -28,10 +28,17 @@ def op_args(n=3, momentum=0.9, dtype=torch.float32, device="cpu", seed=0):
     return params, grads, bufs
 
 
-def call(params, grads, bufs, lr=0.1, lr_tensor=None, momentum=0.9, weight_decay=1e-4, eeta=0.02, epsilon=0.0,
-         lars=True, nesterov=False, trust_clip=50.0, update_clip=10.0, grad_scale=None, found_inf=None):
-    return (params, grads, bufs, lr, lr_tensor, momentum, weight_decay, eeta, epsilon, lars, nesterov, trust_clip,
-            update_clip, grad_scale, found_inf)
+def one_group(params, grads, bufs, lr=0.1, lr_tensor=None, momentum=0.9, weight_decay=1e-4, eeta=0.02,
+              epsilon=0.0, lars=True, nesterov=False, trust_clip=50.0, update_clip=10.0, grad_scale=None,
+              found_inf=None):
+    """fused_lars_groups_'s arguments for one group with the seed's switches (decay
+    exactly where LARS adapts), packed by StepOptions."""
+    from lars_cuda.options import StepOptions
+
+    o = StepOptions.of(dict(lr=lr if lr_tensor is None else lr_tensor, momentum=momentum, weight_decay=weight_decay,
+                            eeta=eeta, epsilon=epsilon, lars=lars, nesterov=nesterov, trust_clip=trust_clip,
+                            update_clip=update_clip))
+    return (params, grads, bufs, [len(params)], o.hyper_row(), [o.flags], [o.lr_tensor], grad_scale, found_inf)
 
 
 @pytest.mark.parametrize("lars_flag", [True, False])
@@ -39,8 +46,8 @@ def call(params, grads, bufs, lr=0.1, lr_tensor=None, momentum=0.9, weight_decay
 def test_opcheck_passes(lars_flag, with_scale):
     params, grads, bufs = op_args()
     extra = dict(grad_scale=torch.tensor(4.0), found_inf=torch.tensor(0.0)) if with_scale else {}
-    torch.library.opcheck(torch.ops.lars_cuda.fused_lars_.default,
-                          call(params, grads, bufs, lars=lars_flag, lr_tensor=torch.tensor(0.1), **extra))
+    torch.library.opcheck(torch.ops.lars_cuda.fused_lars_groups_.default,
+                          one_group(params, grads, bufs, lars=lars_flag, lr_tensor=torch.tensor(0.1), **extra))
 
 
 def test_torch_compile_traces_a_fused_step_without_graph_breaks():
@@ -69,9 +76,9 @@ def test_grad_scale_unscales_grads_and_their_norms():
     params, grads, bufs = op_args()
     want = [p.clone() for p in params]
     want_bufs = [b.clone() for b in bufs]
-    torch.ops.lars_cuda.fused_lars_(*call(want, grads, want_bufs))
+    torch.ops.lars_cuda.fused_lars_groups_(*one_group(want, grads, want_bufs))
     scaled = [g * 1024 for g in grads]
-    torch.ops.lars_cuda.fused_lars_(*call(params, scaled, bufs, grad_scale=torch.tensor(1024.0),
+    torch.ops.lars_cuda.fused_lars_groups_(*one_group(params, scaled, bufs, grad_scale=torch.tensor(1024.0),
                                           found_inf=torch.tensor(0.0)))
     for a, b in zip(params + bufs, want + want_bufs):
         torch.testing.assert_close(a, b)
@@ -80,7 +87,7 @@ def test_grad_scale_unscales_grads_and_their_norms():
 def test_found_inf_skips_the_step_entirely():
     params, grads, bufs = op_args()
     before = [t.clone() for t in params + bufs]
-    torch.ops.lars_cuda.fused_lars_(*call(params, grads, bufs, grad_scale=torch.tensor(2.0),
+    torch.ops.lars_cuda.fused_lars_groups_(*one_group(params, grads, bufs, grad_scale=torch.tensor(2.0),
                                           found_inf=torch.tensor(1.0)))
     for a, b in zip(params + bufs, before):
         assert torch.equal(a, b)
@@ -135,7 +142,7 @@ def test_bad_arguments_raise_before_anything_is_written(mutate, error, match):
     mutate(params, grads, bufs)
     before = [t.clone() for t in params]
     with pytest.raises(error, match=match):
-        torch.ops.lars_cuda.fused_lars_(*call(params, grads, bufs))
+        torch.ops.lars_cuda.fused_lars_groups_(*one_group(params, grads, bufs))
     for a, b in zip(params, before):
         assert torch.equal(a, b)
 
@@ -144,10 +151,10 @@ def test_a_grad_laid_out_unlike_its_param_is_handled():
     params, grads, bufs = op_args(n=1)
     want = [params[0].clone()]
     want_bufs = [bufs[0].clone()]
-    torch.ops.lars_cuda.fused_lars_(*call(want, grads, want_bufs))
+    torch.ops.lars_cuda.fused_lars_groups_(*one_group(want, grads, want_bufs))
     transposed = [grads[0].t().contiguous().t()]  # same values, column-major
     assert transposed[0].stride() != params[0].stride()
-    torch.ops.lars_cuda.fused_lars_(*call(params, transposed, bufs))
+    torch.ops.lars_cuda.fused_lars_groups_(*one_group(params, transposed, bufs))
     torch.testing.assert_close(params[0], want[0])
 
 
@@ -156,10 +163,10 @@ def test_mixed_dtypes_in_one_call_are_bucketed():
     p16, g16, b16 = op_args(n=2, dtype=torch.bfloat16, seed=1)
     want = [t.clone() for t in p32 + p16]
     want_bufs = [t.clone() for t in b32 + b16]
-    torch.ops.lars_cuda.fused_lars_(*call(want[:2], g32, want_bufs[:2]))
-    torch.ops.lars_cuda.fused_lars_(*call(want[2:], g16, want_bufs[2:]))
+    torch.ops.lars_cuda.fused_lars_groups_(*one_group(want[:2], g32, want_bufs[:2]))
+    torch.ops.lars_cuda.fused_lars_groups_(*one_group(want[2:], g16, want_bufs[2:]))
     params, bufs = p32 + p16, b32 + b16
-    torch.ops.lars_cuda.fused_lars_(*call(params, g32 + g16, bufs))
+    torch.ops.lars_cuda.fused_lars_groups_(*one_group(params, g32 + g16, bufs))
     for a, b in zip(params + bufs, want + want_bufs):
         assert torch.equal(a, b)
 
@@ -170,9 +177,9 @@ def test_a_strided_view_param_is_stepped_like_its_contiguous_copy():
     g = torch.randn(6, 3, generator=torch.Generator().manual_seed(6))
     buf = torch.randn(6, 3, generator=torch.Generator().manual_seed(7))
     want, want_buf = p.clone(), buf.clone()
-    torch.ops.lars_cuda.fused_lars_(*call([want], [g], [want_buf]))
+    torch.ops.lars_cuda.fused_lars_groups_(*one_group([want], [g], [want_buf]))
     untouched = base[:, 3:].clone()
-    torch.ops.lars_cuda.fused_lars_(*call([p], [g], [buf]))
+    torch.ops.lars_cuda.fused_lars_groups_(*one_group([p], [g], [buf]))
     assert torch.equal(p, want) and torch.equal(buf, want_buf)
     assert torch.equal(base[:, 3:], untouched)  # the gaps between the view's rows are not written
 
@@ -180,9 +187,9 @@ def test_a_strided_view_param_is_stepped_like_its_contiguous_copy():
 def test_a_buffer_laid_out_unlike_its_param_is_written_back_in_its_own_layout():
     params, grads, bufs = op_args(n=1)
     want, want_buf = [params[0].clone()], [bufs[0].clone()]
-    torch.ops.lars_cuda.fused_lars_(*call(want, grads, want_buf))
+    torch.ops.lars_cuda.fused_lars_groups_(*one_group(want, grads, want_buf))
     column_major = [bufs[0].t().contiguous().t()]
-    torch.ops.lars_cuda.fused_lars_(*call(params, grads, column_major))
+    torch.ops.lars_cuda.fused_lars_groups_(*one_group(params, grads, column_major))
     assert torch.equal(params[0], want[0]) and torch.equal(column_major[0], want_buf[0])
     assert column_major[0].stride() == (1, 5)
 
@@ -190,7 +197,7 @@ def test_a_buffer_laid_out_unlike_its_param_is_written_back_in_its_own_layout():
 def test_an_overlapping_param_is_refused():
     p = torch.randn(1, 4).expand(3, 4)  # three rows share one row of memory
     with pytest.raises(ValueError, match="overlapping"):
-        torch.ops.lars_cuda.fused_lars_(*call([p], [torch.randn(3, 4)], [torch.zeros(3, 4)]))
+        torch.ops.lars_cuda.fused_lars_groups_(*one_group([p], [torch.randn(3, 4)], [torch.zeros(3, 4)]))
 
 
 def test_a_param_given_twice_is_refused():
@@ -200,7 +207,7 @@ def test_a_param_given_twice_is_refused():
     bufs[1] = bufs[0]
     before = params[0].clone()
     with pytest.raises(ValueError, match="appears twice"):
-        torch.ops.lars_cuda.fused_lars_(*call(params, grads, bufs))
+        torch.ops.lars_cuda.fused_lars_groups_(*one_group(params, grads, bufs))
     assert torch.equal(params[0], before)
 
 
@@ -212,7 +219,7 @@ def test_a_step_is_bit_reproducible():
         params.append(big.clone())
         grads.append(big.flip(0).clone())
         bufs.append(torch.zeros_like(big))
-        torch.ops.lars_cuda.fused_lars_(*call(params, grads, bufs))
+        torch.ops.lars_cuda.fused_lars_groups_(*one_group(params, grads, bufs))
         outs.append(params)
     for a, b in zip(*outs):
         assert torch.equal(a, b)
@@ -225,7 +232,7 @@ def test_tensors_over_2_to_the_31_elements_are_indexed_with_64_bits():
     p = torch.ones(n, dtype=torch.bfloat16)
     g = torch.zeros(n, dtype=torch.bfloat16)
     g[-1] = 1.0
-    torch.ops.lars_cuda.fused_lars_(*call([p], [g], [], momentum=0.0, lars=False, lr=0.5))
+    torch.ops.lars_cuda.fused_lars_groups_(*one_group([p], [g], [], momentum=0.0, lars=False, lr=0.5))
     assert p[-1].item() == 0.5 and p[0].item() == 1.0
 
 
@@ -371,7 +378,7 @@ def _pretend_a_card_without_kernel_code(monkeypatch):
 
     monkeypatch.setattr(ops, "fused_runs_on", lambda device: False)
     monkeypatch.setattr(ops, "describe_cuda_device", lambda device: "NVIDIA B200 (sm_100)")
-    monkeypatch.setattr(ops, "rebuild_hint", lambda device: "TORCH_CUDA_ARCH_LIST=10.0 pip install -e .")
+    monkeypatch.setattr(ops, "cuda_arch", lambda device: "10.0")
     plan._WARNED_UNAVAILABLE.clear()
 
 
@@ -422,7 +429,7 @@ def test_multi_chunk_tensors_anywhere_in_the_list_and_across_waves_match_the_ora
              .to(dtype) for s in shapes]
     bufs = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
     start_p, start_b = [p.clone() for p in params], [b.clone() for b in bufs]
-    torch.ops.lars_cuda.fused_lars_(*call(params, grads, bufs, eeta=0.5, lr=0.3))
+    torch.ops.lars_cuda.fused_lars_groups_(*one_group(params, grads, bufs, eeta=0.5, lr=0.3))
     for p, g, p0, b0 in zip(params, grads, start_p, start_b):
         want, _ = lars_step_f64(p0, g, b0, lr=0.3, momentum=0.9, weight_decay=1e-4, eeta=0.5)
         step, want_step = (p0.double() - p.double()), (p0.double() - want)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import lars_cuda
-from lars_cuda import compat, diagnostics, functional, ops, plan
+from lars_cuda import compat, functional, ops, plan
 
 needs_kernel = pytest.mark.skipif(not ops.has_fused(torch.device("cpu")), reason="the compiled kernel is not built")
 
@@ -63,7 +63,7 @@ def kernel_cannot_run(monkeypatch):
     monkeypatch.setattr(plan, "_WARNED_UNAVAILABLE", set())
     monkeypatch.setattr(ops, "fused_runs_on", lambda device: False)
     monkeypatch.setattr(ops, "has_fused", lambda device: True)
-    monkeypatch.setattr(diagnostics, "fused_unavailable", lambda device: f"WHY({device})")
+    monkeypatch.setattr(ops, "fused_unavailable", lambda device: f"WHY({device})")
 
 
 def _step_warnings(**path):
@@ -79,7 +79,7 @@ def _step_warnings(**path):
 
 @pytest.mark.parametrize("path, prefix", [(dict(fused=True), "fused=True was asked for, but "), (dict(), "")])
 def test_a_kernel_that_cannot_run_warns_once_and_the_step_runs_foreach(kernel_cannot_run, path, prefix):
-    with mock.patch.object(functional, "_multi_tensor_lars", wraps=functional._multi_tensor_lars) as multi:
+    with mock.patch.object(functional, "multi_tensor_lars", wraps=functional.multi_tensor_lars) as multi:
         record, line = _step_warnings(**path)
     assert multi.called
     assert [str(w.message) for w in record] == [

@@ -248,7 +248,7 @@ def test_the_momentum_refusal_names_both_keys_and_the_saver():
 
 @pytest.mark.parametrize("state_dict", [{}, {"state": {}}, {"param_groups": []}])
 def test_the_schema_check_reads_a_state_dict_missing_either_part(state_dict):
-    from lars_cuda.schemas import LARS_OPTIONS
+    from lars_cuda.options import LARS_OPTIONS
     from lars_cuda.validation import check_state_dict_schema
 
     assert check_state_dict_schema("Lars", LARS_OPTIONS, "momentum_buffer", state_dict) is None

@@ -156,3 +156,29 @@ def test_fused_on_a_device_without_the_kernel_raises_at_step():
 def test_unsupported_tensor_error_is_caught_by_every_usual_convention():
     for base in (TypeError, ValueError, RuntimeError):
         assert issubclass(UnsupportedTensorError, base)
+
+
+def test_every_option_of_lars_is_an_argument_of_lars_but_lars_itself():
+    import inspect
+
+    from lars_cuda.options import LARS_OPTIONS
+
+    arguments = set(inspect.signature(Lars.__init__).parameters) - {"self", "params"}
+    assert arguments == set(LARS_OPTIONS) - {"lars"}
+    assert set(Lars([torch.nn.Parameter(torch.ones(1))], lr=0.1).defaults) == set(LARS_OPTIONS)
+
+
+def test_every_option_a_rule_checks_is_an_option_of_lars():
+    from lars_cuda import validation
+    from lars_cuda.options import LARS_OPTIONS
+
+    assert set(validation._OPTION_RULES) <= set(LARS_OPTIONS)
+
+
+def test_every_step_option_is_a_keyword_of_the_functional_api():
+    import inspect
+
+    from lars_cuda import functional
+    from lars_cuda.options import STEP_OPTIONS
+
+    assert set(STEP_OPTIONS) <= set(inspect.signature(functional.lars).parameters)

@@ -38,9 +38,9 @@ import torch
 
 from train.dcp_reader import UnsafeCheckpointError, load_weights_only
 
-__all__ = ["CheckpointError", "UnsafeCheckpointError", "checkpoint_path", "dcp_format", "latest_valid", "load", "resume", "save",
-           "load_dcp_shards", "load_for_resume", "load_dcp_trainer_state", "remove_stale_temporaries", "save_atomic", "save_dcp_atomic",
-           "verify_dcp"]
+__all__ = ["CheckpointError", "UnsafeCheckpointError", "checkpoint_path", "dcp_format", "latest_valid", "load",
+           "resume", "save", "load_dcp_shards", "load_for_resume", "load_dcp_trainer_state", "remove_stale_temporaries",
+           "save_atomic", "save_dcp_atomic", "verify_dcp"]
 
 
 class CheckpointError(ValueError):

@@ -102,9 +102,9 @@ std::string cpu_kernel_variant() {
 }
 
 TORCH_LIBRARY_IMPL(lars_cuda, CPU, m) {
-  m.impl("fused_lars_groups_", &CpuOps::groups);
-  m.impl("fused_lars_norms", &CpuOps::norms);
-  m.impl("fused_lars_apply_", &CpuOps::apply);
+  m.impl(kGroupsOp, &CpuOps::groups);
+  m.impl(kNormsOp, &CpuOps::norms);
+  m.impl(kApplyOp, &CpuOps::apply);
 }
 
 }  // namespace lars_cuda

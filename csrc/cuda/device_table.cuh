@@ -11,8 +11,8 @@
 namespace lars_cuda {
 namespace cuda_impl {
 
-using cuda::kThreads;
-using cuda::kWarps;
+using device_code::kThreads;
+using device_code::kWarps;
 
 constexpr int kMinBlocksPerSm = 3;  // caps registers at 80 per thread (768 threads per SM): no spills
 // Elements per norm partial: the unit of determinism, and small enough that a
@@ -51,7 +51,7 @@ struct DeviceTable {
   const TensorRow* tensors;
   const ChunkRow* chunks;
   const WaveRow* waves;
-  cuda::Sums3* partials;  // per chunk: (sum p^2, sum g^2, sum p*g)
+  device_code::Sums3* partials;  // per chunk: (sum p^2, sum g^2, sum p*g)
   TensorStep* steps;      // per tensor: step, d's scale, applied weight decay (lars.h)
   int64_t n_tensors;
   int64_t n_chunks;

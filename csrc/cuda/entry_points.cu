@@ -34,7 +34,7 @@ void run_groups_cuda(const std::vector<GroupCall>& groups, const std::optional<a
   for_each_launch(groups, io, [](const at::Tensor& lr) { return lr.is_cpu(); },
                   [&](const LaunchGroups& args, const Bucket& b) {
                     const c10::cuda::CUDAGuard guard(b.params[0].device());
-                    const DeviceTable tab = get_table(b, launch_config().wave_bytes);
+                    const DeviceTable tab = get_table(b, launch_config().wave_bytes, op_of(io));
                     const int device = b.params[0].get_device();
                     dispatch_lars_type(b.p_type, "params", [&](auto p_tag) {
                       using P = decltype(p_tag);
@@ -81,9 +81,9 @@ const bool probe_installed = (cuda_kernel_probe() = &kernel_runs_on, true);
 using CudaOps = OpEntryPoints<&cuda_impl::run_groups_cuda, &cuda_impl::cuda_sums_device>;
 
 TORCH_LIBRARY_IMPL(lars_cuda, CUDA, m) {
-  m.impl("fused_lars_groups_", &CudaOps::groups);
-  m.impl("fused_lars_norms", &CudaOps::norms);
-  m.impl("fused_lars_apply_", &CudaOps::apply);
+  m.impl(kGroupsOp, &CudaOps::groups);
+  m.impl(kNormsOp, &CudaOps::norms);
+  m.impl(kApplyOp, &CudaOps::apply);
 }
 
 }  // namespace lars_cuda

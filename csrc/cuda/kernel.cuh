@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   // block is left waiting at a grid barrier).
   if (found_inf != nullptr && *found_inf != 0.f) return;
   const float inv_scale = grad_scale != nullptr ? 1.f / *grad_scale : 1.f;
-  __shared__ cuda::Sums3 smem[kWarps];
+  __shared__ device_code::Sums3 smem[kWarps];
   const int lane = threadIdx.x % 32;
   const int64_t warp_id = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
   const int64_t n_warps = static_cast<int64_t>(gridDim.x) * kWarps;
@@ -121,19 +121,19 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
         const TensorRow& tr = tab.tensors[ch.tensor];
         const LarsHyper& h = groups.h[tr.group];
         if (!h.lars) continue;  // block-uniform: no norms without LARS
-        cuda::Sums3 local;
+        device_code::Sums3 local;
         if (h.norm_of_update) {  // block-uniform: <g, p> only where the ratio needs it (SSL)
-          cuda::NormSums<true> sums;
-          cuda::traverse_chunk<kNormUnroll, false>(static_cast<P*>(tr.p), static_cast<const G*>(tr.g),
+          device_code::NormSums<true> sums;
+          device_code::traverse_chunk<kNormUnroll, false>(static_cast<P*>(tr.p), static_cast<const G*>(tr.g),
                                                    static_cast<P*>(nullptr), ch.begin, ch.end, tr.vec_ok != 0, sums);
           local = sums.s;
         } else {
-          cuda::NormSums<false> sums;
-          cuda::traverse_chunk<kNormUnroll, false>(static_cast<P*>(tr.p), static_cast<const G*>(tr.g),
+          device_code::NormSums<false> sums;
+          device_code::traverse_chunk<kNormUnroll, false>(static_cast<P*>(tr.p), static_cast<const G*>(tr.g),
                                                    static_cast<P*>(nullptr), ch.begin, ch.end, tr.vec_ok != 0, sums);
           local = sums.s;
         }
-        const cuda::Sums3 total = cuda::block_sum(local, smem);
+        const device_code::Sums3 total = device_code::block_sum(local, smem);
         if (threadIdx.x == 0) tab.partials[c] = total;
       }
     }
@@ -190,11 +190,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
         }
         if (needs_flavour_element(h)) {  // block-uniform
           ApplyFlavour apply(ts, g_coef, h);
-          cuda::traverse_chunk<kUpdateUnroll, true>(static_cast<P*>(tr.p), static_cast<const G*>(tr.g),
+          device_code::traverse_chunk<kUpdateUnroll, true>(static_cast<P*>(tr.p), static_cast<const G*>(tr.g),
                                                     static_cast<P*>(tr.m), ch.begin, ch.end, tr.vec_ok != 0, apply);
         } else {
           ApplyLars apply(ts, g_coef, h);
-          cuda::traverse_chunk<kUpdateUnroll, true>(static_cast<P*>(tr.p), static_cast<const G*>(tr.g),
+          device_code::traverse_chunk<kUpdateUnroll, true>(static_cast<P*>(tr.p), static_cast<const G*>(tr.g),
                                                     static_cast<P*>(tr.m), ch.begin, ch.end, tr.vec_ok != 0, apply);
         }
       }

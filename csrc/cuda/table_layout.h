@@ -60,7 +60,7 @@ inline TableLayout table_layout(const Bucket& b, int64_t wave_limit) {
   l.off_chunks = align16(n_tensors * static_cast<int64_t>(sizeof(TensorRow)));
   l.off_waves = l.off_chunks + align16(n_chunks * static_cast<int64_t>(sizeof(ChunkRow)));
   l.off_partials = l.off_waves + align16(static_cast<int64_t>(l.waves.size() * sizeof(WaveRow)));
-  l.off_steps = l.off_partials + align16(n_chunks * static_cast<int64_t>(sizeof(cuda::Sums3)));
+  l.off_steps = l.off_partials + align16(n_chunks * static_cast<int64_t>(sizeof(device_code::Sums3)));
   l.bytes = l.off_steps + align16(n_tensors * static_cast<int64_t>(sizeof(TensorStep)));
   return l;
 }
@@ -70,7 +70,7 @@ inline DeviceTable table_at(const TableLayout& l, uint8_t* base) {
   return {reinterpret_cast<const TensorRow*>(base),
           reinterpret_cast<const ChunkRow*>(base + l.off_chunks),
           reinterpret_cast<const WaveRow*>(base + l.off_waves),
-          reinterpret_cast<cuda::Sums3*>(base + l.off_partials),
+          reinterpret_cast<device_code::Sums3*>(base + l.off_partials),
           reinterpret_cast<TensorStep*>(base + l.off_steps),
           static_cast<int64_t>(l.rows.size()),
           static_cast<int64_t>(l.chunks.size()),

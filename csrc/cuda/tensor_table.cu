@@ -78,7 +78,7 @@ CachedTable build_table(std::vector<int64_t> key, const Bucket& b, int64_t wave_
 
 }  // namespace
 
-DeviceTable get_table(const Bucket& b, int64_t wave) {
+DeviceTable get_table(const Bucket& b, int64_t wave, const char* op) {
   std::vector<int64_t> key = table_key(b, wave);
   const bool capturing = at::cuda::currentStreamCaptureStatus() != at::cuda::CaptureStatus::None;
   std::lock_guard<std::mutex> lock(cache_mutex());
@@ -89,8 +89,8 @@ DeviceTable get_table(const Bucket& b, int64_t wave) {
       return e.table;
     }
   }
-  TORCH_CHECK(!capturing,
-              "fused_lars_: this parameter list was never stepped outside CUDA graph capture; run one step "
+  TORCH_CHECK(!capturing, op,
+              ": this parameter list was never stepped outside CUDA graph capture; run one step "
               "(e.g. a warm-up iteration) before capturing, so its tensor table is built on the device first");
   if (entries.size() >= kMaxCachedTables) {
     entries.erase(std::remove_if(entries.begin(), entries.end(), [](const CachedTable& e) { return !e.used_in_graph; }),

@@ -12,8 +12,9 @@ namespace lars_cuda {
 namespace cuda_impl {
 
 // The bucket's table, built (one asynchronous copy from pinned memory) or found;
-// `wave_bytes` 0 is one wave. Throws if it would have to be built during capture.
-DeviceTable get_table(const Bucket& b, int64_t wave_bytes);
+// `wave_bytes` 0 is one wave. Throws (naming `op`) if it would have to be built
+// during capture.
+DeviceTable get_table(const Bucket& b, int64_t wave_bytes, const char* op);
 
 }  // namespace cuda_impl
 }  // namespace lars_cuda

@@ -18,7 +18,7 @@
 #include <cstdint>
 
 namespace lars_cuda {
-namespace cuda {
+namespace device_code {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
@@ -161,5 +161,5 @@ struct NormSums {
   }
 };
 
-}  // namespace cuda
+}  // namespace device_code
 }  // namespace lars_cuda

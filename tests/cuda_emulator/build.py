@@ -68,7 +68,8 @@ def sanitizer_env() -> dict[str, str]:
 
     # libstdc++ too: ASan's __cxa_throw interceptor needs the real one at start-up
     # (python does not link libstdc++), else the first C++ exception aborts.
-    return dict(os.environ, LD_PRELOAD=f"{lib('libasan.so')} {lib('libstdc++.so.6')}", ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1",
+    return dict(os.environ, LD_PRELOAD=f"{lib('libasan.so')} {lib('libstdc++.so.6')}",
+                ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1",
                 UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
 
 

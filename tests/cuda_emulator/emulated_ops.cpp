@@ -57,7 +57,7 @@ struct HostTable {
   std::vector<TensorRow> rows;
   std::vector<ChunkRow> chunks;
   std::vector<WaveRow> waves;
-  std::unique_ptr<cuda::Sums3[]> partials;
+  std::unique_ptr<device_code::Sums3[]> partials;
   std::unique_ptr<TensorStep[]> steps;
   DeviceTable view;
 };
@@ -76,8 +76,8 @@ HostTable host_table(const Bucket& b, const Device& d) {
   if (d.fault == "misaligned")
     for (TensorRow& r : t.rows) r.vec_ok = 1;
   // (new of 0 elements is still a distinct allocation, so an access shows.)
-  t.partials.reset(new cuda::Sums3[static_cast<size_t>(std::max<int64_t>(n_partials, 0))]);
-  poison(t.partials.get(), sizeof(cuda::Sums3) * static_cast<size_t>(std::max<int64_t>(n_partials, 0)));
+  t.partials.reset(new device_code::Sums3[static_cast<size_t>(std::max<int64_t>(n_partials, 0))]);
+  poison(t.partials.get(), sizeof(device_code::Sums3) * static_cast<size_t>(std::max<int64_t>(n_partials, 0)));
   t.steps.reset(new TensorStep[t.rows.size()]);
   poison(t.steps.get(), sizeof(TensorStep) * t.rows.size());
   t.view = DeviceTable{t.rows.data(),       t.chunks.data(),
@@ -179,9 +179,9 @@ TORCH_LIBRARY(lars_cuda_emulated, m) {
 }
 
 TORCH_LIBRARY_IMPL(lars_cuda_emulated, CPU, m) {
-  m.impl("fused_lars_groups_", &cuda_impl::EmulatedOps::groups);
-  m.impl("fused_lars_norms", &cuda_impl::EmulatedOps::norms);
-  m.impl("fused_lars_apply_", &cuda_impl::EmulatedOps::apply);
+  m.impl(kGroupsOp, &cuda_impl::EmulatedOps::groups);
+  m.impl(kNormsOp, &cuda_impl::EmulatedOps::norms);
+  m.impl(kApplyOp, &cuda_impl::EmulatedOps::apply);
 }
 
 }  // namespace lars_cuda

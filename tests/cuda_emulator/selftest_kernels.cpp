@@ -16,7 +16,7 @@
 namespace {
 
 namespace cg = cooperative_groups;
-using lars_cuda::cuda::kThreads;
+using lars_cuda::device_code::kThreads;
 
 // out[block * kThreads + thread]: each lane's __shfl_down_sync(lane, 4): lane + 4, or its own below the tail.
 __global__ void shuffle_down_values(float* out) {
@@ -26,10 +26,10 @@ __global__ void shuffle_down_values(float* out) {
 
 // out[block]: block_sum of (thread + 1 + 1000 * block) over the block, twice in a row (smem reused).
 __global__ void block_sums(float* out) {
-  __shared__ lars_cuda::cuda::Sums3 smem[lars_cuda::cuda::kWarps];
+  __shared__ lars_cuda::device_code::Sums3 smem[lars_cuda::device_code::kWarps];
   const float v = static_cast<float>(threadIdx.x + 1 + 1000 * blockIdx.x);
-  lars_cuda::cuda::Sums3 first = lars_cuda::cuda::block_sum({v, 2.f * v, 0.f}, smem);
-  lars_cuda::cuda::Sums3 second = lars_cuda::cuda::block_sum({-v, v, 1.f}, smem);
+  lars_cuda::device_code::Sums3 first = lars_cuda::device_code::block_sum({v, 2.f * v, 0.f}, smem);
+  lars_cuda::device_code::Sums3 second = lars_cuda::device_code::block_sum({-v, v, 1.f}, smem);
   if (threadIdx.x == 0) {
     out[4 * blockIdx.x] = first.pp;
     out[4 * blockIdx.x + 1] = first.gg;

@@ -1,18 +1,14 @@
 """The param-group options and momentum-state key of every LARS flavour
 lars_cuda speaks: what each class's ``state_dict()`` holds, and so what tells a
-state dict of one flavour from another's (``validation.check_state_dict_schema``)."""
+state dict of one flavour from another's (``validation.check_state_dict_schema``).
+Lars's own options are ``lars_cuda.options.LARS_OPTIONS``."""
 
 from __future__ import annotations
 
-__all__ = ["ALL_BUFFER_KEYS", "ALL_OPTIONS", "HOME", "LARS_OPTIONS", "SGD_OPTIONS", "SSL_OPTIONS", "STEP_OPTIONS",
-           "TIMM_OPTIONS"]
+from .options import LARS_OPTIONS
 
-# Lars: the options the step's math takes (the keyword arguments of functional.lars),
-STEP_OPTIONS = ("lr", "momentum", "eeta", "weight_decay", "epsilon", "lars", "nesterov", "trust_clip",
-                "update_clip", "maximize", "dampening", "decay", "ratio_on_grad", "norm_of_update", "larc_clip",
-                "zero_norm_skip")
-# ... then those that decide which tensors a step adapts and decays, and the path switches.
-LARS_OPTIONS = STEP_OPTIONS + ("always_adapt", "decay_filter", "adaptation_filter", "foreach", "fused")
+__all__ = ["ALL_BUFFER_KEYS", "ALL_OPTIONS", "HOME", "SGD_OPTIONS", "SSL_OPTIONS", "TIMM_OPTIONS"]
+
 # timm.optim.Lars, torch.optim.SGD (under apex LARC), the self-supervised repos' LARS.
 TIMM_OPTIONS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "trust_coeff", "eps", "trust_clip",
                 "always_adapt", "foreach", "fused")
