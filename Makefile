@@ -16,7 +16,7 @@ HOROVOD := $(VENV)/.horovod-installed
 BUILT := $(VENV)/.extension-built
 CSRC := $(shell find csrc -type f)
 
-.PHONY: setup test test-suite test-cpu-builds wheel-test train bench convergence mutation emulator-coverage clean
+.PHONY: setup check test test-suite test-cpu-builds wheel-test train bench convergence mutation emulator-coverage clean
 
 setup: $(BUILT) $(HOROVOD)
 
@@ -38,7 +38,18 @@ $(HOROVOD): $(DEPS) scripts/install_horovod.sh
 	bash scripts/install_horovod.sh $(PY)
 	touch $@
 
-# make test = the whole suite, the kernel's tests again on every CPU build below
+# The tests in layers (docs/testing.md): tests/unit (the package, in-process, seconds),
+# tests/integration (subprocesses, two ranks, the CUDA emulator, builds, examples),
+# tests/trainer (the trainer, checkpoints, multi-host); tests/support holds helpers.
+UNIT := tests/unit
+
+# The fast loop (~1 minute on 2 cores): lint and the unit layer, from a set-up
+# checkout (no apt, no Horovod; the extension is rebuilt first if csrc/ changed).
+check: $(BUILT)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q $(UNIT)
+
+# make test = the whole suite, the unit layer again on every CPU build below
 # this machine's best (AVX-512 machines: avx2 and default; AVX2-only: default),
 # and the wheel test.
 test: test-suite test-cpu-builds wheel-test
@@ -50,18 +61,16 @@ test-suite: setup
 # mask torch's own instruction set too, and torch's inductor generates wrong code
 # (AVX2 masked on an AVX-512 CPU) or fails to compile (default) under such a mask
 # (issue 33), so the torch.compile tests would test torch, not our builds.
-KERNEL_TESTS := tests/test_lars_math.py tests/test_fused_op.py tests/test_compat.py tests/test_diagnostics.py \
-	tests/test_switching.py tests/test_functional_api.py tests/test_sharded_in_process.py
 test-cpu-builds: setup
-	@for build in $$($(PY) -m tests.machine --builds-below-best); do \
-		echo "== the kernel tests on the $$build build of the CPU kernel"; \
-		LARS_CUDA_CPU_KERNEL=$$build $(PY) -m pytest -q $(KERNEL_TESTS) || exit 1; \
+	@for build in $$($(PY) -m tests.support.machine --builds-below-best); do \
+		echo "== the unit tests on the $$build build of the CPU kernel"; \
+		LARS_CUDA_CPU_KERNEL=$$build $(PY) -m pytest -q $(UNIT) || exit 1; \
 	done
 
 # Build the wheel, install it into a fresh venv with only torch and the test
 # requirements, run the package's tests against site-packages (scripts/wheel_test.sh).
 wheel-test: setup
-	bash scripts/wheel_test.sh $(PY)
+	bash scripts/wheel_test.sh $(PY) $(UNIT)
 
 # The seed's 1K row (base lr 2^2.5, warmup 10/2^5 epochs) on Fashion-MNIST: ResNet-20,
 # fused LARS, 4 epochs on the CPU (~7 min on 2 cores). Logs, TensorBoard events,

@@ -1,7 +1,7 @@
 """Line coverage of the CUDA device code (csrc/cuda/*.cuh, csrc/lars.h) and the host
 headers both builds share (csrc/cuda/*.h) by the
 emulated kernel's tests: builds the coverage variant of the emulated backend
-(-O0 --coverage), runs tests/test_emulated_cuda.py on it, and reads gcov's
+(-O0 --coverage), runs tests/integration/test_emulated_cuda.py on it, and reads gcov's
 per-line counts of every object that includes those files (merged: a line is
 covered if any object ran it). Prints each file's covered/executable lines and
 every uncovered line with its text; exits 1 if any executable line was not run.
@@ -34,8 +34,8 @@ NO_COUNTS = {
 def run_tests() -> None:
     shutil.rmtree(BUILD, ignore_errors=True)
     env = dict(os.environ, LARS_CUDA_EMULATOR_VARIANT="coverage")
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_emulated_cuda.py",
-                    "-k", "not sanitiz"], cwd=REPO, env=env, check=True)
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                    "tests/integration/test_emulated_cuda.py", "-k", "not sanitiz"], cwd=REPO, env=env, check=True)
 
 
 def line_counts() -> dict[str, dict[int, tuple[int, str]]]:

@@ -3,7 +3,7 @@ applied to a scratch copy of the repository, the CPU extension is rebuilt there
 (LARS_CUDA_FORCE_CPU=1, ninja rebuilds only what changed) and the kernel's tests
 are run against it. A mutant the tests do not fail is a survivor. The CUDA
 device code's mutants (csrc/cuda/*.cuh) are run by the emulated CUDA kernel's
-tests (tests/test_emulated_cuda.py, which rebuild the emulated backend from the
+tests (tests/integration/test_emulated_cuda.py, which rebuild the emulated backend from the
 scratch copy's sources); the shared math (csrc/lars.h) and op layer by the CPU
 kernel's.
 
@@ -22,11 +22,11 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRATCH = "/tmp/lars_cuda-hand-mutations"
-TESTS = ["tests/test_fused_op.py", "tests/test_lars_math.py", "tests/test_conformance.py", "tests/test_validation.py",
-         "tests/test_compat.py"]
+TESTS = ["tests/unit/test_fused_op.py", "tests/unit/test_lars_math.py", "tests/unit/test_conformance.py",
+         "tests/unit/test_validation.py", "tests/unit/test_compat.py"]
 
 # The emulated CUDA kernel's tests, without the sanitizer runs (their own build).
-EMULATED = ["tests/test_emulated_cuda.py", "-k", "not sanitiz"]
+EMULATED = ["tests/integration/test_emulated_cuda.py", "-k", "not sanitiz"]
 
 # (name, file, original text, mutated text[, tests]): each original must occur exactly once;
 # tests default to TESTS.
@@ -128,7 +128,7 @@ def build_and_test(env, tests=TESTS) -> tuple[bool, str]:
     if b.returncode != 0:
         return False, "build failed: " + b.stderr[-400:]
     t = run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:logging", "-p", "no:cacheprovider",
-             "--deselect", "tests/test_fused_op.py::test_torch_compile_traces_a_fused_step_without_graph_breaks",
+             "--deselect", "tests/unit/test_fused_op.py::test_torch_compile_traces_a_fused_step_without_graph_breaks",
              *tests], env=env, timeout=1800)
     return t.returncode == 0, t.stdout.strip().splitlines()[-1] if t.stdout.strip() else t.stderr[-300:]
 

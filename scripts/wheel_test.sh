@@ -10,6 +10,7 @@
 # instead of copied: a copy of the CUDA build of torch is 5.5 GB.
 set -euo pipefail
 PY=${1:-.venv/bin/python}
+UNIT=${2:-tests/unit}  # the unit layer (the Makefile's UNIT)
 ROOT=$(pwd)
 OUT=$ROOT/.wheel-test
 rm -rf "$OUT"
@@ -45,8 +46,4 @@ mkdir -p "$OUT/run/benchmarks" && cp benchmarks/originals.py benchmarks/param_se
 cd "$OUT/run"
 "$OUT/venv/bin/python" -m lars_cuda
 LARS_CUDA_TEST_INSTALLED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$OUT/venv/bin/python" -m pytest -q -p no:cacheprovider \
-  tests/test_lars_math.py tests/test_conformance.py tests/test_validation.py tests/test_state_dict.py \
-  tests/test_grouping.py tests/test_scheduler.py tests/test_fused_op.py tests/test_messages_and_defaults.py \
-  tests/test_compat.py tests/test_diagnostics.py tests/test_switching.py tests/test_sharded.py \
-  tests/test_sharded_in_process.py tests/test_diagnostics_in_process.py tests/test_functional_api.py \
-  tests/test_path_choice.py
+  "$UNIT" tests/integration/test_diagnostics.py tests/integration/test_sharded.py

@@ -1,3 +1,6 @@
+"""What every layer of the tests shares: the paths of a step as a fixture and the
+GPU skips. (The markers are declared once, in pytest.ini.)"""
+
 import pytest
 import torch
 
@@ -19,12 +22,6 @@ requires_fused_cuda = pytest.mark.skipif(
 def path(request):
     """Each optimizer path as Lars keyword arguments."""
     return PATHS[request.param]
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "cuda: needs a CUDA GPU")
-    config.addinivalue_line("markers", "slow: takes more than a few seconds")
-    config.addinivalue_line("markers", "mpi: runs ranks under mpirun")
 
 
 def pytest_sessionstart(session):

@@ -1,0 +1,92 @@
+"""The op's packed group layout has one owner per language: ``StepOptions`` in
+Python (lars_cuda/options.py) and ``csrc/group_args.h`` in C++. These tests hold
+the two to each other: by the header's constants and by behaviour."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from lars_cuda.options import FLAG_BITS, HYPER_FIELDS, StepOptions
+
+from ..support.paths import ROOT
+
+HEADER = Path(ROOT) / "csrc" / "group_args.h"
+needs_source = pytest.mark.skipif(not HEADER.exists(), reason="the C++ sources are not next to these tests "
+                                                                "(the wheel test runs the installed package)")
+
+
+def _cpp_constants() -> dict[str, int]:
+    text = HEADER.read_text()
+    return {name: int(value) for name, value in re.findall(r"\b(k\w+) = (\d+)", text)}
+
+
+def _camel(name: str) -> str:
+    return "kFlag" + "".join(part.capitalize() for part in name.split("_"))
+
+
+def _slot(name: str) -> str:
+    return "kSlot" + "".join(part.capitalize() for part in name.split("_"))
+
+
+@needs_source
+def test_each_field_of_the_hyper_row_is_in_its_cpp_slot():
+    constants = _cpp_constants()
+    assert constants["kHyperStride"] == len(HYPER_FIELDS)
+    cpp_slots = {k: v for k, v in constants.items() if k.startswith("kSlot")}
+    assert cpp_slots == {_slot(name): i for i, name in enumerate(HYPER_FIELDS)}
+
+
+@needs_source
+def test_every_flag_bit_matches_its_cpp_constant():
+    constants = _cpp_constants()
+    cpp_flags = {k: v for k, v in constants.items() if k.startswith("kFlag")}
+    assert cpp_flags == {_camel(name): bit for name, bit in FLAG_BITS.items()}
+
+
+def test_a_disabled_clip_packs_as_nan_and_a_tensor_lr_as_zero_with_its_tensor():
+    lr = torch.tensor(0.25)
+    o = StepOptions(lr=lr, trust_clip=None, update_clip=None, momentum=0.9, dampening=0.1)
+    row = dict(zip(HYPER_FIELDS, o.hyper_row()))
+    assert row["lr"] == 0.0 and o.lr_tensor is lr
+    assert math.isnan(row["trust_clip"]) and math.isnan(row["update_clip"])
+    assert (row["momentum"], row["dampening"]) == (0.9, 0.1)
+
+
+@pytest.mark.parametrize("switch", sorted(FLAG_BITS))
+def test_each_switch_sets_exactly_its_bit(switch):
+    off = {name: False for name in FLAG_BITS}
+    o = StepOptions.of({"lr": 0.1, **off, switch: True})
+    assert o.flags == FLAG_BITS[switch]
+
+
+def test_decay_none_means_decay_exactly_where_lars_adapts():
+    assert StepOptions.of({"lr": 0.1, "lars": True, "decay": None}).decay is True
+    assert StepOptions.of({"lr": 0.1, "lars": False, "decay": None}).decay is False
+    assert StepOptions.of({"lr": 0.1, "lars": False, "decay": True}).decay is True
+
+
+def test_the_kernel_reads_the_packed_row_as_the_reference_loop_reads_the_options():
+    # Behaviour, not text: every hyper field and flag is given a value that changes
+    # the step; the op (reading the packed row) and the reference loop must agree.
+    from lars_cuda import functional, ops
+
+    if not ops.has_fused("cpu"):
+        pytest.skip("the compiled extension did not load")
+    gen = torch.Generator().manual_seed(0)
+    for switches in (dict(nesterov=True, maximize=True), dict(ratio_on_grad=True, larc_clip=True, dampening=0.3),
+                     dict(norm_of_update=True, decay=False), dict(zero_norm_skip=True, ratio_on_grad=True)):
+        o = StepOptions.of(dict(lr=0.4, momentum=0.8, weight_decay=0.01, eeta=0.3, epsilon=1e-3, trust_clip=1.5,
+                                update_clip=0.7, **switches))
+        p = [torch.randn(5, 3, generator=gen), torch.zeros(4)]
+        g = [torch.randn(5, 3, generator=gen), torch.randn(4, generator=gen)]
+        b = [torch.randn(5, 3, generator=gen), torch.randn(4, generator=gen)]
+        p2, b2 = [t.clone() for t in p], [t.clone() for t in b]
+        ops.fused_lars_groups_(p, g, b, [2], o.hyper_row(), [o.flags], [None])
+        functional.single_tensor_lars(p2, g, b2, o)
+        for x, y in zip(p + b, p2 + b2):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
