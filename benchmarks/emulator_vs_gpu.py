@@ -1,5 +1,5 @@
 """The emulated CUDA kernel's bits against the GPU's, on the emulated tests' cases
-(tests/test_emulated_cuda.py: every flavour, four dtype pairs, multi-chunk, one-element
+(tests/integration/test_emulated_cuda.py: every flavour, four dtype pairs, multi-chunk, one-element
 and empty tensors, a zero weight and a zero gradient, two steps). nvcc contracts
 a*b+c into FMA where the emulator's g++ build cannot, so the two may differ by an
 ulp or so per element: this says by how much. Run by benchmarks/gpu_check.sh; one
@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lars_cuda import functional  # noqa: E402
-from tests import test_emulated_cuda as cases  # noqa: E402
+from tests.integration import test_emulated_cuda as cases  # noqa: E402
 
 
 def steps(device, names, dtypes):

@@ -80,17 +80,17 @@ stage build 240 env NVCC_APPEND_FLAGS="-Xptxas=-v" $PY setup.py build_ext --inpl
 # and op tests (xdist, so a crash in one test does not hide the others),
 # memcheck, racecheck, and the op tests once more under cuda-gdb, so a crash
 # comes back with a C++ backtrace.
-(stage cuda_tests 150 env LARS_BIG_TEST=1 $PY -m pytest -q -p no:cacheprovider -n 3 tests/test_cuda.py \
-   tests/test_fused_op.py; echo "cuda_tests rc=$?" > "$BENCH_TMP/tests.rc"
- # torch.optim's generic behaviours (tests/optim_info.py) with CUDA params, every path
+(stage cuda_tests 150 env LARS_BIG_TEST=1 $PY -m pytest -q -p no:cacheprovider -n 3 tests/integration/test_cuda.py \
+   tests/unit/test_fused_op.py; echo "cuda_tests rc=$?" > "$BENCH_TMP/tests.rc"
+ # torch.optim's generic behaviours (tests/support/optim_info.py) with CUDA params, every path
  stage conformance_cuda 90 env LARS_TEST_DEVICE=cuda $PY -m pytest -q -p no:cacheprovider -n 2 \
-   tests/test_conformance.py; echo "conformance_cuda rc=$?" >> "$BENCH_TMP/tests.rc") &
+   tests/unit/test_conformance.py; echo "conformance_cuda rc=$?" >> "$BENCH_TMP/tests.rc") &
 (timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $PY benchmarks/gpu_case.py > "$BENCH_TMP/memcheck.log" 2>&1;
  echo "memcheck rc=$?" >> "$BENCH_TMP/memcheck.log") &
 (timeout 150 compute-sanitizer --tool racecheck --error-exitcode 9 $PY benchmarks/gpu_case.py > "$BENCH_TMP/racecheck.log" 2>&1;
  echo "racecheck rc=$?" >> "$BENCH_TMP/racecheck.log") &
 (timeout 120 cuda-gdb -q -batch -ex "set pagination off" -ex run -ex bt --args $PY -m pytest -q -p no:cacheprovider \
-   -p no:xdist tests/test_fused_op.py > "$OUT/gdb.txt" 2>&1;
+   -p no:xdist tests/unit/test_fused_op.py > "$OUT/gdb.txt" 2>&1;
  echo "cuda-gdb rc=$?" >> "$OUT/gdb.txt") &
 wait
 for f in memcheck racecheck; do echo "=== $f"; tail -25 "$BENCH_TMP/$f.log"; done >> "$LOG"
@@ -98,7 +98,7 @@ SUMMARY+=("$(head -1 "$BENCH_TMP/tests.rc" 2>/dev/null)" "$(sed -n 2p "$BENCH_TM
           "$(tail -1 "$BENCH_TMP/memcheck.log")" \
           "$(tail -1 "$BENCH_TMP/racecheck.log")")
 
-# The emulator's bits (tests/cuda_emulator, what every make test runs) against the GPU's
+# The emulator's bits (tests/support/cuda_emulator, what every make test runs) against the GPU's
 # on the same cases: how far FMA contraction and the GPU's own arithmetic move them.
 stage emulator_vs_gpu 150 $PY benchmarks/emulator_vs_gpu.py
 

@@ -1,7 +1,7 @@
 """The LARS flavours we replace that are not packages we can install here,
 restated line for line: apex's LARC (apex/parallel/LARC.py, which needs a CUDA
 build of apex) and the LARS of the self-supervised repos (Barlow Twins'
-and VICReg's main.py). tests/test_compat.py checks lars_cuda.compat against
+and VICReg's main.py). tests/unit/test_compat.py checks lars_cuda.compat against
 them and bench_flavours.py times them as the peers."""
 
 from __future__ import annotations

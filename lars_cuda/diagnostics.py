@@ -29,7 +29,7 @@ ENV_SWITCHES = {
 }
 
 # How this release's CUDA kernel was verified (README, "Known limits"): the one statement of it.
-CUDA_VERIFIED = ("device code executed on the CPU under the CUDA emulator of the tests (tests/cuda_emulator) "
+CUDA_VERIFIED = ("device code executed on the CPU under the CUDA emulator of the tests (tests/support/cuda_emulator) "
                  "in every make test; last run on a GPU: 2026-11-26 (NVIDIA H100)")
 
 

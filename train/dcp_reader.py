@@ -9,7 +9,7 @@ Here:
 
 - ``.metadata`` goes through :class:`MetadataUnpickler`, which resolves only the
   globals that DCP metadata holds (:data:`METADATA_GLOBALS`, read off our own
-  saves; tests/test_checkpoint_dcp_safety.py checks a real trainer save against it);
+  saves; tests/trainer/test_checkpoint_dcp_safety.py checks a real trainer save against it);
 - non-tensor entries go through ``torch.load(weights_only=True)``
   (:class:`SafeLoadPlanner`); tensor entries already do in torch's reader;
 - :func:`verify` reads every entry of a folder once, as data, so that a resume

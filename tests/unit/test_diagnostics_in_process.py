@@ -261,7 +261,7 @@ def test_the_report_of_a_cuda_build(build, machine):
         f"torch built against: {torch.__version__} (CUDA 13.0)",
         "CUDA kernel: SASS sm_80, sm_90; PTX compute_90 (toolkit /usr/local/cuda)",
         "CUDA kernel verified: device code executed on the CPU under the CUDA emulator of the tests "
-        "(tests/cuda_emulator) in every make test; last run on a GPU: 2026-11-26 (NVIDIA H100)",
+        "(tests/support/cuda_emulator) in every make test; last run on a GPU: 2026-11-26 (NVIDIA H100)",
         "CPU kernel builds: avx512, avx2, default",
         "compiled extension: loaded",
         "CPU: CPU NAME; CPU kernel that runs here: KERNEL CHOICE",
