@@ -19,12 +19,12 @@
 #include <string>
 #include <vector>
 
-#include "../../csrc/cuda/group_launches.h"
-#include "../../csrc/cuda/launch_plan.h"
-#include "../../csrc/cuda/table_layout.h"
-#include "../../csrc/dispatch.h"
-#include "../../csrc/op_entry_points.h"
-#include "../../csrc/op_schemas.h"
+#include "cuda/group_launches.h"
+#include "cuda/launch_plan.h"
+#include "cuda/table_layout.h"
+#include "dispatch.h"
+#include "op_entry_points.h"
+#include "op_schemas.h"
 #include "emulator.h"
 
 namespace lars_cuda {

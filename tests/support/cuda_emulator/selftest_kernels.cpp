@@ -10,7 +10,7 @@
 
 #include <string>
 
-#include "../../csrc/cuda/traversal.cuh"
+#include "cuda/traversal.cuh"
 #include "emulator.h"
 
 namespace {
