@@ -15,6 +15,7 @@ import torch
 
 from lars_cuda import compat
 
+from ..support.compiled import assert_compiled_step_matches_eager
 from ..support.paths import BENCHMARKS
 
 sys.path.insert(0, BENCHMARKS)
@@ -218,26 +219,10 @@ def test_dampening_out_of_range_and_nesterov_with_dampening_are_refused():
 
 @pytest.mark.parametrize("flavour", ["timm", "ssl"])
 def test_a_flavours_fused_step_compiles_without_graph_breaks(flavour):
-    torch._dynamo.reset()
     make = {"timm": lambda ps: compat.TimmLars(ps, lr=torch.tensor(0.5), momentum=0.9, dampening=0.1,
                                                 weight_decay=1e-3, trust_clip=True, fused=True),
             "ssl": lambda ps: compat.SSLLars(ps, lr=torch.tensor(0.5), weight_decay=1e-3, fused=True)}[flavour]
-    model, ref_model = torch.nn.Linear(6, 3), torch.nn.Linear(6, 3)
-    ref_model.load_state_dict(model.state_dict())
-    opt, ref = make(list(model.parameters())), make(list(ref_model.parameters()))
-
-    @torch.compile(fullgraph=True)
-    def compiled_step():
-        opt.step()
-
-    for i in range(3):
-        for m in (model, ref_model):
-            for p in m.parameters():
-                p.grad = torch.full_like(p, 0.1 * (i + 1))
-        compiled_step()
-        ref.step()
-    for a, b in zip(model.parameters(), ref_model.parameters()):
-        torch.testing.assert_close(a, b)
+    assert_compiled_step_matches_eager(make)
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)

@@ -15,6 +15,7 @@ import torch
 import lars_cuda
 from lars_cuda import Lars, ops
 
+from ..support.compiled import assert_compiled_step_matches_eager
 from ..support.machine import expected_kernel
 from ..support.reference import lars_step_f64
 
@@ -51,25 +52,8 @@ def test_opcheck_passes(lars_flag, with_scale):
 
 
 def test_torch_compile_traces_a_fused_step_without_graph_breaks():
-    torch._dynamo.reset()
-    model = torch.nn.Linear(6, 3)
-    opt = Lars(model.parameters(), lr=torch.tensor(0.5), momentum=0.9, weight_decay=1e-4, eeta=0.02, fused=True)
-    ref_model = torch.nn.Linear(6, 3)
-    ref_model.load_state_dict(model.state_dict())
-    ref = Lars(ref_model.parameters(), lr=torch.tensor(0.5), momentum=0.9, weight_decay=1e-4, eeta=0.02, fused=True)
-
-    @torch.compile(fullgraph=True)
-    def compiled_step():
-        opt.step()
-
-    for i in range(3):
-        for m in (model, ref_model):
-            for p in m.parameters():
-                p.grad = torch.full_like(p, 0.1 * (i + 1))
-        compiled_step()
-        ref.step()
-    for a, b in zip(model.parameters(), ref_model.parameters()):
-        torch.testing.assert_close(a, b)
+    assert_compiled_step_matches_eager(
+        lambda ps: Lars(ps, lr=torch.tensor(0.5), momentum=0.9, weight_decay=1e-4, eeta=0.02, fused=True))
 
 
 def test_grad_scale_unscales_grads_and_their_norms():
