@@ -182,3 +182,10 @@ def test_every_step_option_is_a_keyword_of_the_functional_api():
     from lars_cuda.options import STEP_OPTIONS
 
     assert set(STEP_OPTIONS) <= set(inspect.signature(functional.lars).parameters)
+
+
+def test_lars_option_defaults_are_a_new_lars_s_defaults():
+    # (compat's flavours start from these; called here at run time so that a change shows)
+    defaults = Lars.option_defaults()
+    assert defaults == {**Lars([torch.nn.Parameter(torch.ones(1))], lr=0.1).defaults, "lr": None}
+    assert defaults["lars"] is True and defaults["trust_clip"] == 50.0 and defaults["decay"] is None
