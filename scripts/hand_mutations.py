@@ -7,7 +7,7 @@ tests (tests/integration/test_emulated_cuda.py, which rebuild the emulated backe
 scratch copy's sources); the shared math (csrc/lars.h) and op layer by the CPU
 kernel's.
 
-    python scripts/hand_mutations.py [--keep] [--only NAME]
+    python scripts/hand_mutations.py [--keep] [--only NAME ...]
 
 Prints one line per mutant and a summary; exits 1 if any mutant survived."""
 
@@ -135,7 +135,8 @@ def build_and_test(env, tests=TESTS) -> tuple[bool, str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default=None, help="run the mutants whose name contains this")
+    ap.add_argument("--only", action="append", default=None,
+                    help="run the mutants whose name contains this (may be given several times)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch copy")
     args = ap.parse_args()
     env = dict(os.environ, LARS_CUDA_FORCE_CPU="1", PYTHONDONTWRITEBYTECODE="1")
@@ -145,7 +146,7 @@ def main() -> int:
         print(f"the unmutated copy does not pass: {detail}")
         return 2
     survivors = 0
-    mutants = [m for m in MUTANTS if args.only is None or args.only in m[0]]
+    mutants = [m for m in MUTANTS if args.only is None or any(part in m[0] for part in args.only)]
     for name, rel, old, new, *tests in mutants:
         path = os.path.join(SCRATCH, rel)
         text = open(path).read()
