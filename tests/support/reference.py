@@ -49,3 +49,62 @@ def lars_step_f64(
         u = d
     assert math.isfinite(r)
     return p64 - lr * r * u, new_buf
+
+
+def global_clip_f64(grads: list[torch.Tensor], max_grad_norm: Optional[float]) -> float:
+    """LAMB's global clipping factor c = max(1, ‖all grads‖ / max_grad_norm) (1 when off)."""
+    if not max_grad_norm:
+        return 1.0
+    total = math.sqrt(sum(float(g.double().square().sum()) for g in grads))
+    return max(1.0, total / max_grad_norm)
+
+
+def lamb_step_f64(
+    p: torch.Tensor,
+    g: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    step: int,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-6,
+    weight_decay: float = 0.01,
+    decay_mode: str = "update",
+    bias_correction: bool = True,
+    grad_averaging: bool = True,
+    clip: float = 1.0,
+    always_adapt: bool = False,
+    trust_clip: bool = False,
+    caution: bool = False,
+    max_lr: Optional[float] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One LAMB step of one parameter (docs/semantics.md, "LAMB"), float64: returns
+    (new p, new m, new v). ``clip`` is the global factor (global_clip_f64); ``step``
+    counts from 1; decay_mode is "update", "grad" or "decoupled"."""
+    assert decay_mode in ("update", "grad", "decoupled")
+    beta1, beta2 = betas
+    p64, g64 = p.double().clone(), g.double() / clip
+    if decay_mode == "grad" and weight_decay != 0:
+        g64 = g64 + weight_decay * p64
+    beta3 = 1 - beta1 if grad_averaging else 1.0
+    m64 = beta1 * m.double() + beta3 * g64
+    v64 = beta2 * v.double() + (1 - beta2) * g64 * g64
+    b1, b2 = (1 - beta1 ** step, 1 - beta2 ** step) if bias_correction else (1.0, 1.0)
+    u = (m64 / b1) / ((v64 / b2).sqrt() + eps)
+    if caution:
+        mask = (u * g64 > 0).double()
+        u = u * mask / max(float(mask.mean()), 1e-3)
+    if weight_decay != 0 and decay_mode == "update":
+        u = u + weight_decay * p64
+    if weight_decay != 0 and decay_mode == "decoupled":
+        scale = lr if max_lr is None else lr * lr / max_lr
+        p64 = p64 - scale * weight_decay * p64
+    r = 1.0
+    if weight_decay != 0 or always_adapt:
+        w, n = float(p64.norm()), float(u.norm())
+        r = w / n if (w > 0 and n > 0) else 1.0
+        if trust_clip:
+            r = min(r, 1.0)
+    assert math.isfinite(r)
+    return p64 - lr * r * u, m64, v64
