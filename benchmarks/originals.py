@@ -74,3 +74,60 @@ class SSLLARS(torch.optim.Optimizer):
                 mu = param_state["mu"]
                 mu.mul_(g["momentum"]).add_(dp)
                 p.add_(mu, alpha=-g["lr"])
+
+
+class ApexFusedLAMB(torch.optim.Optimizer):
+    """apex.optimizers.FusedLAMB, restated on any device (apex/optimizers/fused_lamb.py,
+    step(); csrc/multi_tensor_lamb.cu, LAMBStage1Functor / LAMBStage2Functor), in the
+    tensors' own dtype where apex computes in float32. Like apex it writes the update
+    into p.grad (stage 1 stores it over g) and keeps one step count per group."""
+
+    def __init__(self, params, lr=1e-3, bias_correction=True, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
+                 amsgrad=False, adam_w_mode=True, grad_averaging=True, set_grad_none=True, max_grad_norm=1.0,
+                 use_nvlamb=False):
+        if amsgrad:
+            raise RuntimeError("FusedLAMB does not support the AMSGrad variant.")
+        defaults = dict(lr=lr, bias_correction=bias_correction, betas=betas, eps=eps, weight_decay=weight_decay,
+                        grad_averaging=grad_averaging, max_grad_norm=max_grad_norm)
+        super().__init__(params, defaults)
+        self.adam_w_mode, self.set_grad_none, self.use_nvlamb = 1 if adam_w_mode else 0, set_grad_none, use_nvlamb
+
+    @torch.no_grad()
+    def step(self):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        global_grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        max_grad_norm = self.defaults["max_grad_norm"]
+        clipped = global_grad_norm / max_grad_norm if global_grad_norm > max_grad_norm else 1.0
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            beta3 = 1 - beta1 if group["grad_averaging"] else 1.0
+            group["step"] = group.get("step", 0) + 1
+            bc1, bc2 = ((1 - beta1 ** group["step"], 1 - beta2 ** group["step"]) if group["bias_correction"]
+                        else (1.0, 1.0))
+            decay = group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if len(state) == 0:
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                param_norm = torch.linalg.vector_norm(p)  # (before stage 1, as multi_tensor_lamb_cuda)
+                # stage 1
+                scaled_grad = p.grad / clipped
+                if self.adam_w_mode == 0:
+                    scaled_grad = scaled_grad + decay * p
+                m.mul_(beta1).add_(beta3 * scaled_grad)
+                v.mul_(beta2).add_((1 - beta2) * scaled_grad * scaled_grad)
+                update = (m / bc1) / ((v / bc2).sqrt() + group["eps"])
+                if self.adam_w_mode == 1:
+                    update = update + decay * p
+                p.grad.copy_(update)
+                # stage 2
+                ratio = group["lr"]
+                if self.use_nvlamb or decay != 0.0:
+                    update_norm = torch.linalg.vector_norm(update)
+                    if update_norm != 0 and param_norm != 0:
+                        ratio = group["lr"] * (param_norm / update_norm)
+                p.sub_(ratio * update)

@@ -52,9 +52,10 @@ def lars_step_f64(
 
 
 def global_clip_f64(grads: list[torch.Tensor], max_grad_norm: Optional[float]) -> float:
-    """LAMB's global clipping factor c = max(1, ‖all grads‖ / max_grad_norm) (1 when off)."""
-    if not max_grad_norm:
+    """LAMB's global clipping factor c = max(1, ‖all grads‖ / max_grad_norm) (1 when off: None)."""
+    if max_grad_norm is None:
         return 1.0
+    assert max_grad_norm > 0, "0 makes the originals divide every grad by infinity; not a setting to imitate"
     total = math.sqrt(sum(float(g.double().square().sum()) for g in grads))
     return max(1.0, total / max_grad_norm)
 
