@@ -1,7 +1,9 @@
 """The LARS flavours we replace that are not packages we can install here,
 restated line for line: apex's LARC (apex/parallel/LARC.py, which needs a CUDA
-build of apex) and the LARS of the self-supervised repos (Barlow Twins'
-and VICReg's main.py). tests/unit/test_compat.py checks lars_cuda.compat against
+build of apex), the LARS of the self-supervised repos (Barlow Twins'
+and VICReg's main.py), Lightning Bolts' LARS as lightly ships it
+(lightly/utils/lars.py) and solo-learn's (solo/utils/lars.py), and apex's
+FusedLAMB. tests/unit/test_compat.py checks lars_cuda.compat against
 them and bench_flavours.py times them as the peers."""
 
 from __future__ import annotations
@@ -74,6 +76,68 @@ class SSLLARS(torch.optim.Optimizer):
                 mu = param_state["mu"]
                 mu.mul_(g["momentum"]).add_(dp)
                 p.add_(mu, alpha=-g["lr"])
+
+
+class BoltsLARS(torch.optim.Optimizer):
+    """Lightning Bolts' LARS as lightly ships it (``lightly.utils.lars.LARS``; Bolts'
+    ``pl_bolts.optimizers.lars.LARS`` is the same step), restated: the ratio scales
+    ``g + wd*p`` where ``weight_decay != 0`` and both norms are non-zero; SGD momentum
+    whose first step copies the update."""
+
+    def __init__(self, params, lr, momentum=0, dampening=0, weight_decay=0, nesterov=False,
+                 trust_coefficient=0.001, eps=1e-8):
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=nesterov, trust_coefficient=trust_coefficient, eps=eps))
+
+    def _adapts(self, group, p):
+        return group["weight_decay"] != 0
+
+    def _coefficient(self, group):
+        return group["trust_coefficient"]
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            wd = group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                update = p.grad
+                w, n = torch.norm(p), torch.norm(p.grad)
+                if self._adapts(group, p) and w != 0 and n != 0:
+                    ratio = w / (n + w * wd + group["eps"]) * self._coefficient(group)
+                    if group.get("clip_lars_lr"):
+                        ratio = min(ratio / group["lr"], 1)
+                    update = update.add(p, alpha=wd)
+                    update *= ratio
+                if group["momentum"] != 0:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        buf = state["momentum_buffer"] = update.clone()
+                    else:
+                        buf = state["momentum_buffer"]
+                        buf.mul_(group["momentum"]).add_(update, alpha=1 - group["dampening"])
+                    update = update.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
+                p.add_(update, alpha=-group["lr"])
+
+
+class SoloLARS(BoltsLARS):
+    """solo-learn's LARS (``solo.utils.lars.LARS``, Bolts' with ``eta``), restated: every
+    param adapts whatever the weight decay, but 1-D ones when
+    ``exclude_bias_n_norm_lars`` (then neither decay nor ratio); ``clip_lars_lr``
+    turns the ratio into ``min(r/lr, 1)``."""
+
+    def __init__(self, params, lr, momentum=0, dampening=0, weight_decay=0, nesterov=False, eta=1e-3, eps=1e-8,
+                 clip_lars_lr=False, exclude_bias_n_norm_lars=False):
+        torch.optim.Optimizer.__init__(self, params, dict(
+            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov, eta=eta,
+            eps=eps, clip_lars_lr=clip_lars_lr, exclude_bias_n_norm_lars=exclude_bias_n_norm_lars))
+
+    def _adapts(self, group, p):
+        return p.ndim != 1 or not group["exclude_bias_n_norm_lars"]
+
+    def _coefficient(self, group):
+        return group["eta"]
 
 
 class ApexFusedLAMB(torch.optim.Optimizer):

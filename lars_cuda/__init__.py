@@ -2,7 +2,7 @@
 to the seed project and fused into one multi-tensor kernel on CPU and CUDA.
 
     from lars_cuda import Lars, create_optimizer_lars, PolynomialWarmup
-    from lars_cuda.compat import TimmLars, LARC, SSLLars   # the other flavours, drop-in
+    from lars_cuda.compat import TimmLars, LARC, SSLLars, BoltsLars, SoloLars   # the other flavours, drop-in
 """
 
 from ._version import __version__

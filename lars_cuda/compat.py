@@ -27,9 +27,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .optimizer import Lars
-from .state_dict_schemas import SGD_OPTIONS, SSL_OPTIONS, TIMM_OPTIONS
+from .state_dict_schemas import BOLTS_OPTIONS, SGD_OPTIONS, SOLO_OPTIONS, SSL_OPTIONS, TIMM_OPTIONS
 
-__all__ = ["LARC", "SSLLars", "TimmLars", "register_timm"]
+__all__ = ["LARC", "BoltsLars", "SSLLars", "SoloLars", "TimmLars", "register_timm"]
 
 Params = Iterable[Union[Tensor, dict[str, Any]]]
 
@@ -166,6 +166,70 @@ class SSLLars(_Flavour):
                 "decay_filter": _filter_flag(g["weight_decay_filter"], "weight_decay_filter"),
                 "adaptation_filter": _filter_flag(g["lars_adaptation_filter"], "lars_adaptation_filter"),
                 "foreach": g.get("foreach"), "fused": g.get("fused")}
+
+
+class BoltsLars(_Flavour):
+    """Replaces Lightning Bolts' ``pl_bolts.optimizers.lars.LARS`` and lightly's copy of
+    it (``lightly.utils.lars.LARS``): the same arguments, param groups
+    (``trust_coefficient``, ``eps``), state (``momentum_buffer``) and step — the ratio
+    ``trust_coefficient*||p|| / (||g|| + wd*||p|| + eps)`` scales ``g + wd*p`` before
+    momentum, only where ``weight_decay != 0`` (SimCLR/BYOL: groups without decay are
+    not adapted) and both norms are non-zero (else neither decay nor scaling); the
+    first momentum step copies the update. Unlike Bolts, ours does not write into
+    ``p.grad``. ``foreach``/``fused`` are ours."""
+
+    _OPTIONS = BOLTS_OPTIONS
+    _RENAMED = {"eeta": "trust_coefficient", "epsilon": "eps"}
+
+    def __init__(self, params: Params, lr: Union[float, Tensor], momentum: float = 0, dampening: float = 0,
+                 weight_decay: float = 0, nesterov: bool = False, trust_coefficient: float = 0.001,
+                 eps: float = 1e-8, *, foreach: Optional[bool] = None, fused: Optional[bool] = None):
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=nesterov, trust_coefficient=trust_coefficient, eps=eps,
+                                      foreach=foreach, fused=fused))
+
+    @staticmethod
+    def _to_lars(g: dict[str, Any]) -> dict[str, Any]:
+        return {**_LARS_BASE, "lr": g["lr"], "momentum": g["momentum"], "dampening": g["dampening"],
+                "weight_decay": g["weight_decay"], "nesterov": g["nesterov"], "eeta": g["trust_coefficient"],
+                "epsilon": g["eps"], "always_adapt": False, "zero_norm_skip": True,
+                "foreach": g.get("foreach"), "fused": g.get("fused")}
+
+
+class SoloLars(_Flavour):
+    """Replaces solo-learn's ``solo.utils.lars.LARS`` (Bolts' LARS with ``eta``): every
+    param adapts whatever its weight decay, but 1-D params (biases, norms) take neither
+    decay nor ratio when ``exclude_bias_n_norm_lars``; ``clip_lars_lr`` makes the ratio
+    ``min(r/lr, 1)``; a zero norm means neither decay nor scaling; the first momentum
+    step copies the update. Param groups hold solo-learn's options, state its
+    ``momentum_buffer``. ``foreach``/``fused`` are ours."""
+
+    _OPTIONS = SOLO_OPTIONS
+    _RENAMED = {"eeta": "eta", "epsilon": "eps"}
+
+    def __init__(self, params: Params, lr: Union[float, Tensor], momentum: float = 0, dampening: float = 0,
+                 weight_decay: float = 0, nesterov: bool = False, eta: float = 1e-3, eps: float = 1e-8,
+                 clip_lars_lr: bool = False, exclude_bias_n_norm_lars: bool = False, *,
+                 foreach: Optional[bool] = None, fused: Optional[bool] = None):
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=nesterov, eta=eta, eps=eps, clip_lars_lr=clip_lars_lr,
+                                      exclude_bias_n_norm_lars=exclude_bias_n_norm_lars, foreach=foreach,
+                                      fused=fused))
+
+    @staticmethod
+    def _to_lars(g: dict[str, Any]) -> dict[str, Any]:
+        exclude = _flag(g["exclude_bias_n_norm_lars"], "exclude_bias_n_norm_lars")
+        return {**_LARS_BASE, "lr": g["lr"], "momentum": g["momentum"], "dampening": g["dampening"],
+                "weight_decay": g["weight_decay"], "nesterov": g["nesterov"], "eeta": g["eta"],
+                "epsilon": g["eps"], "larc_clip": _flag(g["clip_lars_lr"], "clip_lars_lr"), "zero_norm_skip": True,
+                "decay_filter": exclude, "adaptation_filter": exclude,
+                "foreach": g.get("foreach"), "fused": g.get("fused")}
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
 
 
 # ---- timm's optimizer factory ------------------------------------------------------------

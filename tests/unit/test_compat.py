@@ -19,7 +19,7 @@ from ..support.compiled import assert_compiled_step_matches_eager
 from ..support.paths import BENCHMARKS
 
 sys.path.insert(0, BENCHMARKS)
-from originals import SSLLARS, ApexLARC  # noqa: E402
+from originals import SSLLARS, ApexLARC, BoltsLARS, SoloLARS  # noqa: E402
 
 PATHS = {"fused": dict(fused=True), "foreach": dict(foreach=True, fused=False),
          "reference": dict(foreach=False, fused=False)}
@@ -147,6 +147,49 @@ def test_ssl_lars_steps_exactly_like_the_barlow_twins_lars(path, weight_decay_fi
     assert_same(mine, theirs, opt_mine, opt_theirs, buffer_key="mu")
 
 
+# ---- Lightning Bolts' / lightly's LARS and solo-learn's --------------------------------------
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("momentum", MOMENTUM)
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
+def test_bolts_lars_steps_exactly_like_lightlys_lars(path, momentum, weight_decay):
+    kw = dict(lr=0.5, weight_decay=weight_decay, trust_coefficient=0.02, eps=1e-8, **MOMENTUM[momentum])
+    groups = two_groups(wd_second=1e-2)
+    theirs, opt_theirs = run(lambda g: BoltsLARS(g, **kw), groups)
+    mine, opt_mine = run(lambda g: compat.BoltsLars(g, **kw, **PATHS[path]), groups)
+    assert_same(mine, theirs, opt_mine, opt_theirs)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("momentum", MOMENTUM)
+@pytest.mark.parametrize("clip_lars_lr,exclude_bias_n_norm_lars", list(itertools.product([False, True], repeat=2)))
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
+def test_solo_lars_steps_exactly_like_solo_learns_lars(path, momentum, clip_lars_lr, exclude_bias_n_norm_lars,
+                                                        weight_decay):
+    kw = dict(lr=0.5, weight_decay=weight_decay, eta=0.02, clip_lars_lr=clip_lars_lr,
+              exclude_bias_n_norm_lars=exclude_bias_n_norm_lars, **MOMENTUM[momentum])
+    groups = two_groups(wd_second=1e-2)
+    theirs, opt_theirs = run(lambda g: SoloLARS(g, **kw), groups)
+    mine, opt_mine = run(lambda g: compat.SoloLars(g, **kw, **PATHS[path]), groups)
+    assert_same(mine, theirs, opt_mine, opt_theirs)
+
+
+def test_bolts_and_solo_lars_take_their_originals_defaults():
+    import inspect
+
+    def defaults(fn):
+        return {k: v.default for k, v in inspect.signature(fn).parameters.items()
+                if k not in ("params", "foreach", "fused", "self")}
+
+    assert defaults(compat.BoltsLars) == defaults(BoltsLARS.__init__)
+    assert defaults(compat.SoloLars) == defaults(SoloLARS.__init__)
+
+
+def test_solo_lars_refuses_a_switch_that_is_not_a_bool():
+    with pytest.raises(TypeError, match=r"^clip_lars_lr must be a bool, got 1$"):
+        compat.SoloLars([torch.nn.Parameter(torch.ones(3))], lr=0.1, clip_lars_lr=1)
+
+
 # ---- what every flavour keeps from the seed --------------------------------------------------
 
 FLAVOURS = {
@@ -154,6 +197,9 @@ FLAVOURS = {
     "larc": lambda ps, **kw: compat.LARC(torch.optim.SGD(ps, lr=0.5, momentum=0.9, dampening=0.1,
                                                          weight_decay=1e-3), **kw),
     "ssl": lambda ps, **kw: compat.SSLLars(ps, lr=0.5, weight_decay=1e-3, **kw),
+    "bolts": lambda ps, **kw: compat.BoltsLars(ps, lr=0.5, momentum=0.9, dampening=0.1, weight_decay=1e-3, **kw),
+    "solo": lambda ps, **kw: compat.SoloLars(ps, lr=0.5, momentum=0.9, weight_decay=1e-3, clip_lars_lr=True,
+                                             exclude_bias_n_norm_lars=True, **kw),
 }
 
 

@@ -421,3 +421,16 @@ def test_multi_chunk_tensors_anywhere_in_the_list_and_across_waves_match_the_ora
             torch.testing.assert_close(step, want_step, rtol=1e-4, atol=1e-6)
         else:  # compare the step's size: one bf16 rounding per element
             assert abs(step.norm() / want_step.norm() - 1) < 0.01
+
+
+def test_each_op_s_errors_start_with_its_own_name_and_the_group():
+    tensors = [op_args(n=3, seed=s) for s in range(3)]
+    tensors[2][0][1] = tensors[2][0][1].double()
+    with pytest.raises(TypeError, match=r"^fused_lars_groups_: group 2: param 1 must be float32"):
+        torch.ops.lars_cuda.fused_lars_groups_(*pack(tensors))
+    with pytest.raises(ValueError, match=r"^fused_lars_norms: 1 groups need as many flags, got 2"):
+        torch.ops.lars_cuda.fused_lars_norms([torch.ones(2)], [torch.ones(2)], [1], [1, 1])
+    nan = float("nan")
+    with pytest.raises(TypeError, match=r"^fused_lars_apply_: sums must be float64"):
+        torch.ops.lars_cuda.fused_lars_apply_([torch.ones(2)], [torch.ones(2)], [], [1],
+                                              [0.1, 0, 0, 1e-3, 0, nan, nan, 0], [1], [None], torch.zeros(1, 3))

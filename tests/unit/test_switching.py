@@ -18,7 +18,7 @@ from lars_cuda import Lars, compat
 from ..support.paths import BENCHMARKS
 
 sys.path.insert(0, BENCHMARKS)
-from originals import SSLLARS, ApexLARC  # noqa: E402
+from originals import SSLLARS, ApexLARC, BoltsLARS, SoloLARS  # noqa: E402
 
 from .test_compat import PATHS, TOL, grads_for, make_params, two_groups  # noqa: E402
 
@@ -53,6 +53,10 @@ def _timm(groups, original=False, **path):
     return TimmOriginal(groups, **kw) if original else compat.TimmLars(groups, **kw, **path)
 
 
+_BOLTS = dict(lr=0.4, momentum=0.9, dampening=0.1, weight_decay=1e-3, trust_coefficient=0.02)
+_SOLO = dict(lr=0.4, momentum=0.9, nesterov=True, weight_decay=1e-3, eta=0.02, clip_lars_lr=True,
+             exclude_bias_n_norm_lars=True)
+
 ORIGINALS = {
     # name: (the original, the compat class; each takes (groups) and the compat one our path switches)
     "timm": (lambda g: _timm(g, original=True),
@@ -64,8 +68,13 @@ ORIGINALS = {
     "ssl": (lambda g: SSLLARS(g, lr=0.3, weight_decay=1e-3, momentum=0.9, eta=0.02, weight_decay_filter=True,
                               lars_adaptation_filter=True),
             lambda g, **path: compat.SSLLars(g, lr=0.3, weight_decay=1e-3, momentum=0.9, eta=0.02, **path)),
+    "bolts": (lambda g: BoltsLARS(g, **_BOLTS),
+              lambda g, **path: compat.BoltsLars(g, **_BOLTS, **path)),
+    "solo": (lambda g: SoloLARS(g, **_SOLO),
+             lambda g, **path: compat.SoloLars(g, **_SOLO, **path)),
 }
-BUFFER = {"timm": "momentum_buffer", "larc": "momentum_buffer", "ssl": "mu"}
+BUFFER = {"timm": "momentum_buffer", "larc": "momentum_buffer", "ssl": "mu", "bolts": "momentum_buffer",
+          "solo": "momentum_buffer"}
 
 
 def _train(opt, params, steps, first):
