@@ -26,10 +26,11 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .lamb_compat import FusedLAMB, TimmLamb
 from .optimizer import Lars
 from .state_dict_schemas import BOLTS_OPTIONS, SGD_OPTIONS, SOLO_OPTIONS, SSL_OPTIONS, TIMM_OPTIONS
 
-__all__ = ["LARC", "BoltsLars", "SSLLars", "SoloLars", "TimmLars", "register_timm"]
+__all__ = ["LARC", "BoltsLars", "FusedLAMB", "SSLLars", "SoloLars", "TimmLamb", "TimmLars", "register_timm"]
 
 Params = Iterable[Union[Tensor, dict[str, Any]]]
 
@@ -242,17 +243,35 @@ TIMM_NAMES = {
     "fusednlarc": ("lars_cuda's fused LARS, Nesterov and trust ratio clipping (timm's nlarc)",
                    {"nesterov": True, "trust_clip": True}),
 }
+# timm's LAMB family under an "lcuda" prefix: timm's "fusedlamb" is apex's FusedLAMB, which
+# we do not take over (lars_cuda.compat.FusedLAMB is imported by name instead).
+TIMM_LAMB_NAMES = {
+    "lcudalamb": ("lars_cuda's LAMB (timm's lamb)", {}),
+    "lcudalambc": ("lars_cuda's LAMB with trust ratio clipping (timm's lambc)", {"trust_clip": True}),
+    "lcudalambw": ("lars_cuda's LAMB with decoupled weight decay (timm's lambw)", {"decoupled_decay": True}),
+    "lcudalambcw": ("lars_cuda's LAMB, trust ratio clipping and decoupled decay (timm's lambcw)",
+                    {"trust_clip": True, "decoupled_decay": True}),
+    "lcudaclamb": ("lars_cuda's cautious LAMB (timm's clamb)", {"caution": True}),
+    "lcudaclambw": ("lars_cuda's cautious LAMB with decoupled decay (timm's clambw)",
+                    {"caution": True, "decoupled_decay": True}),
+    "lcudalambcd": ("lars_cuda's LAMB with corrected decoupled decay (timm's lambcd)",
+                    {"decoupled_decay": True, "corrected_weight_decay": True}),
+}
 
 
 def register_timm() -> list[str]:
-    """Adds TimmLars to timm's optimizer registry under :data:`TIMM_NAMES`, so that
-    ``timm.optim.create_optimizer_v2(model, opt="fusedlars", ...)`` builds it with
-    timm's parameter grouping (no weight decay for biases and norms, layer decay).
-    Idempotent; returns the names."""
+    """Adds TimmLars to timm's optimizer registry under :data:`TIMM_NAMES` and TimmLamb
+    under :data:`TIMM_LAMB_NAMES`, so that ``timm.optim.create_optimizer_v2(model,
+    opt="fusedlars", ...)`` (or ``opt="lcudalamb"``) builds ours with timm's parameter
+    grouping (no weight decay for biases and norms, layer decay). Idempotent; returns
+    the names."""
     from timm.optim import OptimInfo
     from timm.optim._optim_factory import default_registry
 
-    for name, (description, defaults) in TIMM_NAMES.items():
-        default_registry.register(OptimInfo(name=name, opt_class=TimmLars, description=description,
-                                            has_momentum=True, defaults=dict(defaults) or None))
-    return list(TIMM_NAMES)
+    for names, cls, momentum, betas in ((TIMM_NAMES, TimmLars, True, False),
+                                        (TIMM_LAMB_NAMES, TimmLamb, False, True)):
+        for name, (description, defaults) in names.items():
+            default_registry.register(OptimInfo(name=name, opt_class=cls, description=description,
+                                                has_momentum=momentum, has_betas=betas,
+                                                defaults=dict(defaults) or None))
+    return list(TIMM_NAMES) + list(TIMM_LAMB_NAMES)

@@ -27,6 +27,7 @@ from .options import LARS_OPTIONS
 from .state_dict_schemas import ALL_BUFFER_KEYS, ALL_OPTIONS, HOME
 
 __all__ = ["UnsupportedTensorError", "check_amp_scaling_path", "check_dtype", "check_group_options",
+           "check_lamb_options",
            "check_grads", "check_path", "check_sharded", "check_sharded_buffer", "check_state_dict_schema",
            "check_grad_scale"]
 
@@ -47,9 +48,50 @@ def check_group_options(group: dict[str, Any], *, read_tensor_lr: bool) -> None:
     """Raises ValueError/TypeError naming the first invalid option of a param group
     (in Lars's options). ``read_tensor_lr``: also read a CUDA tensor lr's value (a
     host sync: at construction only)."""
-    lr = group["lr"]
+    _check_lr(group["lr"], read_tensor_lr, "Lars")
+    for name in _CHECKED_BY_RULE:
+        _OPTION_RULES.get(name, _a_bool)(name, group[name])
+    if group["foreach"] and group["fused"]:
+        raise ValueError("foreach and fused cannot both be True")
+    if group["nesterov"] and (group["momentum"] == 0 or group["dampening"] != 0):
+        raise ValueError("Nesterov momentum requires a nonzero momentum and zero dampening")
+
+
+def check_lamb_options(group: dict[str, Any], max_grad_norm: Any, *, read_tensor_lr: bool) -> None:
+    """Raises ValueError/TypeError naming the first invalid option of a LAMB param
+    group (in Lamb's options) or of the optimizer-wide ``max_grad_norm``."""
+    from .lamb_options import DECAY_MODES
+
+    _check_lr(group["lr"], read_tensor_lr, "Lamb")
+    betas = group["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"betas must be a pair of floats, got {betas!r}")
+    for i, beta in enumerate(betas):
+        _real(f"betas[{i}]", beta)
+        if not 0 <= beta < 1:
+            raise ValueError(f"Invalid beta parameter at index {i}: {beta}; it must lie in [0, 1)")
+    _non_negative("eps", group["eps"])
+    _non_negative("weight_decay", group["weight_decay"])
+    if group["decay_mode"] not in DECAY_MODES:
+        raise ValueError(f"decay_mode must be one of {DECAY_MODES}, got {group['decay_mode']!r}")
+    for name in ("bias_correction", "grad_averaging", "trust_clip", "always_adapt", "caution", "maximize"):
+        _a_bool(name, group[name])
+    _bool_or_none("foreach", group["foreach"])
+    max_lr = group["max_lr"]
+    if max_lr is not None:
+        _real("max_lr", max_lr, "a positive real number or None")
+        if not (math.isfinite(max_lr) and max_lr > 0):
+            raise ValueError(f"Invalid max_lr value: {max_lr}; it must be positive")
+    if max_grad_norm is not None:
+        _real("max_grad_norm", max_grad_norm, "a positive real number or None")
+        if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
+            raise ValueError(f"Invalid max_grad_norm value: {max_grad_norm}; it must be positive (None turns "
+                             "clipping off; 0 would divide every gradient by infinity)")
+
+
+def _check_lr(lr: Any, read_tensor_lr: bool, owner: str) -> None:
     if lr is None:  # required unless every group brings its own (as Horovod's re-created optimizer does)
-        raise TypeError("Lars needs a learning rate: pass lr=... (or give every param group an 'lr')")
+        raise TypeError(f"{owner} needs a learning rate: pass lr=... (or give every param group an 'lr')")
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
             raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
@@ -65,13 +107,6 @@ def check_group_options(group: dict[str, Any], *, read_tensor_lr: bool) -> None:
         raise TypeError(f"lr must be a float or a one-element tensor, got {type(lr).__name__}")
     elif not (math.isfinite(lr) and lr >= 0):
         raise ValueError(f"Invalid learning rate: {lr}")
-
-    for name in _CHECKED_BY_RULE:
-        _OPTION_RULES.get(name, _a_bool)(name, group[name])
-    if group["foreach"] and group["fused"]:
-        raise ValueError("foreach and fused cannot both be True")
-    if group["nesterov"] and (group["momentum"] == 0 or group["dampening"] != 0):
-        raise ValueError("Nesterov momentum requires a nonzero momentum and zero dampening")
 
 
 def _real(name: str, value: Any, what: str = "a real number") -> None:
@@ -125,20 +160,20 @@ _OPTION_RULES = {
 _CHECKED_BY_RULE = tuple(name for name in LARS_OPTIONS if name != "lr")
 
 
-def check_dtype(dtype: torch.dtype) -> None:
+def check_dtype(dtype: torch.dtype, owner: str = "Lars") -> None:
     if dtype.is_complex:
-        raise UnsupportedTensorError(f"Lars does not support complex parameters (got {dtype})")
+        raise UnsupportedTensorError(f"{owner} does not support complex parameters (got {dtype})")
     if not dtype.is_floating_point:
-        raise UnsupportedTensorError(f"Lars steps floating-point parameters only (got {dtype})")
+        raise UnsupportedTensorError(f"{owner} steps floating-point parameters only (got {dtype})")
 
 
-def check_grads(grads: list[Tensor], dtypes: set[torch.dtype]) -> None:
+def check_grads(grads: list[Tensor], dtypes: set[torch.dtype], owner: str = "Lars") -> None:
     """Per dtype, not per tensor: this runs every step. (A grad's dtype is its param's:
     autograd refuses to assign another, and the kernel checks it again.)"""
     if any(g.is_sparse for g in grads):
-        raise UnsupportedTensorError("Lars does not support sparse gradients")
+        raise UnsupportedTensorError(f"{owner} does not support sparse gradients")
     for dtype in dtypes:
-        check_dtype(dtype)
+        check_dtype(dtype, owner)
 
 
 def check_amp_scaling_path(fused: bool, grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> None:

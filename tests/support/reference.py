@@ -79,10 +79,12 @@ def lamb_step_f64(
     trust_clip: bool = False,
     caution: bool = False,
     max_lr: Optional[float] = None,
+    ratio_out: Optional[list] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One LAMB step of one parameter (docs/semantics.md, "LAMB"), float64: returns
     (new p, new m, new v). ``clip`` is the global factor (global_clip_f64); ``step``
-    counts from 1; decay_mode is "update", "grad" or "decoupled"."""
+    counts from 1; decay_mode is "update", "grad" or "decoupled". ``ratio_out``: a
+    list the trust ratio is appended to where the param adapts."""
     assert decay_mode in ("update", "grad", "decoupled")
     beta1, beta2 = betas
     p64, g64 = p.double().clone(), g.double() / clip
@@ -107,5 +109,7 @@ def lamb_step_f64(
         r = w / n if (w > 0 and n > 0) else 1.0
         if trust_clip:
             r = min(r, 1.0)
+        if ratio_out is not None:
+            ratio_out.append(r)
     assert math.isfinite(r)
     return p64 - lr * r * u, m64, v64

@@ -1,0 +1,228 @@
+"""``Lamb``: LAMB (You et al. 2019) as a ``torch.optim`` optimizer, as thin as
+``torch.optim.AdamW``: options and state in, the step of ``lars_cuda.lamb_functional``
+per group. Checks live in ``lars_cuda.validation``."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Iterable, Optional, Union
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .lamb_functional import global_clip_factor, multi_tensor_lamb, single_tensor_lamb
+from .lamb_options import LAMB_OPTIONS, LambOptions
+from .validation import check_dtype, check_grads, check_lamb_options, check_state_dict_schema
+
+__all__ = ["Lamb"]
+
+
+class Lamb(Optimizer):
+    r"""LAMB, "Large Batch Optimization for Deep Learning: Training BERT in 76
+    minutes" (You et al., 2019): LARS's per-tensor trust ratio on an Adam step. The
+    math of every path (``docs/semantics.md``, "LAMB", states it with timm's and
+    apex's switches); all arithmetic in float32 for float32/float16/bfloat16 tensors,
+    float64 for float64 ones, the moments kept in the param's dtype::
+
+        c = max(1, ||(g1, g2, ...)|| / max_grad_norm)      over every grad of the optimizer
+        g = g / c                                           (g = -g first when maximize)
+        if decay_mode == "grad":  g = g + wd*p
+        m = β1*m + β3*g,   β3 = 1 - β1 if grad_averaging else 1
+        v = β2*v + (1 - β2)*g²
+        u = (m / b1) / (sqrt(v / b2) + eps)                 b1, b2 = 1 - β1^t, 1 - β2^t (bias_correction)
+        if caution:  k = [u*g > 0];  u = u*k / max(mean(k), 1e-3)
+        if decay_mode == "update":     u = u + wd*p
+        if decay_mode == "decoupled":  p = p - s*wd*p,  s = lr (lr²/max_lr when max_lr is set)
+        r = ||p|| / ||u|| if both > 0 else 1,  min(r, 1) with trust_clip;  r = 1 unless wd != 0 or always_adapt
+        p = p - lr*r*u
+
+    Args:
+        params: parameters or parameter groups (groups may override any option below
+            but ``max_grad_norm``).
+        lr: learning rate, a float or a one-element tensor.
+        betas: :math:`(\beta_1, \beta_2)`, each in [0, 1).
+        eps: added to :math:`\sqrt{v}` (timm's and apex's default, 1e-6).
+        weight_decay: :math:`wd`; where it enters is ``decay_mode``.
+        max_grad_norm: global gradient clipping over every gradient of the optimizer
+            (timm's and apex's default, 1.0); ``None`` turns it off. Optimizer-wide, as
+            in both originals: a param group's value is not read.
+        decay_mode: ``"update"`` (added to the Adam update: timm's default, apex
+            ``adam_w_mode=True``), ``"grad"`` (added to the gradient before the
+            moments: apex ``adam_w_mode=False``) or ``"decoupled"`` (timm
+            ``decoupled_decay=True``).
+        bias_correction, grad_averaging: as in timm and apex (both on by default).
+        trust_clip: clip the trust ratio at 1 (timm's LAMBC).
+        always_adapt: adapt params without weight decay too (timm ``always_adapt``,
+            apex ``use_nvlamb``); by default they take a plain Adam step.
+        caution: timm's "Cautious Optimizers" mask.
+        max_lr: with ``decay_mode="decoupled"``, scale the decay by lr/max_lr (timm's
+            ``corrected_weight_decay``, which snapshots its lr as max_lr).
+        maximize: maximise the objective, as in ``torch.optim``.
+        foreach: ``True`` for the ``torch._foreach_*`` path, ``False`` for the
+            per-parameter reference loop; ``None`` (default): foreach where a group's
+            tensors share a device.
+
+    The state of a param holds ``step`` (a float32 CPU tensor, as ``torch.optim.AdamW``
+    keeps it), ``exp_avg`` and ``exp_avg_sq`` in the param's dtype. Bad options or
+    tensors raise ``ValueError``/``TypeError`` before anything is written.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Union[Tensor, dict[str, Any]]],
+        lr: Union[float, Tensor] = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.01,
+        *,
+        max_grad_norm: Optional[float] = 1.0,
+        decay_mode: str = "update",
+        bias_correction: bool = True,
+        grad_averaging: bool = True,
+        trust_clip: bool = False,
+        always_adapt: bool = False,
+        caution: bool = False,
+        max_lr: Optional[float] = None,
+        maximize: bool = False,
+        foreach: Optional[bool] = None,
+    ):
+        arguments = locals()
+        super().__init__(params, {name: arguments[name] for name in LAMB_OPTIONS})
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        """Lamb's default group options (its signature's)."""
+        signature = inspect.signature(Lamb.__init__).parameters
+        return {name: signature[name].default for name in LAMB_OPTIONS}
+
+    # ---- the schema of param groups and state (lars_cuda.compat speaks the originals') ----
+    _OPTIONS: tuple[str, ...] = LAMB_OPTIONS
+
+    def _check_options(self, group: dict[str, Any], read_tensor_lr: bool = True) -> None:
+        check_lamb_options(group, self._max_grad_norm(), read_tensor_lr=read_tensor_lr)
+
+    def _lamb_options(self, group: dict[str, Any]) -> LambOptions:
+        """The options a group steps with (a compat class derives them from its original's)."""
+        return LambOptions.of(group)
+
+    def _max_grad_norm(self) -> Optional[float]:
+        return self.defaults["max_grad_norm"]
+
+    def _advance_steps(self, group: dict[str, Any], params: list[Tensor]) -> list[Any]:
+        """Advances the step counts of a group's stepping params; returns them, one per param."""
+        steps = []
+        for p in params:
+            step = self.state[p]["step"]
+            step += 1
+            steps.append(step)
+        return steps
+
+    def _init_state(self, params: list[Tensor]) -> None:
+        for p in params:
+            state = self.state[p]
+            if "exp_avg" not in state:
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if self._STEP_IN_STATE and "step" not in state:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+
+    _STEP_IN_STATE = True
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
+        self._check_options(merged)
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        for p in params:
+            if isinstance(p, Tensor):
+                check_dtype(p.dtype, type(self).__name__)
+        super().add_param_group({**param_group, "params": params})
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key in self._OPTIONS:
+                if key in self.defaults:
+                    group.setdefault(key, self.defaults[key])
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """``Optimizer.load_state_dict``, after refusing a state dict of a LARS flavour
+        (whose options or momentum this class would misread), naming the key."""
+        check_state_dict_schema(type(self).__name__, self._OPTIONS, "exp_avg", state_dict)
+        super().load_state_dict(state_dict)
+
+    def _plan(self) -> list[tuple[dict[str, Any], LambOptions, list[Tensor], str]]:
+        """Every group's (group, options, stepping params, path), checked; writes nothing."""
+        name = type(self).__name__
+        planned = []
+        for group in self.param_groups:
+            self._check_options(group, read_tensor_lr=False)
+            options = self._lamb_options(group)
+            params = [p for p in group["params"] if p.grad is not None]
+            grads = [p.grad for p in params]
+            check_grads(grads, {p.dtype for p in params}, name)
+            for i, (p, g) in enumerate(zip(params, grads)):
+                if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+                    raise ValueError(f"{name}: the grad of param {i} ({tuple(g.shape)}, {g.dtype}, {g.device}) "
+                                     f"does not match it ({tuple(p.shape)}, {p.dtype}, {p.device})")
+                state = self.state.get(p, {})
+                for key in ("exp_avg", "exp_avg_sq"):
+                    s = state.get(key)
+                    if s is not None and (s.shape != p.shape or s.dtype != p.dtype or s.device != p.device):
+                        raise ValueError(f"{name}: {key} of param {i} ({tuple(s.shape)}, {s.dtype}, {s.device}) "
+                                         f"does not match it ({tuple(p.shape)}, {p.dtype}, {p.device})")
+            foreach = group["foreach"]
+            devices = {p.device for p in params}
+            if foreach is None:
+                foreach = len(devices) <= 1
+            elif foreach and len(devices) > 1:
+                raise ValueError(f"foreach {name} steps one device per param group, got "
+                                 f"{sorted(map(str, devices))}; put each device's params in its own group or "
+                                 "use foreach=False")
+            planned.append((group, options, params, "foreach" if foreach else "single"))
+        return planned
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        planned = self._plan()  # everything is checked before anything is written
+        clip = global_clip_factor([p.grad for _, _, params, _ in planned for p in params], self._max_grad_norm())
+        for group, options, params, path in planned:
+            self._init_state(params)
+            steps = self._advance_steps(group, params)
+            if not params:
+                continue
+            state = [self.state[p] for p in params]
+            step = multi_tensor_lamb if path == "foreach" else single_tensor_lamb
+            step(params, [p.grad for p in params], [s["exp_avg"] for s in state], [s["exp_avg_sq"] for s in state],
+                 steps, options, clip=clip)
+        return loss
+
+    @torch.no_grad()
+    def trust_ratios(self) -> Tensor:
+        """The trust ratio r the next step would give each adapting param (one with a
+        grad, in a group with weight decay or ``always_adapt``), in group order, as one
+        float32 CPU tensor; for monitoring. LAMB's ratio needs the step's update, so
+        this runs the reference loop on copies of the params and moments (nothing of
+        the optimizer changes)."""
+        planned = self._plan()
+        clip = global_clip_factor([p.grad for _, _, params, _ in planned for p in params], self._max_grad_norm())
+        ratios: list[Tensor] = []
+        for group, options, params, _ in planned:
+            if not options.adapts or not params:
+                continue
+            state = [self.state.get(p, {}) for p in params]
+            copies = [p.detach().clone() for p in params]
+            m = [s["exp_avg"].clone() if "exp_avg" in s else torch.zeros_like(p) for s, p in zip(state, params)]
+            v = [s["exp_avg_sq"].clone() if "exp_avg_sq" in s else torch.zeros_like(p) for s, p in zip(state, params)]
+            steps = [step + 1 for step in self._peek_steps(group, params)]
+            single_tensor_lamb(copies, [p.grad for p in params], m, v, steps, options, clip=clip, ratios_out=ratios)
+        return torch.stack([r.float().cpu() for r in ratios]) if ratios else torch.zeros(0)
+
+    def _peek_steps(self, group: dict[str, Any], params: list[Tensor]) -> list[float]:
+        """The step counts of a group's params before the next step (0 for a fresh one)."""
+        return [float(self.state.get(p, {}).get("step", 0.0)) for p in params]

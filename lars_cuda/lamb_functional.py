@@ -1,0 +1,209 @@
+"""The LAMB step as functions over lists of tensors, shaped as ``torch.optim.adam``'s
+functional core: :func:`lamb` and two implementations of one contract (the math:
+:class:`lars_cuda.Lamb`'s docstring; ``docs/semantics.md``, "LAMB"):
+
+* :func:`single_tensor_lamb` — a per-parameter loop in plain PyTorch, the
+  readable statement of the math;
+* :func:`multi_tensor_lamb` — the same math on whole lists with
+  ``torch._foreach_*``, with no host synchronisation on the tensors' device.
+
+and :func:`global_clip_factor`, the global gradient clipping both take (computed
+once per step over every gradient of the optimizer, as timm and apex do).
+
+Every path computes in float32 for float32/float16/bfloat16 tensors and in
+float64 for float64 ones (``lars_cuda.options.compute_dtype``); the moments are
+kept in the param's dtype, as ``torch.optim.AdamW`` keeps them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .functional import partition
+from .lamb_options import LambOptions
+from .options import LR, compute_dtype
+
+__all__ = ["bias_corrections", "global_clip_factor", "lamb", "multi_tensor_lamb", "single_tensor_lamb"]
+
+Step = Union[int, float, Tensor]
+
+
+def global_clip_factor(grads: Sequence[Tensor], max_grad_norm: Optional[float]) -> Optional[Tensor]:
+    """``c = max(1, ||(g1, g2, ...)|| / max_grad_norm)`` over every gradient, a 0-dim
+    tensor on the first gradient's device (float64 if any gradient is float64, else
+    float32), or ``None`` when clipping is off or there is no gradient. No host sync."""
+    if max_grad_norm is None or not grads:
+        return None
+    dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
+    device = grads[0].device
+    norms = []
+    for (part,), _ in partition([list(grads)], [g.device for g in grads]).values():
+        norms += [n.to(device) for n in torch._foreach_norm(part, 2, dtype=dtype)]
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    return (total / max_grad_norm).clamp_min(1.0)
+
+
+def bias_corrections(o: LambOptions, step: Step) -> tuple[float, float]:
+    """``(1 - β1^t, 1 - β2^t)`` for step t (counted from 1), or ``(1, 1)`` without
+    bias correction. The step counts live on the CPU (as torch.optim.AdamW's do
+    unless capturable), so reading one is not a device sync."""
+    if not o.bias_correction:
+        return 1.0, 1.0
+    t = float(step)
+    beta1, beta2 = o.betas
+    return 1.0 - beta1 ** t, 1.0 - beta2 ** t
+
+
+def lamb(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: Sequence[Step],
+    *,
+    lr: LR,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-6,
+    weight_decay: float = 0.01,
+    decay_mode: str = "update",
+    bias_correction: bool = True,
+    grad_averaging: bool = True,
+    trust_clip: bool = False,
+    always_adapt: bool = False,
+    caution: bool = False,
+    max_lr: Optional[float] = None,
+    maximize: bool = False,
+    max_grad_norm: Optional[float] = None,
+    clip: Optional[Tensor] = None,
+    foreach: bool = False,
+) -> None:
+    """One LAMB step in place. ``state_steps``: each param's step count after this
+    step (the caller advances them). The global clip factor is ``clip`` when given
+    (the optimizer computes it once over all its groups), else computed here from
+    ``grads`` and ``max_grad_norm``."""
+    options = LambOptions.of(locals())
+    if clip is None:
+        clip = global_clip_factor(grads, max_grad_norm)
+    step = multi_tensor_lamb if foreach else single_tensor_lamb
+    step(params, grads, exp_avgs, exp_avg_sqs, list(state_steps), options, clip=clip)
+
+
+def _trust_ratio(w: Tensor, n: Tensor, o: LambOptions) -> Tensor:
+    """``||p|| / ||u||`` where both are non-zero, else 1; at most 1 with trust_clip (LAMBC)."""
+    ratio = torch.where((w > 0) & (n > 0), w / n, torch.ones_like(w))
+    return ratio.clamp_max(1.0) if o.trust_clip else ratio
+
+
+def _decoupled_scale(o: LambOptions) -> LR:
+    """The factor of a decoupled decay ``p -= s*wd*p``: lr, or lr²/max_lr (timm's corrected decay)."""
+    return o.lr if o.max_lr is None else o.lr * o.lr / o.max_lr
+
+
+def _on(x: LR, device: torch.device, dtype: torch.dtype) -> LR:
+    return x.to(device=device, dtype=dtype) if isinstance(x, Tensor) else x
+
+
+def single_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps: list[Step], o: LambOptions, *,
+                       clip: Optional[Tensor], ratios_out: Optional[list] = None) -> None:
+    """The reference loop: the math, one parameter at a time. ``ratios_out``: a list
+    the trust ratio of each adapting param is appended to (``Lamb.trust_ratios``)."""
+    beta1, beta2 = o.betas
+    beta3 = 1.0 - beta1 if o.grad_averaging else 1.0
+    wd = o.weight_decay
+    for i, param in enumerate(params):
+        compute = compute_dtype(param.dtype)
+        device = param.device
+        p = param.to(compute)
+        g = grads[i].to(compute)
+        if o.maximize:
+            g = -g
+        if clip is not None:
+            g = g / clip.to(device=device, dtype=compute)
+        if o.decay_mode == "grad" and wd != 0:
+            g = g.add(p, alpha=wd)
+        m, v = exp_avgs[i].to(compute), exp_avg_sqs[i].to(compute)
+        m.mul_(beta1).add_(g, alpha=beta3)
+        v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+        for state, state32 in ((exp_avgs[i], m), (exp_avg_sqs[i], v)):
+            if state.dtype != compute:
+                state.copy_(state32)
+        bc1, bc2 = bias_corrections(o, steps[i])
+        u = (m / bc1) / ((v / bc2).sqrt() + o.eps)
+        if o.caution:
+            mask = (u * g > 0).to(compute)
+            u = u * (mask / mask.mean().clamp_min(1e-3))
+        if wd != 0 and o.decay_mode == "update":
+            u = u.add(p, alpha=wd)
+        if wd != 0 and o.decay_mode == "decoupled":
+            p.sub_(p * (_on(_decoupled_scale(o), device, compute) * wd))
+        lr = _on(o.lr, device, compute)
+        if o.adapts:
+            ratio = _trust_ratio(torch.linalg.vector_norm(p), torch.linalg.vector_norm(u), o)
+            if ratios_out is not None:
+                ratios_out.append(ratio)
+            lr = lr * ratio
+        p.sub_(u * lr)
+        if param.dtype != compute:
+            param.copy_(p)
+
+
+def multi_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps: list[Step], o: LambOptions, *,
+                      clip: Optional[Tensor]) -> None:
+    """The same math on whole lists (torch._foreach_*), no host sync on the tensors'
+    device. One device per call (the optimizer splits the rest)."""
+    if not params:
+        return
+    parts = partition([params, grads, exp_avgs, exp_avg_sqs, steps], [compute_dtype(p.dtype) for p in params])
+    if len(parts) > 1:  # float64 params compute in float64, the others in float32: one call each
+        for lists, _ in parts.values():
+            multi_tensor_lamb(*lists, o, clip=clip)
+        return
+    beta1, beta2 = o.betas
+    beta3 = 1.0 - beta1 if o.grad_averaging else 1.0
+    wd = o.weight_decay
+    device = params[0].device
+    compute = compute_dtype(params[0].dtype)
+    p32 = [p.to(compute) for p in params]
+    g32 = [g.to(compute) for g in grads]
+    if o.maximize:
+        g32 = torch._foreach_neg(g32)
+    if clip is not None:
+        g32 = torch._foreach_div(g32, clip.to(device=device, dtype=compute))
+    if o.decay_mode == "grad" and wd != 0:
+        g32 = torch._foreach_add(g32, p32, alpha=wd)
+    m32 = [m.to(compute) for m in exp_avgs]
+    v32 = [v.to(compute) for v in exp_avg_sqs]
+    torch._foreach_mul_(m32, beta1)
+    torch._foreach_add_(m32, g32, alpha=beta3)
+    torch._foreach_mul_(v32, beta2)
+    torch._foreach_addcmul_(v32, g32, g32, value=1.0 - beta2)
+    for states, states32 in ((exp_avgs, m32), (exp_avg_sqs, v32)):
+        for state, state32 in zip(states, states32):
+            if state.dtype != compute:
+                state.copy_(state32)
+    bc1, bc2 = zip(*(bias_corrections(o, s) for s in steps))
+    u = torch._foreach_div(m32, list(bc1))
+    denom = torch._foreach_sqrt(torch._foreach_div(v32, list(bc2)))
+    torch._foreach_add_(denom, o.eps)
+    torch._foreach_div_(u, denom)
+    if o.caution:
+        masks = [(x * g > 0).to(compute) for x, g in zip(u, g32)]
+        u = torch._foreach_mul(u, [mask / mask.mean().clamp_min(1e-3) for mask in masks])
+    if wd != 0 and o.decay_mode == "update":
+        torch._foreach_add_(u, p32, alpha=wd)
+    if wd != 0 and o.decay_mode == "decoupled":
+        scale = _on(_decoupled_scale(o), device, compute)
+        torch._foreach_sub_(p32, torch._foreach_mul(p32, scale * wd))
+    lr = _on(o.lr, device, compute)
+    if o.adapts:
+        w = torch.stack(torch._foreach_norm(p32, 2, dtype=compute))
+        n = torch.stack(torch._foreach_norm(u, 2, dtype=compute))
+        torch._foreach_sub_(p32, torch._foreach_mul(u, (lr * _trust_ratio(w, n, o)).unbind()))
+    else:
+        torch._foreach_sub_(p32, torch._foreach_mul(u, lr))
+    for param, p in zip(params, p32):
+        if param.dtype != compute:
+            param.copy_(p)
