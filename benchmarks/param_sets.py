@@ -40,6 +40,7 @@ SETS: dict[str, Callable[[], list[tuple[int, ...]]]] = {
     "resnet152": lambda: _torchvision_shapes("resnet152"),
     "vit_b_16": lambda: _torchvision_shapes("vit_b_16"),
     "bert_large": bert_large_shapes,
+    "bert_base": lambda: bert_large_shapes(layers=12, hidden=768, ffn=3072),
     "tiny_10k": tiny_shapes,
     "one_100m": lambda: [(100_000_000,)],
     # A few seconds' worth, for the smoke test.

@@ -11,9 +11,13 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .lamb_functional import global_clip_factor, multi_tensor_lamb, single_tensor_lamb
+from . import sharded
+from .functional import partition
+from .lamb_functional import (clip_from_sum_of_squares, finish, global_clip_factor, lamb_halves, multi_tensor_lamb,
+                              single_tensor_lamb)
 from .lamb_options import LAMB_OPTIONS, LambOptions
-from .validation import check_dtype, check_grads, check_lamb_options, check_state_dict_schema
+from .options import compute_dtype
+from .validation import check_dtype, check_grads, check_lamb_options, check_sharded, check_state_dict_schema
 
 __all__ = ["Lamb"]
 
@@ -163,6 +167,8 @@ class Lamb(Optimizer):
             grads = [p.grad for p in params]
             check_grads(grads, {p.dtype for p in params}, name)
             for i, (p, g) in enumerate(zip(params, grads)):
+                if sharded.is_dtensor(p):
+                    check_sharded(p, g, i, name)
                 if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
                     raise ValueError(f"{name}: the grad of param {i} ({tuple(g.shape)}, {g.dtype}, {g.device}) "
                                      f"does not match it ({tuple(p.shape)}, {p.dtype}, {p.device})")
@@ -190,17 +196,61 @@ class Lamb(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         planned = self._plan()  # everything is checked before anything is written
-        clip = global_clip_factor([p.grad for _, _, params, _ in planned for p in params], self._max_grad_norm())
+        clip = self._clip_factor([p for _, _, params, _ in planned for p in params])
+        waiting = []  # the sharded halves waiting for their global norms: (DTensors, halves, local rows)
         for group, options, params, path in planned:
             self._init_state(params)
             steps = self._advance_steps(group, params)
             if not params:
                 continue
             state = [self.state[p] for p in params]
-            step = multi_tensor_lamb if path == "foreach" else single_tensor_lamb
-            step(params, [p.grad for p in params], [s["exp_avg"] for s in state], [s["exp_avg_sq"] for s in state],
-                 steps, options, clip=clip)
+            lists = [params, [p.grad for p in params], [s["exp_avg"] for s in state],
+                     [s["exp_avg_sq"] for s in state], steps]
+            for is_sharded, (part, _) in partition(lists, [sharded.is_dtensor(p) for p in params]).items():
+                if not is_sharded:
+                    step = multi_tensor_lamb if path == "foreach" else single_tensor_lamb
+                    step(*part, options, clip=clip)
+                    continue
+                waiting += self._start_sharded(part, options, path, clip)
+        if waiting:
+            # ONE all-reduce per mesh for the norms of every sharded group of the step
+            global_rows, _ = sharded.reduce_sums([(dtensors, rows) for dtensors, _, rows in waiting], None)
+            for (_, halves, _), rows in zip(waiting, global_rows):
+                finish(halves, rows)
         return loss
+
+    @staticmethod
+    def _start_sharded(part: list[list], options: LambOptions, path: str, clip: Optional[Tensor]) -> list:
+        """The first halves of DTensor params (on their local shards): those that wait
+        for global norms, with their local rows."""
+        dtensors, grads, exp_avgs, exp_avg_sqs, steps = part
+        local = [[t.to_local() for t in ts] for ts in (dtensors, grads, exp_avgs, exp_avg_sqs)]
+        waiting = []
+        keys = [compute_dtype(p.dtype) for p in local[0]] if path == "foreach" else [None] * len(steps)
+        for (ps, lp, lg, lm, lv, ls), _ in partition([dtensors, *local, steps], keys).values():
+            halves = lamb_halves(path, lp, lg, lm, lv, ls, options, clip=clip, sharded=True)
+            rows = finish(halves)
+            if rows is not None:
+                waiting.append((ps, halves, rows))
+        return waiting
+
+    def _clip_factor(self, params: list[Tensor]) -> Optional[Tensor]:
+        """The global clip factor over every grad of the step; with DTensor grads their
+        sums of squares take one all-reduce (so a step with clipping is two)."""
+        max_grad_norm = self._max_grad_norm()
+        grads = [p.grad for p in params]
+        dtensors = [p for p in params if sharded.is_dtensor(p)]
+        if not dtensors or max_grad_norm is None:
+            return global_clip_factor(grads, max_grad_norm)
+        local = [p.grad.to_local() for p in dtensors]
+        rows = sharded.local_sums(local, local, foreach=True)
+        (global_rows,), _ = sharded.reduce_sums([(dtensors, rows)], None)
+        total = global_rows[:, 0].sum()
+        plain = [g for g in grads if not sharded.is_dtensor(g)]
+        if plain:
+            total = total + sharded.local_sums(plain, plain, foreach=True)[:, 0].sum().to(total.device)
+        dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
+        return clip_from_sum_of_squares(total, max_grad_norm, dtype)
 
     @torch.no_grad()
     def trust_ratios(self) -> Tensor:

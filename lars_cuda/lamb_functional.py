@@ -17,7 +17,7 @@ kept in the param's dtype, as ``torch.optim.AdamW`` keeps them.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Generator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -25,8 +25,10 @@ from torch import Tensor
 from .functional import partition
 from .lamb_options import LambOptions
 from .options import LR, compute_dtype
+from .sharded import local_sums
 
-__all__ = ["bias_corrections", "global_clip_factor", "lamb", "multi_tensor_lamb", "single_tensor_lamb"]
+__all__ = ["bias_corrections", "clip_from_sum_of_squares", "finish", "global_clip_factor", "lamb", "lamb_halves",
+           "multi_tensor_lamb", "single_tensor_lamb"]
 
 Step = Union[int, float, Tensor]
 
@@ -44,6 +46,11 @@ def global_clip_factor(grads: Sequence[Tensor], max_grad_norm: Optional[float]) 
         norms += [n.to(device) for n in torch._foreach_norm(part, 2, dtype=dtype)]
     total = torch.linalg.vector_norm(torch.stack(norms))
     return (total / max_grad_norm).clamp_min(1.0)
+
+
+def clip_from_sum_of_squares(sum_of_squares: Tensor, max_grad_norm: float, dtype: torch.dtype) -> Tensor:
+    """The clip factor from the global sum of g² (the sharded step's, float64)."""
+    return (sum_of_squares.sqrt().to(dtype) / max_grad_norm).clamp_min(1.0)
 
 
 def bias_corrections(o: LambOptions, step: Step) -> tuple[float, float]:
@@ -106,48 +113,19 @@ def _on(x: LR, device: torch.device, dtype: torch.dtype) -> LR:
     return x.to(device=device, dtype=dtype) if isinstance(x, Tensor) else x
 
 
+# A step of one set of tensors runs as a generator in two halves around the norms of
+# the adapting tensors: plain tensors take them from themselves (the generator never
+# yields); DTensor shards (``sharded=True``) yield their local sums of squares, float64
+# ``[n, 3]`` rows (sum p², sum u², 0) as ``lars_cuda.sharded`` reduces them, and
+# receive the global rows, so that one all-reduce serves every group of a step.
+Halves = Generator[Tensor, Tensor, None]
+
+
 def single_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps: list[Step], o: LambOptions, *,
                        clip: Optional[Tensor], ratios_out: Optional[list] = None) -> None:
     """The reference loop: the math, one parameter at a time. ``ratios_out``: a list
     the trust ratio of each adapting param is appended to (``Lamb.trust_ratios``)."""
-    beta1, beta2 = o.betas
-    beta3 = 1.0 - beta1 if o.grad_averaging else 1.0
-    wd = o.weight_decay
-    for i, param in enumerate(params):
-        compute = compute_dtype(param.dtype)
-        device = param.device
-        p = param.to(compute)
-        g = grads[i].to(compute)
-        if o.maximize:
-            g = -g
-        if clip is not None:
-            g = g / clip.to(device=device, dtype=compute)
-        if o.decay_mode == "grad" and wd != 0:
-            g = g.add(p, alpha=wd)
-        m, v = exp_avgs[i].to(compute), exp_avg_sqs[i].to(compute)
-        m.mul_(beta1).add_(g, alpha=beta3)
-        v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-        for state, state32 in ((exp_avgs[i], m), (exp_avg_sqs[i], v)):
-            if state.dtype != compute:
-                state.copy_(state32)
-        bc1, bc2 = bias_corrections(o, steps[i])
-        u = (m / bc1) / ((v / bc2).sqrt() + o.eps)
-        if o.caution:
-            mask = (u * g > 0).to(compute)
-            u = u * (mask / mask.mean().clamp_min(1e-3))
-        if wd != 0 and o.decay_mode == "update":
-            u = u.add(p, alpha=wd)
-        if wd != 0 and o.decay_mode == "decoupled":
-            p.sub_(p * (_on(_decoupled_scale(o), device, compute) * wd))
-        lr = _on(o.lr, device, compute)
-        if o.adapts:
-            ratio = _trust_ratio(torch.linalg.vector_norm(p), torch.linalg.vector_norm(u), o)
-            if ratios_out is not None:
-                ratios_out.append(ratio)
-            lr = lr * ratio
-        p.sub_(u * lr)
-        if param.dtype != compute:
-            param.copy_(p)
+    finish(_single_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps, o, clip, ratios_out, sharded=False))
 
 
 def multi_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps: list[Step], o: LambOptions, *,
@@ -157,12 +135,136 @@ def multi_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps: list[Step], o
     if not params:
         return
     parts = partition([params, grads, exp_avgs, exp_avg_sqs, steps], [compute_dtype(p.dtype) for p in params])
-    if len(parts) > 1:  # float64 params compute in float64, the others in float32: one call each
-        for lists, _ in parts.values():
-            multi_tensor_lamb(*lists, o, clip=clip)
+    for lists, _ in parts.values():  # float64 params compute in float64, the others in float32
+        finish(_multi_tensor_lamb(*lists, o, clip, sharded=False))
+
+
+def lamb_halves(path: str, params, grads, exp_avgs, exp_avg_sqs, steps: list[Step], o: LambOptions, *,
+                clip: Optional[Tensor], sharded: bool) -> Halves:
+    """The step of one set of tensors (one compute dtype for ``foreach``) as its two
+    halves (see ``Halves``): ``path`` is "foreach" or "single"."""
+    if path == "foreach":
+        return _multi_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps, o, clip, sharded=sharded)
+    return _single_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps, o, clip, None, sharded=sharded)
+
+
+def finish(halves: Halves, global_rows: Optional[Tensor] = None) -> Optional[Tensor]:
+    """Runs a step's halves: to the end for plain tensors; for shards, to the yield
+    (returns the local rows) or, given ``global_rows``, from there to the end."""
+    try:
+        if global_rows is None:
+            return next(halves)
+        halves.send(global_rows)
+    except StopIteration:
+        pass
+    return None
+
+
+def _moments_and_update(p: Tensor, g: Tensor, m_state: Tensor, v_state: Tensor, step: Step, o: LambOptions,
+                        clip: Optional[Tensor], defer_caution: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+    """One tensor's Adam half, in its compute dtype ``p.dtype``: advances the moments
+    (written back into the states) and returns the update u (decay and caution in)
+    and None; a decoupled decay is applied to ``p`` (a compute-dtype copy or the param
+    itself). ``defer_caution`` (a shard: the mask's mean is a global one) returns the
+    masked u without its scale and without a decay added to it, and the mask
+    (:func:`_finish_update` completes it)."""
+    compute, device = p.dtype, p.device
+    beta1, beta2 = o.betas
+    wd = o.weight_decay
+    g = g.to(compute)
+    if o.maximize:
+        g = -g
+    if clip is not None:
+        g = g / clip.to(device=device, dtype=compute)
+    if o.decay_mode == "grad" and wd != 0:
+        g = g.add(p, alpha=wd)
+    m, v = m_state.to(compute), v_state.to(compute)
+    m.mul_(beta1).add_(g, alpha=1.0 - beta1 if o.grad_averaging else 1.0)
+    v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+    for state, state32 in ((m_state, m), (v_state, v)):
+        if state.dtype != compute:
+            state.copy_(state32)
+    bc1, bc2 = bias_corrections(o, step)
+    u = (m / bc1) / ((v / bc2).sqrt() + o.eps)
+    mask = None
+    if o.caution:
+        mask = (u * g > 0).to(compute)
+        u = u * mask if defer_caution else u * (mask / mask.mean().clamp_min(1e-3))
+    if wd != 0 and o.decay_mode == "decoupled":
+        p.sub_(p * (_on(_decoupled_scale(o), device, compute) * wd))
+    if defer_caution and o.caution:
+        return u, mask
+    if wd != 0 and o.decay_mode == "update":
+        u = u.add(p, alpha=wd)
+    return u, None
+
+
+def _local_rows(ps: list[Tensor], us: list[Tensor], masks: list[Optional[Tensor]]) -> Tensor:
+    """A shard's float64 ``[n, 5]`` rows: (sum p², sum u², sum u·p, mask count, numel),
+    the last three only where caution deferred its scale (``masks[i]`` given)."""
+    rows = torch.zeros((len(ps), 5), dtype=torch.float64, device=ps[0].device)
+    rows[:, :3] = local_sums(ps, us, foreach=True, dot=any(m is not None for m in masks))
+    for i, mask in enumerate(masks):
+        if mask is not None:
+            rows[i, 3] = mask.sum()
+            rows[i, 4] = mask.numel()
+    return rows
+
+
+def _finish_update(p: Tensor, u: Tensor, mask: Optional[Tensor], row: Tensor,
+                   o: LambOptions) -> tuple[Tensor, Tensor, Tensor]:
+    """A shard's update u and the global ``(||p||, ||u||)`` from its global row.
+    Where caution deferred: u = s*u_masked (+ wd*p), s = 1 / max(count/numel, 1e-3),
+    and ||u||² = s²·Σu_m² (+ 2·s·wd·Σu_m·p + wd²·Σp²): the same numbers, from sums."""
+    compute = p.dtype
+    if mask is None:
+        w, n = row[:2].sqrt().to(compute).unbind()
+        return u, w, n
+    s = (row[3] / row[4]).clamp_min(1e-3).reciprocal()
+    u = u * s.to(compute)
+    n2 = s * s * row[1]
+    if o.weight_decay != 0 and o.decay_mode == "update":
+        u = u.add(p, alpha=o.weight_decay)
+        n2 = n2 + 2.0 * s * o.weight_decay * row[2] + o.weight_decay ** 2 * row[0]
+    return u, row[0].sqrt().to(compute), n2.clamp_min(0.0).sqrt().to(compute)
+
+
+def _single_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps, o: LambOptions, clip, ratios_out,
+                        sharded: bool) -> Halves:
+    pending = []  # (param, p, u, mask) of shards waiting for their global sums
+    defer = sharded and o.caution
+    for i, param in enumerate(params):
+        compute = compute_dtype(param.dtype)
+        p = param.to(compute)  # (param itself when it is already in the compute dtype)
+        u, mask = _moments_and_update(p, grads[i], exp_avgs[i], exp_avg_sqs[i], steps[i], o, clip, defer)
+        if sharded and (o.adapts or defer):
+            pending.append((param, p, u, mask))
+        elif not o.adapts:
+            _apply(param, p, u, _on(o.lr, param.device, compute))
+        else:
+            ratio = _trust_ratio(torch.linalg.vector_norm(p), torch.linalg.vector_norm(u), o)
+            if ratios_out is not None:
+                ratios_out.append(ratio)
+            _apply(param, p, u, _on(o.lr, param.device, compute) * ratio)
+    if pending:
+        rows = yield _local_rows(*([entry[k] for entry in pending] for k in (1, 2, 3)))
+        for (param, p, u, mask), row in zip(pending, rows):
+            u, w, n = _finish_update(p, u, mask, row, o)
+            lr = _on(o.lr, param.device, p.dtype)
+            _apply(param, p, u, lr * _trust_ratio(w, n, o) if o.adapts else lr)
+
+
+def _apply(param: Tensor, p: Tensor, u: Tensor, step: LR) -> None:
+    p.sub_(u * step)
+    if param.dtype != p.dtype:
+        param.copy_(p)
+
+
+def _multi_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps, o: LambOptions, clip, sharded: bool) -> Halves:
+    """One compute dtype, one device."""
+    if not params:
         return
     beta1, beta2 = o.betas
-    beta3 = 1.0 - beta1 if o.grad_averaging else 1.0
     wd = o.weight_decay
     device = params[0].device
     compute = compute_dtype(params[0].dtype)
@@ -177,7 +279,7 @@ def multi_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps: list[Step], o
     m32 = [m.to(compute) for m in exp_avgs]
     v32 = [v.to(compute) for v in exp_avg_sqs]
     torch._foreach_mul_(m32, beta1)
-    torch._foreach_add_(m32, g32, alpha=beta3)
+    torch._foreach_add_(m32, g32, alpha=1.0 - beta1 if o.grad_averaging else 1.0)
     torch._foreach_mul_(v32, beta2)
     torch._foreach_addcmul_(v32, g32, g32, value=1.0 - beta2)
     for states, states32 in ((exp_avgs, m32), (exp_avg_sqs, v32)):
@@ -189,18 +291,28 @@ def multi_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps: list[Step], o
     denom = torch._foreach_sqrt(torch._foreach_div(v32, list(bc2)))
     torch._foreach_add_(denom, o.eps)
     torch._foreach_div_(u, denom)
+    defer = sharded and o.caution
+    masks: list[Optional[Tensor]] = [None] * len(params)
     if o.caution:
         masks = [(x * g > 0).to(compute) for x, g in zip(u, g32)]
-        u = torch._foreach_mul(u, [mask / mask.mean().clamp_min(1e-3) for mask in masks])
-    if wd != 0 and o.decay_mode == "update":
-        torch._foreach_add_(u, p32, alpha=wd)
+        u = torch._foreach_mul(u, masks if defer else [mask / mask.mean().clamp_min(1e-3) for mask in masks])
+        if not defer:
+            masks = [None] * len(params)
     if wd != 0 and o.decay_mode == "decoupled":
         scale = _on(_decoupled_scale(o), device, compute)
         torch._foreach_sub_(p32, torch._foreach_mul(p32, scale * wd))
+    if wd != 0 and o.decay_mode == "update" and not defer:
+        torch._foreach_add_(u, p32, alpha=wd)
     lr = _on(o.lr, device, compute)
-    if o.adapts:
+    if sharded and (o.adapts or defer):
+        rows = yield _local_rows(p32, u, masks)
+        u, w, n = (list(x) for x in zip(*(_finish_update(p, x, mask, row, o)
+                                          for p, x, mask, row in zip(p32, u, masks, rows))))
+        w, n = torch.stack(w), torch.stack(n)
+    elif o.adapts:
         w = torch.stack(torch._foreach_norm(p32, 2, dtype=compute))
         n = torch.stack(torch._foreach_norm(u, 2, dtype=compute))
+    if o.adapts:
         torch._foreach_sub_(p32, torch._foreach_mul(u, (lr * _trust_ratio(w, n, o)).unbind()))
     else:
         torch._foreach_sub_(p32, torch._foreach_mul(u, lr))

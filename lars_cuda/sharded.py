@@ -63,7 +63,7 @@ def _reduce_dims_and_masks(params: list[Tensor]) -> tuple[list[int], list[bool]]
 
 def reduce_sums(parts: list[tuple[list[Tensor], Tensor]],
                 found_inf: Optional[Tensor]) -> tuple[list[Tensor], Optional[Tensor]]:
-    """Sums the local rows of each part ``(DTensors, their local rows [n, 3])`` over
+    """Sums the local rows of each part ``(DTensors, their local rows [n, k])`` over
     the ranks that shard them, in ONE all-reduce per device mesh (one per sharded
     mesh dim when tensors shard along several). Returns the global rows of each
     part, in order, and ``found_inf`` (AMP), which travels in the same buffer so
@@ -79,6 +79,7 @@ def reduce_sums(parts: list[tuple[list[Tensor], Tensor]],
     for mesh, idx in by_mesh.items():
         dims, masks = _reduce_dims_and_masks([p for i in idx for p in parts[i][0]])
         rows = torch.cat([parts[i][1] for i in idx])
+        width = rows.shape[1]  # (3 for LARS's rows, 5 for LAMB's: every part of a call has the same)
         if not all(masks):
             keep = torch.tensor(masks, dtype=rows.dtype, device=rows.device).unsqueeze(1)
             rows = rows * keep
@@ -90,7 +91,7 @@ def reduce_sums(parts: list[tuple[list[Tensor], Tensor]],
         if found_inf is not None:
             global_inf = flat[-1:]
             flat = flat[:-1]
-        for i, part in zip(idx, flat.reshape(-1, 3).split([len(parts[i][0]) for i in idx])):
+        for i, part in zip(idx, flat.reshape(-1, width).split([len(parts[i][0]) for i in idx])):
             out[i] = part
     return out, global_inf
 

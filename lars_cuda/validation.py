@@ -215,7 +215,7 @@ def _describe(placements) -> str:
     return "(" + ", ".join(str(p) for p in placements) + ")"
 
 
-def check_sharded(param: Tensor, grad: Tensor, index: int) -> None:
+def check_sharded(param: Tensor, grad: Tensor, index: int, owner: str = "Lars") -> None:
     """Raises ValueError/TypeError for a DTensor param the sharded step cannot take."""
     from torch.distributed.tensor import Partial, Replicate, Shard
 
@@ -228,16 +228,17 @@ def check_sharded(param: Tensor, grad: Tensor, index: int) -> None:
         for dim, placement in enumerate(t.placements):
             if isinstance(placement, Partial):
                 raise ValueError(
-                    f"Lars cannot step a {what} with placement {placement} on mesh dim {dim} (param {index}, "
+                    f"{owner} cannot step a {what} with placement {placement} on mesh dim {dim} (param {index}, "
                     f"placements {_describe(t.placements)}): a Partial tensor is a pending sum, not a value; "
                     "redistribute it to Shard or Replicate first")
             if not isinstance(placement, (Shard, Replicate)):
-                raise ValueError(f"Lars does not know the placement {placement} of {what} {index} "
+                raise ValueError(f"{owner} does not know the placement {placement} of {what} {index} "
                                  f"(placements {_describe(t.placements)}); Shard and Replicate are supported")
     if grad.device_mesh != param.device_mesh or tuple(grad.placements) != tuple(param.placements):
         raise ValueError(
             f"param {index} has placements {_describe(param.placements)} on {param.device_mesh}, but its grad "
-            f"{_describe(grad.placements)} on {grad.device_mesh}; LARS reads both shard by shard, so they must match")
+            f"{_describe(grad.placements)} on {grad.device_mesh}; {owner.upper()} reads both shard by shard, so they "
+            "must match")
 
 
 def check_sharded_buffer(param: Tensor, buf: Tensor, index: int) -> None:

@@ -64,3 +64,22 @@ def test_bench_flavours_runs_every_pair_and_writes_json_and_markdown(tmp_path):
     for impl in ("timm_fused", "larc_fused", "ssl_fused"):
         assert rows[impl]["speedup_vs_original"] > 0 and rows[impl]["x_seed_fused"] > 0
     assert (tmp_path / name.replace(".json", ".md")).exists()
+
+
+def test_bench_lamb_runs_every_implementation_and_writes_json_and_markdown(tmp_path):
+    import bench_lamb
+
+    assert bench_lamb.main(["--device", "cpu", "--sets", "smoke", "--dtype", "float32,bfloat16", "--steps", "2",
+                            "--warmup", "0", "--impls", ",".join(bench_lamb.IMPLS), "--out-dir", str(tmp_path)]) == 0
+    (name,) = [f for f in os.listdir(tmp_path) if f.endswith(".json")]
+    rows = json.load(open(tmp_path / name))["rows"]
+    want = {(impl, dtype) for impl in bench_lamb.IMPLS for dtype in ("float32", "bfloat16")}
+    assert {(r["impl"], r["dtype"]) for r in rows} == want
+    assert all(r["median_ms"] > 0 and r["x_adamw_fused"] > 0 and r["speedup_vs_timm"] > 0 for r in rows)
+    assert (tmp_path / name.replace(".json", ".md")).exists()
+
+
+def test_the_bert_base_set_has_bert_bases_size():
+    from param_sets import SETS, numel
+
+    assert 108e6 < numel(SETS["bert_base"]()) < 111e6  # BERT-base: 110 M (with the pooler)

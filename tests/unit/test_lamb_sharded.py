@@ -1,0 +1,130 @@
+"""Lamb on DTensor params (FSDP2's layout: Shard(0), uneven, an empty shard; HSDP;
+Replicate next to Shard; plain params beside) on two ranks that are threads of this
+process: equal to the unsharded step, and the collectives counted — one all-reduce
+per step without global clipping, two with it."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import lars_cuda
+from lars_cuda import compat
+
+from ..support import threaded_ranks
+from .test_sharded_in_process import _full, _mesh, _pair, _set_grads, _worst
+
+pytestmark = pytest.mark.skipif(not threaded_ranks.available(), reason="torch without its threaded process group")
+
+PATHS = {"foreach": dict(foreach=True), "loop": dict(foreach=False)}
+TOL = 1e-5  # relative, float32: the sharded norms add the same squares in another order
+
+
+def _shard0(i, p):
+    from torch.distributed.tensor import Shard
+
+    return [Shard(0)]
+
+
+def _lamb_err(ref, mine, opt_ref, opt):
+    pairs = [(r.detach(), _full(m.detach())) for r, m in zip(ref, mine)]
+    for r, m in zip(ref, mine):
+        for key in ("exp_avg", "exp_avg_sq"):
+            pairs.append((opt_ref.state[r][key], _full(opt.state[m][key])))
+    return _worst(((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item() for a, b in pairs)
+
+
+def _steps(make, placements_of=_shard0, mesh_shape=(2,), steps=3, plain=()):
+    def rank_main(rank):
+        ref, mine = _pair(_mesh(mesh_shape), placements_of, plain=plain)
+        opt_ref, opt = make(ref), make(mine)
+        for step in range(steps):
+            _set_grads(ref, mine, step)
+            opt_ref.step()
+            opt.step()
+        return _lamb_err(ref, mine, opt_ref, opt)
+    return _worst(threaded_ranks.run_on_ranks(rank_main))
+
+
+FLAVOURS = {
+    "defaults (clipping)": lambda **kw: lambda ps: lars_cuda.Lamb(ps, lr=0.02, **kw),
+    "no clipping": lambda **kw: lambda ps: lars_cuda.Lamb(ps, lr=0.02, max_grad_norm=None, **kw),
+    "clipping does not bind": lambda **kw: lambda ps: lars_cuda.Lamb(ps, lr=0.02, max_grad_norm=1e3, **kw),
+    "two groups, one not adapted": lambda **kw: lambda ps: lars_cuda.Lamb(
+        [dict(params=ps[:2]), dict(params=ps[2:], weight_decay=0.0)], lr=0.02, max_grad_norm=0.5, **kw),
+    "decoupled, caution, trust clip": lambda **kw: lambda ps: lars_cuda.Lamb(
+        ps, lr=0.02, decay_mode="decoupled", caution=True, trust_clip=True, **kw),
+    "timm": lambda **kw: lambda ps: compat.TimmLamb(ps, lr=0.02, max_grad_norm=0.5, **kw),
+    "apex L2 mode": lambda **kw: lambda ps: compat.FusedLAMB(ps, lr=0.02, adam_w_mode=False, **kw),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_sharded_lamb_step_equals_the_unsharded_step(flavour, path):
+    assert _steps(FLAVOURS[flavour](**PATHS[path])) < TOL
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_plain_params_beside_sharded_ones_count_once_in_the_clip_and_step_as_unsharded(path):
+    assert _steps(FLAVOURS["defaults (clipping)"](**PATHS[path]), plain=(1, 3)) < TOL
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_hsdp_and_a_replica_beside_shards_step_as_unsharded(path):
+    from torch.distributed.tensor import Replicate, Shard
+
+    def placements(i, p):
+        return [Replicate(), Shard(0)] if i != 2 else [Replicate(), Replicate()]
+
+    assert _steps(FLAVOURS["defaults (clipping)"](**PATHS[path]), placements, mesh_shape=(1, 2)) < TOL
+
+
+def _count_all_reduces(monkeypatch):
+    counts: dict[int, int] = {}
+    real = dist.all_reduce
+
+    def counting(*args, **kwargs):
+        counts[threading.get_ident()] = counts.get(threading.get_ident(), 0) + 1
+        return real(*args, **kwargs)
+    monkeypatch.setattr(dist, "all_reduce", counting)
+    return counts
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("max_grad_norm,collectives", [(None, 1), (1.0, 2)], ids=["no clipping", "clipping"])
+def test_a_sharded_step_is_one_all_reduce_per_rank_or_two_with_clipping(max_grad_norm, collectives, path,
+                                                                          monkeypatch):
+    counts = _count_all_reduces(monkeypatch)
+    make = lambda ps: lars_cuda.Lamb([dict(params=ps[:2]), dict(params=ps[2:], caution=True)],  # noqa: E731
+                                     lr=0.02, max_grad_norm=max_grad_norm, **PATHS[path])
+    assert _steps(make, steps=1) < TOL
+    assert sorted(counts.values()) == [collectives, collectives]
+
+
+def test_no_all_reduce_without_dtensors(monkeypatch):
+    counts = _count_all_reduces(monkeypatch)
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    lars_cuda.Lamb([p]).step()
+    assert counts == {}
+
+
+def test_a_partial_grad_is_refused_naming_lamb_and_nothing_is_written():
+    from torch.distributed.tensor import DTensor, Partial, Replicate
+
+    def rank_main(rank):
+        mesh = _mesh()
+        p = torch.nn.Parameter(DTensor.from_local(torch.ones(3), mesh, [Replicate()]))
+        p.grad = DTensor.from_local(torch.ones(3), mesh, [Partial()])
+        opt = lars_cuda.Lamb([p])
+        try:
+            opt.step()
+        except ValueError as exc:
+            return str(exc), torch.equal(p.to_local().detach(), torch.ones(3)), len(opt.state)
+    message, unchanged, states = threaded_ranks.run_on_ranks(rank_main)[0]
+    assert message.startswith(f"Lamb cannot step a grad with placement {Partial()} on mesh dim 0 (param 0,")
+    assert unchanged and states == 0
