@@ -391,3 +391,19 @@ def test_the_default_path_is_foreach_on_one_device(monkeypatch):
 
 def test_lambs_defaults_are_its_signatures():
     assert Lamb.option_defaults() == {k: v for k, v in Lamb([torch.nn.Parameter(torch.ones(1))]).defaults.items()}
+
+
+def test_the_signature_in_docs_api_md_is_lambs():
+    import inspect
+    import re
+
+    from ..support.paths import ROOT
+
+    text = open(f"{ROOT}/docs/api.md").read()
+    (documented,) = re.findall(r"`Lamb\((params, .*?)\)`", text)
+    namespace: dict = {}
+    exec(f"def documented({documented}): pass", namespace)  # the docs' own text, read as Python
+
+    def described(fn):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+    assert described(namespace["documented"]) == described(Lamb)
