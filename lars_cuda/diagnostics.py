@@ -55,6 +55,11 @@ def _cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
+# What each optimizer runs (the paths it has); a line of the report.
+OPTIMIZERS = ("Lars and the LARS flavours of lars_cuda.compat (fused kernel, foreach, loop); "
+              "Lamb, TimmLamb, FusedLAMB (foreach, loop: no fused kernel yet)")
+
+
 def report() -> str:
     """The text ``python -m lars_cuda`` prints: paste it into an issue."""
     info = build_facts.build_info()
@@ -87,6 +92,7 @@ def report() -> str:
                          + ("fused kernel runs" if problem is None else f"no fused kernel -- {problem}"))
     else:
         lines.append("GPUs: none visible")
+    lines.append(f"optimizers: {OPTIMIZERS}")
     in_force = [f"{k}={os.environ[k]}" for k in ENV_SWITCHES if os.environ.get(k)]
     lines.append("environment switches in force: " + (", ".join(in_force) if in_force else "none"))
     return "\n".join(lines)

@@ -17,7 +17,8 @@ from .lamb_functional import (clip_from_sum_of_squares, finish, global_clip_fact
                               single_tensor_lamb)
 from .lamb_options import LAMB_OPTIONS, LambOptions
 from .options import compute_dtype
-from .validation import check_dtype, check_grads, check_lamb_options, check_sharded, check_state_dict_schema
+from .validation import (check_dtype, check_grad_scale, check_grads, check_lamb_options, check_sharded,
+                         check_state_dict_schema)
 
 __all__ = ["Lamb"]
 
@@ -196,31 +197,74 @@ class Lamb(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         planned = self._plan()  # everything is checked before anything is written
-        clip = self._clip_factor([p for _, _, params, _ in planned for p in params])
-        waiting = []  # the sharded halves waiting for their global norms: (DTensors, halves, local rows)
-        for group, options, params, path in planned:
+        params = [p for _, _, ps, _ in planned for p in ps]
+        clip = self._clip_factor(params, [p.grad for p in params])
+
+        def tensors(group, options, params):
             self._init_state(params)
             steps = self._advance_steps(group, params)
-            if not params:
-                continue
             state = [self.state[p] for p in params]
-            lists = [params, [p.grad for p in params], [s["exp_avg"] for s in state],
-                     [s["exp_avg_sq"] for s in state], steps]
-            for is_sharded, (part, _) in partition(lists, [sharded.is_dtensor(p) for p in params]).items():
-                if not is_sharded:
-                    step = multi_tensor_lamb if path == "foreach" else single_tensor_lamb
-                    step(*part, options, clip=clip)
-                    continue
-                waiting += self._start_sharded(part, options, path, clip)
+            return [params, [p.grad for p in params], [s["exp_avg"] for s in state],
+                    [s["exp_avg_sq"] for s in state], steps]
+        self._run(planned, clip, tensors)
+        return loss
+
+    @torch.no_grad()
+    def trust_ratios(self, grad_scale: Union[float, Tensor, None] = None) -> Tensor:
+        """The trust ratio r the next step would give each adapting param (one with a
+        grad, in a group with weight decay or ``always_adapt``), in group order (a
+        group's plain params before its DTensors), as one float32 CPU tensor; for
+        monitoring. LAMB's ratio needs the step's update, so this runs the reference
+        loop on copies of the params and moments (nothing of the optimizer changes;
+        DTensor params take the step's collectives). ``grad_scale``: the factor the
+        gradients are still multiplied by (as ``Lars.trust_ratios``)."""
+        scale = check_grad_scale(grad_scale)
+        planned = self._plan()
+        params = [p for _, _, ps, _ in planned for p in ps]
+        grads = {p: (p.grad if scale == 1.0 else p.grad / scale) for p in params}
+        clip = self._clip_factor(params, list(grads.values()))
+
+        def copies(group, options, params):
+            if not options.adapts:
+                return None
+            state = [self.state.get(p, {}) for p in params]
+            return [[p.detach().clone() for p in params], [grads[p] for p in params],
+                    [s["exp_avg"].clone() if "exp_avg" in s else torch.zeros_like(p) for s, p in zip(state, params)],
+                    [s["exp_avg_sq"].clone() if "exp_avg_sq" in s else torch.zeros_like(p)
+                     for s, p in zip(state, params)],
+                    [step + 1 for step in self._peek_steps(group, params)]]
+        ratios: list[Tensor] = []
+        self._run(planned, clip, copies, ratios)
+        return torch.stack([r.float().cpu() for r in ratios]) if ratios else torch.zeros(0)
+
+    def _run(self, planned, clip: Optional[Tensor], tensors, ratios_out: Optional[list] = None) -> None:
+        """Steps each planned group over ``tensors(group, options, params)`` (params,
+        grads, exp_avgs, exp_avg_sqs, steps; None: nothing to step): plain tensors on
+        the group's path, DTensors in two halves around ONE all-reduce of the norms
+        of every sharded group. With ``ratios_out`` (trust_ratios) the reference loop
+        runs and appends each trust ratio."""
+        waiting = []  # the sharded halves waiting for their global norms: (DTensors, halves, local rows)
+        for group, options, params, path in planned:
+            lists = tensors(group, options, params)
+            if lists is None or not params:
+                continue
+            if ratios_out is not None:
+                path = "single"
+            for is_sharded, (part, _) in partition(lists, [sharded.is_dtensor(p) for p in lists[0]]).items():
+                if is_sharded:
+                    waiting += self._start_sharded(part, options, path, clip, ratios_out)
+                elif path == "foreach":
+                    multi_tensor_lamb(*part, options, clip=clip)
+                else:
+                    single_tensor_lamb(*part, options, clip=clip, ratios_out=ratios_out)
         if waiting:
-            # ONE all-reduce per mesh for the norms of every sharded group of the step
             global_rows, _ = sharded.reduce_sums([(dtensors, rows) for dtensors, _, rows in waiting], None)
             for (_, halves, _), rows in zip(waiting, global_rows):
                 finish(halves, rows)
-        return loss
 
     @staticmethod
-    def _start_sharded(part: list[list], options: LambOptions, path: str, clip: Optional[Tensor]) -> list:
+    def _start_sharded(part: list[list], options: LambOptions, path: str, clip: Optional[Tensor],
+                       ratios_out: Optional[list]) -> list:
         """The first halves of DTensor params (on their local shards): those that wait
         for global norms, with their local rows."""
         dtensors, grads, exp_avgs, exp_avg_sqs, steps = part
@@ -228,50 +272,29 @@ class Lamb(Optimizer):
         waiting = []
         keys = [compute_dtype(p.dtype) for p in local[0]] if path == "foreach" else [None] * len(steps)
         for (ps, lp, lg, lm, lv, ls), _ in partition([dtensors, *local, steps], keys).values():
-            halves = lamb_halves(path, lp, lg, lm, lv, ls, options, clip=clip, sharded=True)
+            halves = lamb_halves(path, lp, lg, lm, lv, ls, options, clip=clip, sharded=True, ratios_out=ratios_out)
             rows = finish(halves)
             if rows is not None:
                 waiting.append((ps, halves, rows))
         return waiting
 
-    def _clip_factor(self, params: list[Tensor]) -> Optional[Tensor]:
+    def _clip_factor(self, params: list[Tensor], grads: list[Tensor]) -> Optional[Tensor]:
         """The global clip factor over every grad of the step; with DTensor grads their
         sums of squares take one all-reduce (so a step with clipping is two)."""
         max_grad_norm = self._max_grad_norm()
-        grads = [p.grad for p in params]
-        dtensors = [p for p in params if sharded.is_dtensor(p)]
-        if not dtensors or max_grad_norm is None:
+        is_sharded = [sharded.is_dtensor(p) for p in params]
+        if not any(is_sharded) or max_grad_norm is None:
             return global_clip_factor(grads, max_grad_norm)
-        local = [p.grad.to_local() for p in dtensors]
+        dtensors = [p for p, d in zip(params, is_sharded) if d]
+        local = [g.to_local() for g, d in zip(grads, is_sharded) if d]
         rows = sharded.local_sums(local, local, foreach=True)
         (global_rows,), _ = sharded.reduce_sums([(dtensors, rows)], None)
         total = global_rows[:, 0].sum()
-        plain = [g for g in grads if not sharded.is_dtensor(g)]
+        plain = [g for g, d in zip(grads, is_sharded) if not d]
         if plain:
             total = total + sharded.local_sums(plain, plain, foreach=True)[:, 0].sum().to(total.device)
         dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
         return clip_from_sum_of_squares(total, max_grad_norm, dtype)
-
-    @torch.no_grad()
-    def trust_ratios(self) -> Tensor:
-        """The trust ratio r the next step would give each adapting param (one with a
-        grad, in a group with weight decay or ``always_adapt``), in group order, as one
-        float32 CPU tensor; for monitoring. LAMB's ratio needs the step's update, so
-        this runs the reference loop on copies of the params and moments (nothing of
-        the optimizer changes)."""
-        planned = self._plan()
-        clip = global_clip_factor([p.grad for _, _, params, _ in planned for p in params], self._max_grad_norm())
-        ratios: list[Tensor] = []
-        for group, options, params, _ in planned:
-            if not options.adapts or not params:
-                continue
-            state = [self.state.get(p, {}) for p in params]
-            copies = [p.detach().clone() for p in params]
-            m = [s["exp_avg"].clone() if "exp_avg" in s else torch.zeros_like(p) for s, p in zip(state, params)]
-            v = [s["exp_avg_sq"].clone() if "exp_avg_sq" in s else torch.zeros_like(p) for s, p in zip(state, params)]
-            steps = [step + 1 for step in self._peek_steps(group, params)]
-            single_tensor_lamb(copies, [p.grad for p in params], m, v, steps, options, clip=clip, ratios_out=ratios)
-        return torch.stack([r.float().cpu() for r in ratios]) if ratios else torch.zeros(0)
 
     def _peek_steps(self, group: dict[str, Any], params: list[Tensor]) -> list[float]:
         """The step counts of a group's params before the next step (0 for a fresh one)."""

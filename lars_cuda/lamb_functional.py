@@ -140,12 +140,13 @@ def multi_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps: list[Step], o
 
 
 def lamb_halves(path: str, params, grads, exp_avgs, exp_avg_sqs, steps: list[Step], o: LambOptions, *,
-                clip: Optional[Tensor], sharded: bool) -> Halves:
+                clip: Optional[Tensor], sharded: bool, ratios_out: Optional[list] = None) -> Halves:
     """The step of one set of tensors (one compute dtype for ``foreach``) as its two
-    halves (see ``Halves``): ``path`` is "foreach" or "single"."""
+    halves (see ``Halves``): ``path`` is "foreach" or "single" (which alone takes
+    ``ratios_out``)."""
     if path == "foreach":
         return _multi_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps, o, clip, sharded=sharded)
-    return _single_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps, o, clip, None, sharded=sharded)
+    return _single_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps, o, clip, ratios_out, sharded=sharded)
 
 
 def finish(halves: Halves, global_rows: Optional[Tensor] = None) -> Optional[Tensor]:
@@ -251,7 +252,12 @@ def _single_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps, o: LambOpti
         for (param, p, u, mask), row in zip(pending, rows):
             u, w, n = _finish_update(p, u, mask, row, o)
             lr = _on(o.lr, param.device, p.dtype)
-            _apply(param, p, u, lr * _trust_ratio(w, n, o) if o.adapts else lr)
+            if o.adapts:
+                ratio = _trust_ratio(w, n, o)
+                if ratios_out is not None:
+                    ratios_out.append(ratio)
+                lr = lr * ratio
+            _apply(param, p, u, lr)
 
 
 def _apply(param: Tensor, p: Tensor, u: Tensor, step: LR) -> None:

@@ -34,6 +34,9 @@ def make_optimizer(args, model: nn.Module, lr: float, device: torch.device):
         groups = [dict(params=decay), dict(params=no_decay, weight_decay=0.0)]
     else:
         groups = [dict(params=[p for p in model.parameters() if p.requires_grad])]
+    if args.base_op == "lamb":
+        foreach = {"auto": None, "foreach": True, "reference": False}[args.optimizer_impl]  # (cli refuses fused)
+        return lars_cuda.Lamb(groups, lr=lr, weight_decay=args.wd, foreach=foreach)
     if args.base_op == "timm_lars":
         from timm.optim import Lars as TimmLars
 

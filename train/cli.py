@@ -68,8 +68,9 @@ def parse_args(argv: Optional[list[str]] = None) -> RunConfig:
     p.add_argument("--wd", type=float, default=5e-5)
     p.add_argument("--epsilon", type=float, default=1e-5)
     p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--base-op", choices=["sgd", "lars", "timm_lars"], default="sgd",
-                   help="timm_lars: timm's Lars, for comparisons")
+    p.add_argument("--base-op", choices=["sgd", "lars", "timm_lars", "lamb"], default="sgd",
+                   help="timm_lars: timm's Lars, for comparisons; lamb: lars_cuda.Lamb (--wd its weight decay, "
+                        "its own betas, eps and max_grad_norm)")
     p.add_argument("--bn-bias-separately", action="store_true",
                    help="no LARS and no weight decay for normalisation and bias parameters")
     p.add_argument("--lr-scaling", choices=["keep", "linear", "sqrt"], default="keep",
@@ -114,6 +115,8 @@ def parse_args(argv: Optional[list[str]] = None) -> RunConfig:
     if args.fsdp and args.amp == "fp16":
         p.error("--fsdp with --amp fp16 is not supported (GradScaler's scale would be updated from each rank's "
                 "own inf check); use --amp bf16")
+    if args.base_op == "lamb" and args.optimizer_impl == "fused":
+        p.error("--base-op lamb has no fused kernel yet: use --optimizer-impl auto, foreach or reference")
     if args.fsdp and args.dist in ("horovod", "none"):
         p.error(f"--fsdp needs torch.distributed (torchrun, --dist torch or auto), not --dist {args.dist}")
     # Derived once, here; the flag itself stays as given.

@@ -62,8 +62,9 @@ def test_synthetic_data_trains_an_imagenet_shaped_model(tmp_path):
     assert any(v.shape[-1] == 1000 for v in state["model"].values())  # 1000 classes, ImageNet-shaped
 
 
-def test_resume_from_an_explicit_path_continues_bit_for_bit(tmp_path):
-    args = [*QUICK, "--epochs", "2"]
+@pytest.mark.parametrize("base_op", ["sgd", "lamb"])
+def test_resume_from_an_explicit_path_continues_bit_for_bit(tmp_path, base_op):
+    args = [*QUICK, "--epochs", "2", "--base-op", base_op]
     launch(args, tmp_path / "full")
     saved = tmp_path / "elsewhere.pth.tar"
     shutil.copy(tmp_path / "full" / "checkpoint-1.pth.tar", saved)
@@ -73,9 +74,10 @@ def test_resume_from_an_explicit_path_continues_bit_for_bit(tmp_path):
 
 
 @pytest.mark.parametrize("base_op, state_key", [("sgd", "momentum_buffer"), ("timm_lars", "momentum_buffer"),
-                                                ("lars", "momentum_buffer")])
+                                                ("lars", "momentum_buffer"), ("lamb", "exp_avg")])
 def test_each_base_op_trains_and_checkpoints_its_own_optimizer(tmp_path, base_op, state_key):
-    launch([*LONGER, "--base-op", base_op, "--base-lr", "0.1" if base_op == "sgd" else "1.0"], tmp_path)
+    base_lr = {"sgd": "0.1", "lamb": "0.01"}.get(base_op, "1.0")
+    launch([*LONGER, "--base-op", base_op, "--base-lr", base_lr], tmp_path)
     h = history(tmp_path)[-1]
     assert math.isfinite(h["train_loss"]) and h["val_top1"] > 30.0  # well above chance (10 %)
     state = checkpoint(tmp_path, 2)["optimizer"]["state"]

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from .test_trainer import FMNIST, TRAIN, assert_same_weights, kill_when_written, launch, needs_fashion, weights
@@ -23,9 +24,10 @@ def sharded_weights(log_dir, epoch, tmp_path):
 
 
 @needs_fashion
-def test_fsdp_on_two_ranks_equals_one_rank_with_the_doubled_batch(tmp_path):
-    launch([*FMNIST, "--batch-size", "64", "--epochs", "1"], tmp_path / "one")
-    out = launch([*FMNIST, "--batch-size", "32", "--epochs", "1", "--fsdp"], tmp_path / "fsdp", nproc=2,
+@pytest.mark.parametrize("base_op", [[], ["--base-op", "lamb", "--base-lr", "0.01"]], ids=["default", "lamb"])
+def test_fsdp_on_two_ranks_equals_one_rank_with_the_doubled_batch(tmp_path, base_op):
+    launch([*FMNIST, "--batch-size", "64", "--epochs", "1", *base_op], tmp_path / "one")
+    out = launch([*FMNIST, "--batch-size", "32", "--epochs", "1", "--fsdp", *base_op], tmp_path / "fsdp", nproc=2,
                  launcher="torchrun")
     assert "torch: 2 rank(s)" in out
     assert os.path.isfile(tmp_path / "fsdp" / "checkpoint-1.dcp" / "trainer.pt")

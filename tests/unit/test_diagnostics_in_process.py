@@ -266,6 +266,8 @@ def test_the_report_of_a_cuda_build(build, machine):
         "compiled extension: loaded",
         "CPU: CPU NAME; CPU kernel that runs here: KERNEL CHOICE",
         "GPUs: none visible",
+        "optimizers: Lars and the LARS flavours of lars_cuda.compat (fused kernel, foreach, loop); "
+        "Lamb, TimmLamb, FusedLAMB (foreach, loop: no fused kernel yet)",
         "environment switches in force: none",
     ]
 
@@ -316,7 +318,7 @@ def test_the_report_lists_each_visible_gpu_and_whether_the_kernel_runs_there(mon
     monkeypatch.setattr(ops, "describe_cuda_device", lambda d: f"CARD{d.index}")
     monkeypatch.setattr(ops, "fused_unavailable", lambda d: None if d.index == 0 else "NO CODE")
     lines = diagnostics.report().splitlines()
-    assert lines[-3:-1] == ["cuda:0 CARD0: fused kernel runs", "cuda:1 CARD1: no fused kernel -- NO CODE"]
+    assert lines[-4:-2] == ["cuda:0 CARD0: fused kernel runs", "cuda:1 CARD1: no fused kernel -- NO CODE"]
     assert "GPUs: none visible" not in lines
 
 

@@ -407,3 +407,16 @@ def test_the_signature_in_docs_api_md_is_lambs():
     def described(fn):
         return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
     assert described(namespace["documented"]) == described(Lamb)
+
+
+def test_trust_ratios_read_gradients_still_multiplied_by_grad_scale():
+    params, grads = tensors()
+    ps, opt = train(lambda ps: Lamb(ps, lr=LR), params, grads, steps=1)
+    for p, g in zip(ps, grads[1]):
+        p.grad = g.clone()
+    want = opt.trust_ratios()
+    for p in ps:
+        p.grad.mul_(1024.0)
+    assert torch.equal(opt.trust_ratios(grad_scale=torch.tensor(1024.0)), want)
+    with pytest.raises(ValueError, match="grad_scale must be a positive finite number"):
+        opt.trust_ratios(grad_scale=0.0)

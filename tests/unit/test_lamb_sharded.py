@@ -128,3 +128,20 @@ def test_a_partial_grad_is_refused_naming_lamb_and_nothing_is_written():
     message, unchanged, states = threaded_ranks.run_on_ranks(rank_main)[0]
     assert message.startswith(f"Lamb cannot step a grad with placement {Partial()} on mesh dim 0 (param 0,")
     assert unchanged and states == 0
+
+
+@pytest.mark.parametrize("caution", [False, True])
+def test_trust_ratios_of_sharded_params_are_the_unsharded_ones(caution):
+    def rank_main(rank):
+        ref, mine = _pair(_mesh(), _shard0)
+        make = lambda ps: lars_cuda.Lamb(ps, lr=0.02, caution=caution)  # noqa: E731
+        opt_ref, opt = make(ref), make(mine)
+        for step in range(2):
+            _set_grads(ref, mine, step)
+            opt_ref.step()
+            opt.step()
+        _set_grads(ref, mine, 2)
+        return opt_ref.trust_ratios(), opt.trust_ratios()
+    for want, got in threaded_ranks.run_on_ranks(rank_main):
+        assert len(want) == 4
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
