@@ -420,3 +420,29 @@ def test_trust_ratios_read_gradients_still_multiplied_by_grad_scale():
     assert torch.equal(opt.trust_ratios(grad_scale=torch.tensor(1024.0)), want)
     with pytest.raises(ValueError, match="grad_scale must be a positive finite number"):
         opt.trust_ratios(grad_scale=0.0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_lamb_step_compiles_whole_and_steps_as_eager(path):
+    from ..support.compiled import assert_compiled_step_matches_eager
+
+    assert_compiled_step_matches_eager(lambda ps: Lamb(ps, lr=torch.tensor(0.01), caution=True, **PATHS[path]))
+
+
+def test_a_compiled_lamb_step_does_not_recompile_per_step():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = torch.nn.Linear(6, 3)
+    opt = Lamb(list(model.parameters()), lr=torch.tensor(0.01), foreach=True)
+
+    @torch.compile(fullgraph=True)
+    def step():
+        opt.step()
+
+    for i in range(6):
+        for p in model.parameters():
+            p.grad = torch.full_like(p, 0.1 * (i + 1))
+        step()
+    assert counters["stats"]["unique_graphs"] <= 2  # the first step (fresh state) and the rest
