@@ -446,3 +446,27 @@ def test_a_compiled_lamb_step_does_not_recompile_per_step():
             p.grad = torch.full_like(p, 0.1 * (i + 1))
         step()
     assert counters["stats"]["unique_graphs"] <= 2  # the first step (fresh state) and the rest
+
+
+def _torchs_error_inputs():
+    from torch.testing._internal.common_optimizers import get_error_inputs_for_all_optims
+
+    return get_error_inputs_for_all_optims("cpu", torch.float32)
+
+
+@pytest.mark.parametrize("error_input", _torchs_error_inputs(), ids=lambda e: e.optimizer_error_input.desc)
+def test_torchs_generic_error_inputs_are_refused_as_by_every_torch_optimizer(error_input):
+    oi = error_input.optimizer_error_input
+    params = oi.params if oi.params is not None else [torch.nn.Parameter(torch.randn(2, 2))]
+    if error_input.error_type is UserWarning:
+        with pytest.warns(UserWarning, match=error_input.error_regex):
+            Lamb(params, **oi.kwargs)
+        return
+    with pytest.raises(error_input.error_type, match=error_input.error_regex):
+        Lamb(params, **oi.kwargs)
+
+
+def test_named_parameters_are_taken_and_kept_in_the_state_dict():
+    model = torch.nn.Linear(3, 2)
+    opt = Lamb(model.named_parameters(), lr=LR)
+    assert opt.state_dict()["param_groups"][0]["param_names"] == ["weight", "bias"]
