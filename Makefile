@@ -85,6 +85,7 @@ bench: setup
 	$(PY) benchmarks/bench_step.py
 	$(PY) benchmarks/bench_sharded.py
 	$(PY) benchmarks/bench_flavours.py
+	$(PY) benchmarks/bench_lamb.py --dtype float32,bfloat16
 
 convergence: setup
 	$(PY) benchmarks/convergence.py --sweep
