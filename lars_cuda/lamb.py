@@ -9,7 +9,6 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from . import sharded
 from .functional import partition
@@ -17,13 +16,13 @@ from .lamb_functional import (clip_from_sum_of_squares, finish, global_clip_fact
                               single_tensor_lamb)
 from .lamb_options import LAMB_OPTIONS, LambOptions
 from .options import compute_dtype
-from .validation import (check_dtype, check_grad_scale, check_grads, check_lamb_options, check_sharded,
-                         check_state_dict_schema)
+from .schema_optimizer import SchemaOptimizer
+from .validation import check_grad_scale, check_grads, check_lamb_options, check_sharded
 
 __all__ = ["Lamb"]
 
 
-class Lamb(Optimizer):
+class Lamb(SchemaOptimizer):
     r"""LAMB, "Large Batch Optimization for Deep Learning: Training BERT in 76
     minutes" (You et al., 2019): LARS's per-tensor trust ratio on an Adam step. The
     math of every path (``docs/semantics.md``, "LAMB", states it with timm's and
@@ -103,6 +102,8 @@ class Lamb(Optimizer):
 
     # ---- the schema of param groups and state (lars_cuda.compat speaks the originals') ----
     _OPTIONS: tuple[str, ...] = LAMB_OPTIONS
+    _BUFFER_KEY = "exp_avg"
+    _NAME = "Lamb"
 
     def _check_options(self, group: dict[str, Any], read_tensor_lr: bool = True) -> None:
         check_lamb_options(group, self._max_grad_norm(), read_tensor_lr=read_tensor_lr)
@@ -133,29 +134,6 @@ class Lamb(Optimizer):
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
 
     _STEP_IN_STATE = True
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
-        self._check_options(merged)
-        params = param_group["params"]
-        params = [params] if isinstance(params, Tensor) else list(params)
-        for p in params:
-            if isinstance(p, Tensor):
-                check_dtype(p.dtype, type(self).__name__)
-        super().add_param_group({**param_group, "params": params})
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            for key in self._OPTIONS:
-                if key in self.defaults:
-                    group.setdefault(key, self.defaults[key])
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """``Optimizer.load_state_dict``, after refusing a state dict of a LARS flavour
-        (whose options or momentum this class would misread), naming the key."""
-        check_state_dict_schema(type(self).__name__, self._OPTIONS, "exp_avg", state_dict)
-        super().load_state_dict(state_dict)
 
     def _plan(self) -> list[tuple[dict[str, Any], LambOptions, list[Tensor], str]]:
         """Every group's (group, options, stepping params, path), checked; writes nothing."""

@@ -10,19 +10,18 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from .execute import run_plans
 from .options import KERNEL_DTYPES, LARS_OPTIONS
 from .plan import choose_path, plan_step
+from .schema_optimizer import SchemaOptimizer
 from .trust_ratios import trust_ratios
-from .validation import UnsupportedTensorError, check_dtype, check_group_options, check_grad_scale, \
-    check_state_dict_schema
+from .validation import UnsupportedTensorError, check_group_options, check_grad_scale
 
 __all__ = ["Lars", "UnsupportedTensorError"]
 
 
-class Lars(Optimizer):
+class Lars(SchemaOptimizer):
     r"""Layer-wise Adaptive Rate Scaling (You, Gitman & Ginsburg, 2017), as the
     seed project computes it. The math of every path (the one statement of it in
     code; ``docs/semantics.md`` states it for readers, with the flavours' sources):
@@ -129,30 +128,10 @@ class Lars(Optimizer):
         signature = inspect.signature(Lars.__init__).parameters
         return {name: True if name == "lars" else signature[name].default for name in LARS_OPTIONS}
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
-        self._check_options(merged)
-        params = param_group["params"]
-        params = [params] if isinstance(params, Tensor) else list(params)
-        for p in params:
-            if isinstance(p, Tensor):
-                check_dtype(p.dtype)
-        super().add_param_group({**param_group, "params": params})
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # Completes groups from an older Lars or from torch.optim.SGD's state dict with
-        # the class's own options only: torch's __setstate__ adds keys (``differentiable``)
-        # to self.defaults that Lars does not have, and copying those into the groups
-        # would make state_dict() change under every load, deepcopy or pickle.
-        super().__setstate__(state)
-        for group in self.param_groups:
-            for key in self._OPTIONS:  # incl. lars=True and maximize=False
-                if key in self.defaults:
-                    group.setdefault(key, self.defaults[key])
-
     # ---- the schema of param groups and state (lars_cuda.compat speaks the originals') ----
     _OPTIONS: tuple[str, ...] = LARS_OPTIONS  # the options a param group of this class holds
     _BUFFER_KEY = "momentum_buffer"
+    _NAME = "Lars"
 
     def _check_options(self, group: dict[str, Any]) -> None:
         """Raises ValueError/TypeError naming the first invalid option of a group."""
@@ -163,14 +142,6 @@ class Lars(Optimizer):
         groups themselves; a compat class derives them from its original's options
         (once per group and step, so a scheduler's change takes effect at once)."""
         return self.param_groups
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """``Optimizer.load_state_dict``, after refusing a state dict of another LARS
-        flavour whose options or state this class would misread (e.g. timm's
-        ``trust_clip=True`` is not Lars's numeric ``trust_clip``): a clear error naming
-        the key, never a silent change of the math."""
-        check_state_dict_schema(type(self).__name__, self._OPTIONS, self._BUFFER_KEY, state_dict)
-        super().load_state_dict(state_dict)
 
     @property
     def _step_supports_amp_scaling(self) -> bool:

@@ -177,11 +177,17 @@ def test_a_param_added_later_counts_its_own_steps(path):
     assert opt.state[late]["step"] == 1 and opt.state[first[0]]["step"] == 2
 
 
-def test_trust_ratios_are_the_ratios_the_next_step_applies():
+def trained_with_next_grads(steps):
+    """A Lamb after ``steps`` steps, with the next step's gradients in place."""
     params, grads = tensors()
-    ps, opt = train(lambda ps: Lamb(ps, lr=LR), params, grads, steps=2)
-    for p, g in zip(ps, grads[2]):
+    ps, opt = train(lambda ps: Lamb(ps, lr=LR), params, grads, steps=steps)
+    for p, g in zip(ps, grads[steps]):
         p.grad = g.clone()
+    return params, grads, ps, opt
+
+
+def test_trust_ratios_are_the_ratios_the_next_step_applies():
+    params, grads, ps, opt = trained_with_next_grads(2)
     ratios = opt.trust_ratios()
     before = [p.detach().clone() for p in ps]
     state_before = copy.deepcopy(opt.state_dict())
@@ -410,10 +416,7 @@ def test_the_signature_in_docs_api_md_is_lambs():
 
 
 def test_trust_ratios_read_gradients_still_multiplied_by_grad_scale():
-    params, grads = tensors()
-    ps, opt = train(lambda ps: Lamb(ps, lr=LR), params, grads, steps=1)
-    for p, g in zip(ps, grads[1]):
-        p.grad = g.clone()
+    _, _, ps, opt = trained_with_next_grads(1)
     want = opt.trust_ratios()
     for p in ps:
         p.grad.mul_(1024.0)

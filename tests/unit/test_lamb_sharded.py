@@ -5,17 +5,14 @@ per step without global clipping, two with it."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
-import torch.distributed as dist
 
 import lars_cuda
 from lars_cuda import compat
 
 from ..support import threaded_ranks
-from .test_sharded_in_process import _full, _mesh, _pair, _set_grads, _worst
+from .test_sharded_in_process import _count_all_reduces, _full, _mesh, _pair, _set_grads, _worst
 
 pytestmark = pytest.mark.skipif(not threaded_ranks.available(), reason="torch without its threaded process group")
 
@@ -81,17 +78,6 @@ def test_hsdp_and_a_replica_beside_shards_step_as_unsharded(path):
         return [Replicate(), Shard(0)] if i != 2 else [Replicate(), Replicate()]
 
     assert _steps(FLAVOURS["defaults (clipping)"](**PATHS[path]), placements, mesh_shape=(1, 2)) < TOL
-
-
-def _count_all_reduces(monkeypatch):
-    counts: dict[int, int] = {}
-    real = dist.all_reduce
-
-    def counting(*args, **kwargs):
-        counts[threading.get_ident()] = counts.get(threading.get_ident(), 0) + 1
-        return real(*args, **kwargs)
-    monkeypatch.setattr(dist, "all_reduce", counting)
-    return counts
 
 
 @pytest.mark.parametrize("path", PATHS)
