@@ -473,3 +473,48 @@ def test_named_parameters_are_taken_and_kept_in_the_state_dict():
     model = torch.nn.Linear(3, 2)
     opt = Lamb(model.named_parameters(), lr=LR)
     assert opt.state_dict()["param_groups"][0]["param_names"] == ["weight", "bias"]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_gradscaler_unscales_before_a_lamb_step_and_skips_an_inf_step(path):
+    params, grads = tensors(dtype=torch.float32)
+    want, _ = train(lambda ps: Lamb(ps, lr=LR, **PATHS[path]), params, grads, steps=1)
+    ps = [torch.nn.Parameter(p.clone()) for p in params]
+    opt = Lamb(ps, lr=LR, **PATHS[path])
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    scaler.scale(sum((p * g).sum() for p, g in zip(ps, grads[0]))).backward()  # grads: 256 g
+    scaler.step(opt)
+    scaler.update()
+    for a, b in zip(ps, want):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-6, atol=1e-7)
+    before = [p.detach().clone() for p in ps]
+    opt.zero_grad()
+    scaler.scale(sum((p * g).sum() for p, g in zip(ps, grads[1]))).backward()
+    ps[0].grad[0, 0] = float("inf")
+    scaler.step(opt)  # an inf: GradScaler skips the step
+    assert all(torch.equal(a, p.detach()) for a, p in zip(before, ps))
+
+
+def test_an_lr_scheduler_drives_lambs_lr():
+    from torch.optim.lr_scheduler import StepLR
+
+    params, grads = tensors()
+    ps = [torch.nn.Parameter(p.clone()) for p in params]
+    opt = Lamb(ps, lr=2 * LR, max_grad_norm=None)
+    scheduler = StepLR(opt, step_size=1, gamma=0.5)
+    for p, g in zip(ps, grads[0]):
+        p.grad = g.clone()
+    opt.step()
+    scheduler.step()
+    assert opt.param_groups[0]["lr"] == LR
+    for p, g in zip(ps, grads[1]):
+        p.grad = g.clone()
+    opt.step()
+    want = [p.double() for p in params]
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in want]
+    for t, lr in ((1, 2 * LR), (2, LR)):
+        for i, (p, g) in enumerate(zip(want, grads[t - 1])):
+            want[i], m, v = lamb_step_f64(p, g, *moments[i], step=t, lr=lr)
+            moments[i] = (m, v)
+    for a, b in zip(ps, want):
+        torch.testing.assert_close(a.detach(), b, rtol=1e-12, atol=1e-13)
