@@ -17,7 +17,7 @@ from .lamb_functional import (clip_from_sum_of_squares, finish, global_clip_fact
 from .lamb_options import LAMB_OPTIONS, LambOptions
 from .options import compute_dtype
 from .schema_optimizer import SchemaOptimizer
-from .validation import check_grad_scale, check_grads, check_lamb_options, check_sharded
+from .validation import check_grad_scale, check_lamb_options, check_lamb_tensors, lamb_path
 
 __all__ = ["Lamb"]
 
@@ -104,6 +104,7 @@ class Lamb(SchemaOptimizer):
     _OPTIONS: tuple[str, ...] = LAMB_OPTIONS
     _BUFFER_KEY = "exp_avg"
     _NAME = "Lamb"
+    _STEP_IN_STATE = True  # a step count per param (AdamW's); the compat classes count per group
 
     def _check_options(self, group: dict[str, Any], read_tensor_lr: bool = True) -> None:
         check_lamb_options(group, self._max_grad_norm(), read_tensor_lr=read_tensor_lr)
@@ -133,39 +134,16 @@ class Lamb(SchemaOptimizer):
             if self._STEP_IN_STATE and "step" not in state:
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
 
-    _STEP_IN_STATE = True
-
     def _plan(self) -> list[tuple[dict[str, Any], LambOptions, list[Tensor], str]]:
         """Every group's (group, options, stepping params, path), checked; writes nothing."""
         name = type(self).__name__
         planned = []
         for group in self.param_groups:
             self._check_options(group, read_tensor_lr=False)
-            options = self._lamb_options(group)
             params = [p for p in group["params"] if p.grad is not None]
-            grads = [p.grad for p in params]
-            check_grads(grads, {p.dtype for p in params}, name)
-            for i, (p, g) in enumerate(zip(params, grads)):
-                if sharded.is_dtensor(p):
-                    check_sharded(p, g, i, name)
-                if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
-                    raise ValueError(f"{name}: the grad of param {i} ({tuple(g.shape)}, {g.dtype}, {g.device}) "
-                                     f"does not match it ({tuple(p.shape)}, {p.dtype}, {p.device})")
-                state = self.state.get(p, {})
-                for key in ("exp_avg", "exp_avg_sq"):
-                    s = state.get(key)
-                    if s is not None and (s.shape != p.shape or s.dtype != p.dtype or s.device != p.device):
-                        raise ValueError(f"{name}: {key} of param {i} ({tuple(s.shape)}, {s.dtype}, {s.device}) "
-                                         f"does not match it ({tuple(p.shape)}, {p.dtype}, {p.device})")
-            foreach = group["foreach"]
-            devices = {p.device for p in params}
-            if foreach is None:
-                foreach = len(devices) <= 1
-            elif foreach and len(devices) > 1:
-                raise ValueError(f"foreach {name} steps one device per param group, got "
-                                 f"{sorted(map(str, devices))}; put each device's params in its own group or "
-                                 "use foreach=False")
-            planned.append((group, options, params, "foreach" if foreach else "single"))
+            check_lamb_tensors(name, params, self.state)
+            path = lamb_path(name, group["foreach"], {p.device for p in params})
+            planned.append((group, self._lamb_options(group), params, path))
         return planned
 
     @torch.no_grad()

@@ -24,10 +24,11 @@ from torch import Tensor
 
 from . import ops
 from .options import LARS_OPTIONS
+from .sharded import is_dtensor
 from .state_dict_schemas import ALL_BUFFER_KEYS, ALL_OPTIONS, HOME
 
 __all__ = ["UnsupportedTensorError", "check_amp_scaling_path", "check_dtype", "check_group_options",
-           "check_lamb_options",
+           "check_lamb_options", "check_lamb_tensors", "lamb_path",
            "check_grads", "check_path", "check_sharded", "check_sharded_buffer", "check_state_dict_schema",
            "check_grad_scale"]
 
@@ -87,6 +88,34 @@ def check_lamb_options(group: dict[str, Any], max_grad_norm: Any, *, read_tensor
         if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
             raise ValueError(f"Invalid max_grad_norm value: {max_grad_norm}; it must be positive (None turns "
                              "clipping off; 0 would divide every gradient by infinity)")
+
+
+def check_lamb_tensors(owner: str, params: list[Tensor], state: dict) -> None:
+    """A LAMB group's stepping params: grads and moments like their params (DTensors:
+    laid out as them), no sparse, complex or integer tensors."""
+    grads = [p.grad for p in params]
+    check_grads(grads, {p.dtype for p in params}, owner)
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if is_dtensor(p):
+            check_sharded(p, g, i, owner)
+        if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+            raise ValueError(f"{owner}: the grad of param {i} ({tuple(g.shape)}, {g.dtype}, {g.device}) "
+                             f"does not match it ({tuple(p.shape)}, {p.dtype}, {p.device})")
+        entry = state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            s = entry.get(key)
+            if s is not None and (s.shape != p.shape or s.dtype != p.dtype or s.device != p.device):
+                raise ValueError(f"{owner}: {key} of param {i} ({tuple(s.shape)}, {s.dtype}, {s.device}) "
+                                 f"does not match it ({tuple(p.shape)}, {p.dtype}, {p.device})")
+
+
+def lamb_path(owner: str, foreach: Optional[bool], devices: set) -> str:
+    """A LAMB group's path, as torch.optim.AdamW chooses it: foreach where the tensors
+    share a device unless ``foreach=False``; ``foreach=True`` over two devices is refused."""
+    if foreach and len(devices) > 1:
+        raise ValueError(f"foreach {owner} steps one device per param group, got {sorted(map(str, devices))}; "
+                         "put each device's params in its own group or use foreach=False")
+    return "single" if foreach is False or len(devices) > 1 else "foreach"
 
 
 def _check_lr(lr: Any, read_tensor_lr: bool, owner: str) -> None:
@@ -219,8 +248,6 @@ def check_sharded(param: Tensor, grad: Tensor, index: int, owner: str = "Lars") 
     """Raises ValueError/TypeError for a DTensor param the sharded step cannot take."""
     from torch.distributed.tensor import Partial, Replicate, Shard
 
-    from .sharded import is_dtensor
-
     if not is_dtensor(grad):
         raise TypeError(f"param {index} is a DTensor but its grad is a {type(grad).__name__}; "
                         "a sharded param needs a DTensor grad on the same mesh")
@@ -243,8 +270,6 @@ def check_sharded(param: Tensor, grad: Tensor, index: int, owner: str = "Lars") 
 
 def check_sharded_buffer(param: Tensor, buf: Tensor, index: int) -> None:
     """A sharded param's buffer is a DTensor laid out as the param (DCP saves it shard by shard)."""
-    from .sharded import is_dtensor
-
     if not is_dtensor(buf) or buf.placements != param.placements or buf.shape != param.shape:
         raise ValueError(f"the momentum buffer of sharded param {index} must be a DTensor laid out as "
                          f"the param ({tuple(param.shape)}, {tuple(param.placements)})")
