@@ -53,14 +53,18 @@ def clip_from_sum_of_squares(sum_of_squares: Tensor, max_grad_norm: float, dtype
     return (sum_of_squares.sqrt().to(dtype) / max_grad_norm).clamp_min(1.0)
 
 
-def bias_corrections(o: LambOptions, step: Step) -> tuple[float, float]:
+def bias_corrections(o: LambOptions, step: Step) -> tuple[Union[float, Tensor], Union[float, Tensor]]:
     """``(1 - β1^t, 1 - β2^t)`` for step t (counted from 1), or ``(1, 1)`` without
     bias correction. The step counts live on the CPU (as torch.optim.AdamW's do
-    unless capturable), so reading one is not a device sync."""
+    unless capturable), so reading one is not a device sync; under ``torch.compile``
+    a tensor count stays a tensor (as AdamW's ``_get_value``), so that the step
+    traces as one graph."""
     if not o.bias_correction:
         return 1.0, 1.0
-    t = float(step)
     beta1, beta2 = o.betas
+    if isinstance(step, Tensor) and torch.compiler.is_compiling():
+        return 1.0 - torch.pow(beta1, step), 1.0 - torch.pow(beta2, step)
+    t = float(step)
     return 1.0 - beta1 ** t, 1.0 - beta2 ** t
 
 
@@ -185,7 +189,8 @@ def _moments_and_update(p: Tensor, g: Tensor, m_state: Tensor, v_state: Tensor, 
     for state, state32 in ((m_state, m), (v_state, v)):
         if state.dtype != compute:
             state.copy_(state32)
-    bc1, bc2 = bias_corrections(o, step)
+    bc1, bc2 = (b.to(device=device, dtype=compute) if isinstance(b, Tensor) else b
+                for b in bias_corrections(o, step))
     u = (m / bc1) / ((v / bc2).sqrt() + o.eps)
     mask = None
     if o.caution:
@@ -293,8 +298,12 @@ def _multi_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps, o: LambOptio
             if state.dtype != compute:
                 state.copy_(state32)
     bc1, bc2 = zip(*(bias_corrections(o, s) for s in steps))
-    u = torch._foreach_div(m32, list(bc1))
-    denom = torch._foreach_sqrt(torch._foreach_div(v32, list(bc2)))
+    if isinstance(bc1[0], Tensor):  # (under torch.compile: one division per tensor, fused by inductor)
+        u = [m / b.to(device=device, dtype=compute) for m, b in zip(m32, bc1)]
+        denom = [(v / b.to(device=device, dtype=compute)).sqrt() for v, b in zip(v32, bc2)]
+    else:
+        u = torch._foreach_div(m32, list(bc1))
+        denom = torch._foreach_sqrt(torch._foreach_div(v32, list(bc2)))
     torch._foreach_add_(denom, o.eps)
     torch._foreach_div_(u, denom)
     defer = sharded and o.caution

@@ -518,3 +518,21 @@ def test_an_lr_scheduler_drives_lambs_lr():
             moments[i] = (m, v)
     for a, b in zip(ps, want):
         torch.testing.assert_close(a.detach(), b, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_compiled_step_of_an_optimizer_with_state_has_no_graph_break(path):
+    """The step counts are tensors in the state: read as Python floats they would break the graph at every step."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = torch.nn.Linear(6, 3)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt = Lamb(list(model.parameters()), lr=torch.tensor(0.01), **PATHS[path])
+    opt.step()  # state (and step counts) exist before the first compiled step
+    step = torch.compile(opt.step)
+    for _ in range(3):
+        step()
+    assert not counters["graph_break"]
