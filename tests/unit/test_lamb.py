@@ -401,10 +401,13 @@ def test_lambs_defaults_are_its_signatures():
 
 def test_the_signature_in_docs_api_md_is_lambs():
     import inspect
+    import os
     import re
 
     from ..support.paths import ROOT
 
+    if not os.path.isfile(f"{ROOT}/docs/api.md"):
+        pytest.skip("needs the source tree")
     text = open(f"{ROOT}/docs/api.md").read()
     (documented,) = re.findall(r"`Lamb\((params, .*?)\)`", text)
     namespace: dict = {}
