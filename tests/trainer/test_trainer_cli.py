@@ -45,3 +45,10 @@ def test_the_configuration_pickles_and_records_as_a_plain_dict():
 def test_an_unknown_option_is_an_attribute_error_naming_it():
     with pytest.raises(AttributeError, match="no option 'learning_rate'"):
         parse_args(SEED_COMMAND).learning_rate
+
+
+def test_lamb_without_a_fused_kernel_refuses_optimizer_impl_fused(capsys):
+    with pytest.raises(SystemExit):
+        parse_args([*SEED_COMMAND, "--base-op", "lamb", "--optimizer-impl", "fused"])
+    assert "--base-op lamb has no fused kernel yet" in capsys.readouterr().err
+    assert parse_args([*SEED_COMMAND, "--base-op", "lamb", "--optimizer-impl", "foreach"]).base_op == "lamb"
