@@ -30,16 +30,19 @@ from param_sets import SETS, numel  # noqa: E402
 
 LR, WD = 1e-3, 0.01
 IMPLS = {
+    "lamb_fused": "lars_cuda.Lamb(fused=True): the kernel, every group in one call",
     "lamb_foreach": "lars_cuda.Lamb(foreach=True)",
     "lamb_loop": "lars_cuda.Lamb(foreach=False)",
     "lamb_compiled": "torch.compile of lars_cuda.Lamb(foreach=True).step",
     "timm": "timm.optim.Lamb (default: foreach)",
     "adamw_fused": "torch.optim.AdamW(fused=True) (the floor)",
 }
-DEFAULT_IMPLS = ["lamb_foreach", "timm", "adamw_fused"]
+DEFAULT_IMPLS = ["lamb_fused", "lamb_foreach", "timm", "adamw_fused"]
 
 
 def make(impl: str, params):
+    if impl == "lamb_fused":
+        return lars_cuda.Lamb(params, lr=LR, weight_decay=WD, fused=True)
     if impl == "lamb_foreach":
         return lars_cuda.Lamb(params, lr=LR, weight_decay=WD, foreach=True)
     if impl == "lamb_loop":

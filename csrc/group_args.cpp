@@ -67,16 +67,6 @@ LarsHyper hyper_of(const double* row, int64_t flags) {
   return h;
 }
 
-void check_scalar_tensor(const char* op, const std::optional<at::Tensor>& t, const char* name,
-                         const at::Device& device, bool allow_cpu) {
-  if (!t.has_value()) return;
-  TORCH_CHECK_VALUE(t->numel() == 1, op, ": ", name, " must hold exactly one element, got shape ", t->sizes());
-  TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat || t->scalar_type() == at::kDouble, op, ": ", name,
-                   " must be float32 or float64, got ", t->scalar_type());
-  TORCH_CHECK_VALUE(t->device() == device || (allow_cpu && t->device().is_cpu()), op, ": ", name, " is on ",
-                    t->device(), " but the params are on ", device);
-}
-
 // Group k's tensors (a message names the group and the index in it), and the
 // scalar tensors against its device.
 void check_tensors(const char* op, size_t k, const GroupCall& g, const std::optional<at::Tensor>& grad_scale,
@@ -169,6 +159,16 @@ std::vector<GroupCall> parse_groups_of(const char* op, at::TensorList params, at
 }
 
 }  // namespace
+
+void check_scalar_tensor(const char* op, const std::optional<at::Tensor>& t, const char* name,
+                         const at::Device& device, bool allow_cpu) {
+  if (!t.has_value()) return;
+  TORCH_CHECK_VALUE(t->numel() == 1, op, ": ", name, " must hold exactly one element, got shape ", t->sizes());
+  TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat || t->scalar_type() == at::kDouble, op, ": ", name,
+                   " must be float32 or float64, got ", t->scalar_type());
+  TORCH_CHECK_VALUE(t->device() == device || (allow_cpu && t->device().is_cpu()), op, ": ", name, " is on ",
+                    t->device(), " but the params are on ", device);
+}
 
 std::vector<GroupCall> parse_groups(at::TensorList params, at::TensorList grads, at::TensorList bufs,
                                     at::IntArrayRef group_sizes, at::ArrayRef<double> hyper,

@@ -56,6 +56,11 @@ constexpr int64_t kHyperStride = 8;
 constexpr int64_t kFlagLars = 1, kFlagNesterov = 2, kFlagMaximize = 4, kFlagDecay = 8, kFlagRatioOnGrad = 16,
                   kFlagNormOfUpdate = 32, kFlagLarcClip = 64, kFlagZeroNormSkip = 128;
 
+// A one-element float32/float64 tensor (lr, grad_scale, found_inf) on the params'
+// device, or on the CPU where allow_cpu; the message names op and argument.
+void check_scalar_tensor(const char* op, const std::optional<at::Tensor>& t, const char* name,
+                         const at::Device& device, bool allow_cpu);
+
 // Splits the flat lists of fused_lars_groups_ into groups and checks every
 // group (and grad_scale/found_inf) before the caller writes anything, so a bad
 // group leaves every group as it was. Every error starts with the op's name.

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "group_args.h"
+#include "lamb_args.h"
 #include "launch_config.h"
 #include "op_schemas.h"
 #include "status.h"
@@ -16,6 +17,7 @@ TORCH_LIBRARY(lars_cuda, m) {
   m.def(kGroupsSchema);
   m.def(kNormsSchema);
   m.def(kApplySchema);
+  m.def(kLambGroupsSchema);
   // Which CUDA launch path the last CUDA call took: "cooperative", "three-kernel" or "none".
   m.def("last_cuda_launch() -> str", [] { return last_cuda_launch(); });
   // Whether the CUDA kernel can run on CUDA device `device` (false in a CPU-only build).
@@ -43,17 +45,26 @@ void reject_sparse_apply(at::TensorList, at::TensorList, at::TensorList, at::Int
                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) {
   TORCH_CHECK_TYPE(false, kApplyOp, ": sparse tensors are not supported");
 }
+
+void reject_sparse_lamb(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
+                        at::IntArrayRef, at::ArrayRef<double>, at::IntArrayRef,
+                        const c10::List<std::optional<at::Tensor>>&, std::optional<double>,
+                        const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) {
+  TORCH_CHECK_TYPE(false, kLambGroupsOp, ": sparse tensors are not supported");
+}
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lars_cuda, SparseCPU, m) {
   m.impl(kGroupsOp, &reject_sparse_groups);
   m.impl(kNormsOp, &reject_sparse_norms);
   m.impl(kApplyOp, &reject_sparse_apply);
+  m.impl(kLambGroupsOp, &reject_sparse_lamb);
 }
 TORCH_LIBRARY_IMPL(lars_cuda, SparseCUDA, m) {
   m.impl(kGroupsOp, &reject_sparse_groups);
   m.impl(kNormsOp, &reject_sparse_norms);
   m.impl(kApplyOp, &reject_sparse_apply);
+  m.impl(kLambGroupsOp, &reject_sparse_lamb);
 }
 
 }  // namespace lars_cuda

@@ -22,5 +22,14 @@ constexpr const char* kApplySchema =
     "fused_lars_apply_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] group_sizes, "
     "float[] hyper, int[] flags, Tensor?[] lr_tensors, Tensor sums, Tensor? grad_scale=None, "
     "Tensor? found_inf=None) -> ()";
+// LAMB, every param group of a step in one call (the layout: lamb_args.h):
+// per group k group_sizes[k] params with their grads, exp_avgs, exp_avg_sqs and
+// step counts (the count after this step; the caller advances it), a row of
+// kLambHyperStride floats, its switches in flags[k], lr_tensors[k] overriding
+// the row's lr. max_grad_norm: the global clip over every grad of the call.
+constexpr const char* kLambGroupsSchema =
+    "fused_lamb_groups_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+    "Tensor[] state_steps, int[] group_sizes, float[] hyper, int[] flags, Tensor?[] lr_tensors, "
+    "float? max_grad_norm=None, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()";
 
 }  // namespace lars_cuda

@@ -12,8 +12,8 @@ from torch import Tensor
 
 from . import sharded
 from .functional import partition
-from .lamb_functional import (clip_from_sum_of_squares, finish, global_clip_factor, lamb_halves, multi_tensor_lamb,
-                              single_tensor_lamb)
+from .lamb_functional import (clip_from_sum_of_squares, finish, fused_lamb, global_clip_factor, lamb_halves,
+                              multi_tensor_lamb, single_tensor_lamb)
 from .lamb_options import LAMB_OPTIONS, LambOptions
 from .options import compute_dtype
 from .schema_optimizer import SchemaOptimizer
@@ -64,8 +64,14 @@ class Lamb(SchemaOptimizer):
             ``corrected_weight_decay``, which snapshots its lr as max_lr).
         maximize: maximise the objective, as in ``torch.optim``.
         foreach: ``True`` for the ``torch._foreach_*`` path, ``False`` for the
-            per-parameter reference loop; ``None`` (default): foreach where a group's
-            tensors share a device.
+            per-parameter reference loop.
+        fused: ``True`` for the compiled kernel (every fused group of a step in one
+            call; float32/float16/bfloat16; the CPU's kernel so far, a CUDA device
+            warns once and runs foreach). Neither flag set: the kernel where it
+            serves every tensor of a group, else foreach where they share a device
+            (DTensor params: foreach's halves around one all-reduce). On the kernel
+            path ``torch.amp.GradScaler`` hands over its scale and inf flag instead
+            of unscaling the grads (as for ``torch.optim.AdamW(fused=True)``).
 
     The state of a param holds ``step`` (a float32 CPU tensor, as ``torch.optim.AdamW``
     keeps it), ``exp_avg`` and ``exp_avg_sq`` in the param's dtype. Bad options or
@@ -90,6 +96,7 @@ class Lamb(SchemaOptimizer):
         max_lr: Optional[float] = None,
         maximize: bool = False,
         foreach: Optional[bool] = None,
+        fused: Optional[bool] = None,
     ):
         arguments = locals()
         super().__init__(params, {name: arguments[name] for name in LAMB_OPTIONS})
@@ -118,11 +125,9 @@ class Lamb(SchemaOptimizer):
 
     def _advance_steps(self, group: dict[str, Any], params: list[Tensor]) -> list[Any]:
         """Advances the step counts of a group's stepping params; returns them, one per param."""
-        steps = []
-        for p in params:
-            step = self.state[p]["step"]
-            step += 1
-            steps.append(step)
+        steps = [self.state[p]["step"] for p in params]
+        if steps:
+            torch._foreach_add_(steps, 1)  # (one call: a Python += per CPU tensor costs ~7 us each)
         return steps
 
     def _init_state(self, params: list[Tensor]) -> None:
@@ -142,7 +147,8 @@ class Lamb(SchemaOptimizer):
             self._check_options(group, read_tensor_lr=False)
             params = [p for p in group["params"] if p.grad is not None]
             check_lamb_tensors(name, params, self.state)
-            path = lamb_path(name, group["foreach"], {p.device for p in params})
+            path = lamb_path(name, group["foreach"], {p.device for p in params}, group.get("fused"),
+                             frozenset(p.dtype for p in params), any(sharded.is_dtensor(p) for p in params))
             planned.append((group, self._lamb_options(group), params, path))
         return planned
 
@@ -152,9 +158,20 @@ class Lamb(SchemaOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        grad_scale: Optional[Tensor] = getattr(self, "grad_scale", None)  # set by GradScaler (the fused path)
+        found_inf: Optional[Tensor] = getattr(self, "found_inf", None)
         planned = self._plan()  # everything is checked before anything is written
         params = [p for _, _, ps, _ in planned for p in ps]
-        clip = self._clip_factor(params, [p.grad for p in params])
+        self._last_grad_scale = grad_scale
+        if found_inf is not None and bool(found_inf.item()):
+            # (GradScaler hands found_inf to the fused path only, whose tensors are on the
+            # CPU: reading it is free.) The step is skipped; states exist, counts stay.
+            for _, _, ps, _ in planned:
+                self._init_state(ps)
+            return loss
+        # Where every group runs the kernel, the kernel computes the global clip itself.
+        all_fused = all(path == "fused" for _, _, ps, path in planned if ps)
+        clip = None if all_fused else self._clip_factor(params, [p.grad for p in params])
 
         def tensors(group, options, params):
             self._init_state(params)
@@ -162,8 +179,24 @@ class Lamb(SchemaOptimizer):
             state = [self.state[p] for p in params]
             return [params, [p.grad for p in params], [s["exp_avg"] for s in state],
                     [s["exp_avg_sq"] for s in state], steps]
-        self._run(planned, clip, tensors)
+        self._run(planned, clip, tensors, fused_args=dict(
+            max_grad_norm=self._max_grad_norm() if all_fused else None, grad_scale=grad_scale))
         return loss
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        # GradScaler then hands us grad_scale/found_inf instead of unscaling the grads;
+        # only the kernel consumes them, so every group must take that path.
+        try:
+            return all(path == "fused" for _, _, ps, path in self._plan() if ps)
+        except (TypeError, ValueError):
+            return False  # (the step raises the error itself)
+
+    @property
+    def last_grad_scale(self) -> Optional[Tensor]:
+        """The loss scale the last step divided the gradients by (set by ``GradScaler``
+        on the fused path, which leaves the gradients scaled), else ``None``."""
+        return getattr(self, "_last_grad_scale", None)
 
     @torch.no_grad()
     def trust_ratios(self, grad_scale: Union[float, Tensor, None] = None) -> Tensor:
@@ -193,13 +226,16 @@ class Lamb(SchemaOptimizer):
         self._run(planned, clip, copies, ratios)
         return torch.stack([r.float().cpu() for r in ratios]) if ratios else torch.zeros(0)
 
-    def _run(self, planned, clip: Optional[Tensor], tensors, ratios_out: Optional[list] = None) -> None:
+    def _run(self, planned, clip: Optional[Tensor], tensors, ratios_out: Optional[list] = None,
+             fused_args: Optional[dict] = None) -> None:
         """Steps each planned group over ``tensors(group, options, params)`` (params,
         grads, exp_avgs, exp_avg_sqs, steps; None: nothing to step): plain tensors on
-        the group's path, DTensors in two halves around ONE all-reduce of the norms
-        of every sharded group. With ``ratios_out`` (trust_ratios) the reference loop
-        runs and appends each trust ratio."""
+        the group's path (the fused groups together in ONE kernel call, given
+        ``fused_args``' max_grad_norm and grad_scale, or ``clip``), DTensors in two
+        halves around ONE all-reduce of the norms of every sharded group. With
+        ``ratios_out`` (trust_ratios) the reference loop runs and appends each trust ratio."""
         waiting = []  # the sharded halves waiting for their global norms: (DTensors, halves, local rows)
+        fused_groups = []
         for group, options, params, path in planned:
             lists = tensors(group, options, params)
             if lists is None or not params:
@@ -209,10 +245,17 @@ class Lamb(SchemaOptimizer):
             for is_sharded, (part, _) in partition(lists, [sharded.is_dtensor(p) for p in lists[0]]).items():
                 if is_sharded:
                     waiting += self._start_sharded(part, options, path, clip, ratios_out)
+                elif path == "fused":
+                    fused_groups.append((part, options))
                 elif path == "foreach":
                     multi_tensor_lamb(*part, options, clip=clip)
                 else:
                     single_tensor_lamb(*part, options, clip=clip, ratios_out=ratios_out)
+        if fused_groups:
+            if clip is not None:
+                fused_lamb(fused_groups, clip=clip)
+            else:
+                fused_lamb(fused_groups, **(fused_args or {}))
         if waiting:
             global_rows, _ = sharded.reduce_sums([(dtensors, rows) for dtensors, _, rows in waiting], None)
             for (_, halves, _), rows in zip(waiting, global_rows):

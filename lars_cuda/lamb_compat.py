@@ -63,7 +63,9 @@ class _LambFlavour(Lamb):
 
 class TimmLamb(_LambFlavour):
     """Replaces ``timm.optim.Lamb``: the same arguments, param groups, state and step
-    (its foreach and loop paths are ours; ``foreach`` chooses). The step count is
+    (its kernel, foreach and loop paths are ours: ``foreach`` chooses as timm's, and a
+    group's ``fused`` key, which timm's groups do not hold, as :class:`lars_cuda.Lamb`'s;
+    unset, the kernel where it serves the group). The step count is
     timm's: one CPU tensor per group, advanced for every group at every step."""
 
     _OPTIONS = TIMM_LAMB_OPTIONS
@@ -92,7 +94,7 @@ class TimmLamb(_LambFlavour):
                 "grad_averaging": g["grad_averaging"], "trust_clip": g["trust_clip"],
                 "always_adapt": g["always_adapt"], "caution": g.get("caution", False),
                 "max_lr": g.get("max_lr_snapshot", self.defaults.get("max_lr_snapshot")) if corrected else None,
-                "maximize": False, "foreach": g.get("foreach")}
+                "maximize": False, "foreach": g.get("foreach"), "fused": g.get("fused")}
 
     def _advance_steps(self, group: dict[str, Any], params: list[Tensor]) -> list[Any]:
         # timm: group["step"] is a float32 CPU tensor, advanced for every group (even one
@@ -111,7 +113,8 @@ class FusedLAMB(_LambFlavour):
     step: ``adam_w_mode=True`` adds the decay to the update, ``False`` to the gradient;
     ``use_nvlamb`` adapts params without weight decay too. ``amsgrad=True`` is refused
     as apex refuses it. ``set_grad_none`` decides what ``zero_grad()`` does, as in apex.
-    ``foreach`` is ours (a group option; apex ignores the key)."""
+    ``foreach`` and ``fused`` are ours (group options, as for :class:`lars_cuda.Lamb`;
+    apex ignores the keys)."""
 
     _OPTIONS = APEX_LAMB_OPTIONS
 
@@ -119,20 +122,20 @@ class FusedLAMB(_LambFlavour):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.01,
                  amsgrad: bool = False, adam_w_mode: bool = True, grad_averaging: bool = True,
                  set_grad_none: bool = True, max_grad_norm: float = 1.0, use_nvlamb: bool = False, *,
-                 foreach: Optional[bool] = None):
+                 foreach: Optional[bool] = None, fused: Optional[bool] = None):
         if amsgrad:
             raise RuntimeError("FusedLAMB does not support the AMSGrad variant.")
         self.adam_w_mode, self.set_grad_none, self.use_nvlamb = bool(adam_w_mode), set_grad_none, use_nvlamb
         super().__init__(params, dict(lr=lr, bias_correction=bias_correction, betas=betas, eps=eps,
                                       weight_decay=weight_decay, grad_averaging=grad_averaging,
-                                      max_grad_norm=max_grad_norm, foreach=foreach))
+                                      max_grad_norm=max_grad_norm, foreach=foreach, fused=fused))
 
     def _to_lamb(self, g: dict[str, Any]) -> dict[str, Any]:
         return {"lr": g["lr"], "betas": g["betas"], "eps": g["eps"], "weight_decay": g["weight_decay"],
                 "decay_mode": "update" if self.adam_w_mode else "grad",
                 "bias_correction": bool(g["bias_correction"]), "grad_averaging": bool(g["grad_averaging"]),
                 "trust_clip": False, "always_adapt": bool(self.use_nvlamb), "caution": False, "max_lr": None,
-                "maximize": False, "foreach": g.get("foreach")}
+                "maximize": False, "foreach": g.get("foreach"), "fused": g.get("fused")}
 
     def _advance_steps(self, group: dict[str, Any], params: list[Tensor]) -> list[Any]:
         group["step"] = int(group.get("step", 0)) + 1  # apex: an int per group, every group

@@ -5,7 +5,9 @@ functional core: :func:`lamb` and two implementations of one contract (the math:
 * :func:`single_tensor_lamb` — a per-parameter loop in plain PyTorch, the
   readable statement of the math;
 * :func:`multi_tensor_lamb` — the same math on whole lists with
-  ``torch._foreach_*``, with no host synchronisation on the tensors' device.
+  ``torch._foreach_*``, with no host synchronisation on the tensors' device;
+* :func:`fused_lamb` — every group of a step in ONE call of the compiled kernel
+  (``torch.ops.lars_cuda.fused_lamb_groups_``; the CPU's so far).
 
 and :func:`global_clip_factor`, the global gradient clipping both take (computed
 once per step over every gradient of the optimizer, as timm and apex do).
@@ -22,13 +24,14 @@ from typing import Generator, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from . import ops
 from .functional import partition
 from .lamb_options import LambOptions
 from .options import LR, compute_dtype
 from .sharded import local_sums
 
-__all__ = ["bias_corrections", "clip_from_sum_of_squares", "finish", "global_clip_factor", "lamb", "lamb_halves",
-           "multi_tensor_lamb", "single_tensor_lamb"]
+__all__ = ["bias_corrections", "clip_from_sum_of_squares", "finish", "fused_lamb", "global_clip_factor", "lamb",
+           "lamb_halves", "multi_tensor_lamb", "single_tensor_lamb"]
 
 Step = Union[int, float, Tensor]
 
@@ -90,16 +93,47 @@ def lamb(
     max_grad_norm: Optional[float] = None,
     clip: Optional[Tensor] = None,
     foreach: bool = False,
+    fused: bool = False,
 ) -> None:
     """One LAMB step in place. ``state_steps``: each param's step count after this
     step (the caller advances them). The global clip factor is ``clip`` when given
     (the optimizer computes it once over all its groups), else computed here from
-    ``grads`` and ``max_grad_norm``."""
+    ``grads`` and ``max_grad_norm``. ``fused``: the compiled kernel (float32/float16/
+    bfloat16 tensors of one device, state_steps as tensors or numbers)."""
     options = LambOptions.of(locals())
+    if fused:
+        fused_lamb([([params, grads, exp_avgs, exp_avg_sqs, list(state_steps)], options)],
+                   max_grad_norm=max_grad_norm if clip is None else None, clip=clip)
+        return
     if clip is None:
         clip = global_clip_factor(grads, max_grad_norm)
     step = multi_tensor_lamb if foreach else single_tensor_lamb
     step(params, grads, exp_avgs, exp_avg_sqs, list(state_steps), options, clip=clip)
+
+
+def fused_lamb(groups: Sequence[tuple[list, LambOptions]], *, max_grad_norm: Optional[float] = None,
+               clip: Optional[Tensor] = None, grad_scale: Optional[Tensor] = None,
+               found_inf: Optional[Tensor] = None) -> None:
+    """Several groups' steps, of one device, in ONE call of the compiled kernel. Each
+    group: ([params, grads, exp_avgs, exp_avg_sqs, steps], options), steps counted
+    after this step (a number becomes a float32 CPU tensor). The kernel computes the
+    global clip from ``max_grad_norm`` over every grad of the call; a ``clip`` computed
+    elsewhere (over more grads than these) divides the grads as a scale does, so it
+    cannot come with ``grad_scale``. ``grad_scale``/``found_inf``: a ``GradScaler``'s."""
+    if clip is not None and (grad_scale is not None or max_grad_norm is not None):
+        raise ValueError("fused_lamb: a precomputed clip comes without grad_scale and max_grad_norm")
+    flat: list[list] = [[], [], [], [], []]
+    sizes, hyper, flags, lrs = [], [], [], []
+    for lists, o in groups:
+        for acc, xs in zip(flat, lists):
+            acc += xs
+        sizes.append(len(lists[0]))
+        hyper += o.hyper_row()
+        flags.append(o.flags)
+        lrs.append(o.lr_tensor)
+    flat[4] = [s if isinstance(s, Tensor) else torch.tensor(float(s), dtype=torch.float32) for s in flat[4]]
+    ops.fused_lamb_groups_(*flat, sizes, hyper, flags, lrs, max_grad_norm,
+                           clip if clip is not None else grad_scale, found_inf)
 
 
 def _trust_ratio(w: Tensor, n: Tensor, o: LambOptions) -> Tensor:

@@ -25,9 +25,9 @@ except ImportError as exc:  # never built, or built against another torch ("unde
     warnings.warn(f"lars_cuda: {build_facts.load_failure(exc)}. Until then Lars runs its foreach path (exact, slower); "
                   f"`python -m lars_cuda` reports the details", RuntimeWarning, stacklevel=2)
 
-__all__ = ["EXTENSION_ERROR", "cpu_kernel", "cuda_arch", "describe_cuda_device", "fused_lars_apply_",
-           "fused_lars_groups_", "fused_lars_norms", "fused_runs_on", "fused_unavailable", "has_fused",
-           "last_cuda_launch", "launch_env"]
+__all__ = ["EXTENSION_ERROR", "cpu_kernel", "cuda_arch", "describe_cuda_device", "fused_lamb_groups_",
+           "fused_lamb_unavailable", "fused_lars_apply_", "fused_lars_groups_", "fused_lars_norms", "fused_runs_on",
+           "fused_unavailable", "has_fused", "last_cuda_launch", "launch_env"]
 
 
 def has_fused(device: torch.device | str) -> bool:
@@ -150,6 +150,38 @@ def fused_lars_apply_(
         params, grads, momentum_buffers, group_sizes, hyper, flags, lr_tensors, sums, grad_scale, found_inf)
 
 
+def fused_lamb_unavailable(device: torch.device) -> Optional[str]:
+    """Why the LAMB kernel cannot run on ``device`` (with the fix), or None if it can.
+    It is built for the CPU only so far: a CUDA device runs Lamb's foreach path."""
+    if EXTENSION_ERROR is not None:
+        return f"lars_cuda's compiled kernels did not load ({build_facts.load_failure(EXTENSION_ERROR)})"
+    if device.type == "cpu":
+        return None
+    return f"the fused LAMB kernel has no {device.type} build yet (only the CPU's)"
+
+
+def fused_lamb_groups_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    group_sizes: list[int],
+    hyper: list[float],
+    flags: list[int],
+    lr_tensors: list[Optional[Tensor]],
+    max_grad_norm: Optional[float] = None,
+    grad_scale: Optional[Tensor] = None,
+    found_inf: Optional[Tensor] = None,
+) -> None:
+    """One LAMB step over several param groups of one device, in place; every group
+    is checked before any is written. Layout: ``lars_cuda.lamb_options`` /
+    ``csrc/lamb_args.h``, or :func:`lars_cuda.lamb_functional.fused_lamb`."""
+    _require_extension()
+    torch.ops.lars_cuda.fused_lamb_groups_(params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes, hyper,
+                                           flags, lr_tensors, max_grad_norm, grad_scale, found_inf)
+
+
 def last_cuda_launch() -> str:
     """'cooperative', 'three-kernel', 'single' (lars=False) or 'none': the path of the last CUDA call."""
     _require_extension()
@@ -201,6 +233,16 @@ if _C is not None:
         if len(params) != len(grads) or sum(group_sizes) != len(params):
             raise ValueError(
                 f"fused_lars_groups_: {len(params)} params, {len(grads)} grads, group sizes {list(group_sizes)}")
+        return None
+
+    @torch.library.register_fake("lars_cuda::fused_lamb_groups_")
+    def _fused_lamb_groups_fake(params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes, hyper, flags,
+                                lr_tensors, max_grad_norm=None, grad_scale=None, found_inf=None):
+        n = len(params)
+        if sum(group_sizes) != n or any(len(x) != n for x in (grads, exp_avgs, exp_avg_sqs, state_steps)):
+            raise ValueError(f"fused_lamb_groups_: {n} params, {len(grads)} grads, {len(exp_avgs)} exp_avgs, "
+                             f"{len(exp_avg_sqs)} exp_avg_sqs, {len(state_steps)} state_steps, "
+                             f"group sizes {list(group_sizes)}")
         return None
 
     @torch.library.register_fake("lars_cuda::fused_lars_norms")

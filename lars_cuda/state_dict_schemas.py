@@ -26,9 +26,9 @@ SOLO_OPTIONS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "eta"
 # LAMB: timm.optim.Lamb and apex.optimizers.FusedLAMB (lars_cuda.Lamb's own: LAMB_OPTIONS).
 TIMM_LAMB_OPTIONS = ("lr", "bias_correction", "betas", "eps", "weight_decay", "grad_averaging", "max_grad_norm",
                      "trust_clip", "always_adapt", "caution", "decoupled_decay", "corrected_weight_decay",
-                     "max_lr_snapshot", "foreach")
+                     "max_lr_snapshot", "foreach", "fused")
 APEX_LAMB_OPTIONS = ("lr", "bias_correction", "betas", "eps", "weight_decay", "grad_averaging", "max_grad_norm",
-                     "foreach")
+                     "foreach", "fused")
 
 # A state dict holding one of these that a class does not have comes from another
 # flavour. Keys no flavour defines (a scheduler's ``initial_lr``, timm's ``lr_scale``)

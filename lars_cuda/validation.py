@@ -16,6 +16,7 @@ tensor again, in C++, before it writes: ``csrc/group_args.cpp``.)
 from __future__ import annotations
 
 import math
+import warnings
 from numbers import Real
 from typing import Any, Optional
 
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 
 from . import ops
-from .options import LARS_OPTIONS
+from .options import KERNEL_DTYPES, LARS_OPTIONS
 from .sharded import is_dtensor
 from .state_dict_schemas import ALL_BUFFER_KEYS, ALL_OPTIONS, HOME
 
@@ -52,10 +53,15 @@ def check_group_options(group: dict[str, Any], *, read_tensor_lr: bool) -> None:
     _check_lr(group["lr"], read_tensor_lr, "Lars")
     for name in _CHECKED_BY_RULE:
         _OPTION_RULES.get(name, _a_bool)(name, group[name])
-    if group["foreach"] and group["fused"]:
-        raise ValueError("foreach and fused cannot both be True")
+    _check_path_options(group)
     if group["nesterov"] and (group["momentum"] == 0 or group["dampening"] != 0):
         raise ValueError("Nesterov momentum requires a nonzero momentum and zero dampening")
+
+
+def _check_path_options(group: dict[str, Any]) -> None:
+    """torch.optim's rule: a group asks for one path at most."""
+    if group["foreach"] and group.get("fused"):
+        raise ValueError("foreach and fused cannot both be True")
 
 
 def check_lamb_options(group: dict[str, Any], max_grad_norm: Any, *, read_tensor_lr: bool) -> None:
@@ -78,6 +84,8 @@ def check_lamb_options(group: dict[str, Any], max_grad_norm: Any, *, read_tensor
     for name in ("bias_correction", "grad_averaging", "trust_clip", "always_adapt", "caution", "maximize"):
         _a_bool(name, group[name])
     _bool_or_none("foreach", group["foreach"])
+    _bool_or_none("fused", group.get("fused"))
+    _check_path_options(group)
     max_lr = group["max_lr"]
     if max_lr is not None:
         _real("max_lr", max_lr, "a positive real number or None")
@@ -109,13 +117,45 @@ def check_lamb_tensors(owner: str, params: list[Tensor], state: dict) -> None:
                                  f"does not match it ({tuple(p.shape)}, {p.dtype}, {p.device})")
 
 
-def lamb_path(owner: str, foreach: Optional[bool], devices: set) -> str:
-    """A LAMB group's path, as torch.optim.AdamW chooses it: foreach where the tensors
-    share a device unless ``foreach=False``; ``foreach=True`` over two devices is refused."""
-    if foreach and len(devices) > 1:
-        raise ValueError(f"foreach {owner} steps one device per param group, got {sorted(map(str, devices))}; "
-                         "put each device's params in its own group or use foreach=False")
-    return "single" if foreach is False or len(devices) > 1 else "foreach"
+def lamb_path(owner: str, foreach: Optional[bool], devices: set, fused: Optional[bool] = None,
+              dtypes: frozenset = frozenset(), sharded: bool = False) -> str:
+    """A LAMB group's path, as Lars chooses (torch.optim's flags): ``fused=True`` -> the
+    kernel, ``foreach=True`` -> foreach, ``foreach=False`` -> the loop; unset, the kernel
+    where it serves every tensor of the group, else foreach where they share a device.
+    The kernel serves float32/float16/bfloat16 tensors of one device that is not
+    sharded (DTensor params run foreach's halves around their all-reduce), on the CPU
+    (its CUDA build is not written yet: fused=True there warns once and runs foreach).
+    ``fused=True`` with another dtype, or either flag over two devices, is refused."""
+    if (foreach or fused) and len(devices) > 1:
+        raise ValueError(f"foreach/fused {owner} steps one device per param group, got "
+                         f"{sorted(map(str, devices))}; put each device's params in its own group or use "
+                         "foreach=False")
+    if fused and not dtypes <= KERNEL_DTYPES:
+        raise TypeError(f"fused {owner} steps float32, float16 and bfloat16 params, got "
+                        f"{sorted(map(str, dtypes - KERNEL_DTYPES))}; use foreach=True for them")
+    if foreach is False or len(devices) > 1:
+        return "single"
+    if foreach or fused is False or sharded or not dtypes <= KERNEL_DTYPES:
+        return "foreach"
+    device = next(iter(devices), torch.device("cpu"))
+    why_not = ops.fused_lamb_unavailable(device)
+    if why_not is None:
+        return "fused"
+    if fused:
+        _warn_lamb_fused_unavailable(owner, device, why_not)
+    return "foreach"
+
+
+_WARNED_LAMB: set = set()
+
+
+def _warn_lamb_fused_unavailable(owner: str, device: torch.device, why_not: str) -> None:
+    """One warning per device and process: fused=True was asked for where the kernel cannot run."""
+    if device in _WARNED_LAMB:
+        return
+    _WARNED_LAMB.add(device)
+    warnings.warn(f"lars_cuda: fused=True was asked for, but {why_not}; {owner} runs the foreach path on "
+                  f"{device} (the same math)", RuntimeWarning, stacklevel=4)
 
 
 def _check_lr(lr: Any, read_tensor_lr: bool, owner: str) -> None:

@@ -12,6 +12,7 @@
 #include "../group_args.h"
 #include "../op_entry_points.h"
 #include "../status.h"
+#include "kernel_choice.h"
 
 namespace lars_cuda {
 
@@ -28,13 +29,6 @@ void run(at::TensorList, at::TensorList, at::TensorList, float, float, const Lar
 }
 #endif
 
-namespace {
-
-enum class CpuKernel { kDefault, kAvx2, kAvx512 };
-
-// The instruction set torch's own CPU kernels run (ATEN_CPU_CAPABILITY moves it),
-// capped by what this CPU and this build hold; LARS_CUDA_CPU_KERNEL=default|avx2|
-// avx512 asks for one (the tests run each), again capped.
 CpuKernel cpu_kernel_choice() {
 #if defined(LARS_CUDA_HAS_X86_KERNELS)
   static const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
@@ -53,6 +47,8 @@ CpuKernel cpu_kernel_choice() {
 #endif
   return CpuKernel::kDefault;
 }
+
+namespace {
 
 // Every group was checked before this runs (parse_groups), so
 // an invalid group has already raised with nothing written. `io`: the sharded

@@ -15,4 +15,5 @@
 #define CPU_CAPABILITY AVX2
 #define LARS_CPU_NS cpu_avx2
 #include "lars_cpu_kernel.h"
+#include "lamb_cpu_kernel.h"
 #endif

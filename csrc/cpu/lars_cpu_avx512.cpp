@@ -25,4 +25,5 @@
 #define CPU_CAPABILITY AVX512
 #define LARS_CPU_NS cpu_avx512
 #include "lars_cpu_kernel.h"
+#include "lamb_cpu_kernel.h"
 #endif

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from lars_cuda import Lamb, Lars, UnsupportedTensorError
+from lars_cuda.ops import has_fused
 
 from ..support.reference import global_clip_f64, lamb_step_f64
 
@@ -378,21 +379,27 @@ def test_foreach_over_two_devices_is_refused_naming_them():
     b = torch.nn.Parameter(torch.ones(3, device="meta"))
     opt = Lamb([a, b], foreach=True)
     a.grad, b.grad = torch.ones(3), torch.ones(3, device="meta")
-    with pytest.raises(ValueError, match=r"foreach Lamb steps one device per param group, got \['cpu', 'meta'\]"):
+    with pytest.raises(ValueError, match=r"foreach/fused Lamb steps one device per param group, got \['cpu', 'meta'\]"):
         opt.step()
 
 
-def test_the_default_path_is_foreach_on_one_device(monkeypatch):
+def test_the_default_path_is_the_kernel_where_it_serves_else_foreach(monkeypatch):
     from lars_cuda import lamb
 
     called = []
+    monkeypatch.setattr(lamb, "fused_lamb", lambda *a, **k: called.append("fused"))
     monkeypatch.setattr(lamb, "multi_tensor_lamb", lambda *a, **k: called.append("foreach"))
     monkeypatch.setattr(lamb, "single_tensor_lamb", lambda *a, **k: called.append("loop"))
     p = torch.nn.Parameter(torch.ones(3))
     p.grad = torch.ones(3)
+    d = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    d.grad = torch.ones(3, dtype=torch.float64)
     Lamb([p]).step()
+    Lamb([d]).step()  # float64: not the kernel's
+    Lamb([p], foreach=True).step()
+    Lamb([p], fused=False).step()
     Lamb([p], foreach=False).step()
-    assert called == ["foreach", "loop"]
+    assert called == ["fused" if has_fused("cpu") else "foreach", "foreach", "foreach", "foreach", "loop"]
 
 
 def test_lambs_defaults_are_its_signatures():

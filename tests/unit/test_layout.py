@@ -90,3 +90,53 @@ def test_the_kernel_reads_the_packed_row_as_the_reference_loop_reads_the_options
         functional.single_tensor_lars(p2, g, b2, o)
         for x, y in zip(p + b, p2 + b2):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+# ---- the LAMB op's layout: LambOptions (lars_cuda/lamb_options.py) and csrc/lamb_args.h ----
+
+LAMB_HEADER = Path(ROOT) / "csrc" / "lamb_args.h"
+
+
+def _lamb_constants() -> dict[str, int]:
+    return {name: int(value) for name, value in re.findall(r"\b(kLamb\w+) = (\d+)", LAMB_HEADER.read_text())}
+
+
+def _lamb_name(prefix: str, name: str) -> str:
+    return prefix + "".join(part.capitalize() for part in name.split("_"))
+
+
+@needs_source
+def test_each_lamb_field_is_in_its_cpp_slot():
+    from lars_cuda.lamb_options import LAMB_HYPER_FIELDS
+
+    constants = _lamb_constants()
+    assert constants["kLambHyperStride"] == len(LAMB_HYPER_FIELDS)
+    slots = {k: v for k, v in constants.items() if k.startswith("kLambSlot")}
+    assert slots == {_lamb_name("kLambSlot", name): i for i, name in enumerate(LAMB_HYPER_FIELDS)}
+
+
+@needs_source
+def test_every_lamb_flag_bit_matches_its_cpp_constant():
+    from lars_cuda.lamb_options import LAMB_FLAG_BITS
+
+    flags = {k: v for k, v in _lamb_constants().items() if k.startswith("kLambFlag")}
+    assert flags == {_lamb_name("kLambFlag", name): bit for name, bit in LAMB_FLAG_BITS.items()}
+
+
+def test_lamb_options_pack_each_switch_into_its_bit_and_a_tensor_lr_as_zero():
+    from lars_cuda.lamb_options import LAMB_FLAG_BITS, LAMB_HYPER_FIELDS, LambOptions
+
+    lr = torch.tensor(0.5)
+    o = LambOptions(lr=lr, betas=(0.8, 0.95), eps=1e-5, weight_decay=0.0, max_lr=None)
+    assert dict(zip(LAMB_HYPER_FIELDS, o.hyper_row())) == dict(lr=0.0, beta1=0.8, beta2=0.95, eps=1e-5,
+                                                               weight_decay=0.0, max_lr=0.0)
+    assert o.lr_tensor is lr
+    assert o.flags == LAMB_FLAG_BITS["bias_correction"] | LAMB_FLAG_BITS["grad_averaging"]  # wd 0: not adapted
+    base = LambOptions(lr=0.1).flags
+    for field, value, bit in (("trust_clip", True, "trust_clip"), ("caution", True, "caution"),
+                              ("maximize", True, "maximize"), ("decay_mode", "grad", "decay_grad"),
+                              ("decay_mode", "decoupled", "decay_decoupled"),
+                              ("bias_correction", False, "bias_correction"),
+                              ("grad_averaging", False, "grad_averaging")):
+        assert LambOptions(lr=0.1).replace(**{field: value}).flags == base ^ LAMB_FLAG_BITS[bit], field
+    assert LambOptions(lr=0.1, weight_decay=0.0, always_adapt=True).flags & LAMB_FLAG_BITS["adapt"]
