@@ -35,8 +35,7 @@ def make_optimizer(args, model: nn.Module, lr: float, device: torch.device):
     else:
         groups = [dict(params=[p for p in model.parameters() if p.requires_grad])]
     if args.base_op == "lamb":
-        foreach = {"auto": None, "foreach": True, "reference": False}[args.optimizer_impl]  # (cli refuses fused)
-        return lars_cuda.Lamb(groups, lr=lr, weight_decay=args.wd, foreach=foreach)
+        return lars_cuda.Lamb(groups, lr=lr, weight_decay=args.wd, **impl)
     if args.base_op == "timm_lars":
         from timm.optim import Lars as TimmLars
 

@@ -115,8 +115,6 @@ def parse_args(argv: Optional[list[str]] = None) -> RunConfig:
     if args.fsdp and args.amp == "fp16":
         p.error("--fsdp with --amp fp16 is not supported (GradScaler's scale would be updated from each rank's "
                 "own inf check); use --amp bf16")
-    if args.base_op == "lamb" and args.optimizer_impl == "fused":
-        p.error("--base-op lamb has no fused kernel yet: use --optimizer-impl auto, foreach or reference")
     if args.fsdp and args.dist in ("horovod", "none"):
         p.error(f"--fsdp needs torch.distributed (torchrun, --dist torch or auto), not --dist {args.dist}")
     # Derived once, here; the flag itself stays as given.

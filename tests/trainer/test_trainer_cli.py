@@ -47,8 +47,16 @@ def test_an_unknown_option_is_an_attribute_error_naming_it():
         parse_args(SEED_COMMAND).learning_rate
 
 
-def test_lamb_without_a_fused_kernel_refuses_optimizer_impl_fused(capsys):
-    with pytest.raises(SystemExit):
-        parse_args([*SEED_COMMAND, "--base-op", "lamb", "--optimizer-impl", "fused"])
-    assert "--base-op lamb has no fused kernel yet" in capsys.readouterr().err
-    assert parse_args([*SEED_COMMAND, "--base-op", "lamb", "--optimizer-impl", "foreach"]).base_op == "lamb"
+@pytest.mark.parametrize("impl,flags", [("fused", dict(fused=True, foreach=None)),
+                                        ("foreach", dict(foreach=True, fused=False)),
+                                        ("reference", dict(foreach=False, fused=False)),
+                                        ("auto", dict(foreach=None, fused=None))])
+def test_lamb_takes_each_optimizer_impl_as_its_path_flags(impl, flags):
+    import torch
+
+    from train.builders import make_optimizer
+
+    args = parse_args([*SEED_COMMAND, "--base-op", "lamb", "--optimizer-impl", impl])
+    opt = make_optimizer(args, torch.nn.Linear(3, 2), 0.01, torch.device("cpu"))
+    assert type(opt).__name__ == "Lamb"
+    assert {k: opt.defaults[k] for k in flags} == flags
