@@ -81,6 +81,22 @@ def main() -> int:
                 print(dtype, "sharded halves", launch, "->", lars_cuda.ops.last_cuda_launch(), flush=True)
                 os.environ.pop("LARS_CUDA_LAUNCH", None)
                 torch.ops.lars_cuda.reload_launch_config()
+        if not args.resnet50:  # LAMB (csrc/cuda/lamb_kernel.cuh): two groups, caution, clip, both launch paths
+            lamb_params = [torch.nn.Parameter(torch.randn(s, device="cuda", dtype=dtype)) for s in shapes]
+            for p_ in lamb_params:
+                p_.grad = torch.randn_like(p_)
+            lamb = lars_cuda.Lamb([{"params": lamb_params[:3]}, {"params": lamb_params[3:], "caution": True,
+                                                                 "weight_decay": 0.0, "always_adapt": True}],
+                                  lr=torch.tensor(0.01, device="cuda"), fused=True)
+            for launch in ("cooperative", "three-kernel"):
+                if launch == "three-kernel":
+                    os.environ["LARS_CUDA_LAUNCH"] = "three-kernel"
+                    torch.ops.lars_cuda.reload_launch_config()
+                lamb.step()
+                torch.cuda.synchronize()
+                print(dtype, "lamb", launch, "->", lars_cuda.ops.last_cuda_launch(), flush=True)
+                os.environ.pop("LARS_CUDA_LAUNCH", None)
+                torch.ops.lars_cuda.reload_launch_config()
     print("gpu_case done", flush=True)
     return 0
 

@@ -81,7 +81,7 @@ stage build 240 env NVCC_APPEND_FLAGS="-Xptxas=-v" $PY setup.py build_ext --inpl
 # memcheck, racecheck, and the op tests once more under cuda-gdb, so a crash
 # comes back with a C++ backtrace.
 (stage cuda_tests 150 env LARS_BIG_TEST=1 $PY -m pytest -q -p no:cacheprovider -n 3 tests/integration/test_cuda.py \
-   tests/unit/test_fused_op.py; echo "cuda_tests rc=$?" > "$BENCH_TMP/tests.rc"
+   tests/integration/test_cuda_lamb.py tests/unit/test_fused_op.py; echo "cuda_tests rc=$?" > "$BENCH_TMP/tests.rc"
  # torch.optim's generic behaviours (tests/support/optim_info.py) with CUDA params, every path
  stage conformance_cuda 90 env LARS_TEST_DEVICE=cuda $PY -m pytest -q -p no:cacheprovider -n 2 \
    tests/unit/test_conformance.py; echo "conformance_cuda rc=$?" >> "$BENCH_TMP/tests.rc") &
@@ -121,6 +121,9 @@ stage flavours 60 $PY benchmarks/bench_flavours.py --device cuda --sets resnet50
   --out-dir "$BENCH_TMP" && cp "$BENCH_TMP"/flavours-cuda-*.json "$OUT/" 2>/dev/null
 stage train_throughput 200 $PY benchmarks/train_throughput.py --steps 30 --run-timeout 60 \
   --out "$OUT/train_throughput.json"
+# LAMB: the fused kernel (never run on a GPU before) vs foreach, timm's Lamb and fused AdamW
+stage lamb 120 $PY benchmarks/bench_lamb.py --device cuda --sets resnet50,bert_base --dtype float32,bfloat16 \
+  --impls lamb_fused,lamb_foreach,timm,adamw_fused --steps 20 --warmup 3 --out-dir "$BENCH_TMP"
 bench -compiled 120 --sets resnet50 --impls compiled_foreach,fused,sgd_fused
 bench -rest 100 --sets resnet152,vit_b_16,bert_large,one_100m,tiny_10k --impls foreach,fused,timm,sgd_fused \
   --steps 12 --warmup 2

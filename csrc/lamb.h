@@ -14,6 +14,10 @@
 
 #include "lars.h"  // LARS_HD
 
+#if !defined(__CUDACC__)
+using std::pow;
+#endif
+
 namespace lars_cuda {
 
 // Where weight decay enters (lars_cuda/lamb_options.py's DECAY_MODES).
@@ -37,12 +41,13 @@ struct LambTensorCoeffs {
   float g_coef, rbc1, rbc2, decoupled;
 };
 
-inline LambTensorCoeffs lamb_tensor_coeffs(const LambHyper& h, double step, double lr, double g_coef) {
+// (host and device: the CUDA kernel reads the step count from device memory.)
+LARS_HD LambTensorCoeffs lamb_tensor_coeffs(const LambHyper& h, double step, double lr, double g_coef) {
   LambTensorCoeffs c;
   c.g_coef = static_cast<float>(g_coef);
   // 1 - beta^t as Python computes it (double), then as the float it divides by.
-  const float bc1 = h.bias_correction ? static_cast<float>(1.0 - std::pow(static_cast<double>(h.beta1), step)) : 1.f;
-  const float bc2 = h.bias_correction ? static_cast<float>(1.0 - std::pow(static_cast<double>(h.beta2), step)) : 1.f;
+  const float bc1 = h.bias_correction ? static_cast<float>(1.0 - pow(static_cast<double>(h.beta1), step)) : 1.f;
+  const float bc2 = h.bias_correction ? static_cast<float>(1.0 - pow(static_cast<double>(h.beta2), step)) : 1.f;
   c.rbc1 = 1.f / bc1;
   c.rbc2 = 1.f / bc2;
   const double s = h.max_lr > 0.f ? lr * lr / h.max_lr : lr;

@@ -30,7 +30,7 @@ ENV_SWITCHES = {
 
 # How this release's CUDA kernel was verified (README, "Known limits"): the one statement of it.
 CUDA_VERIFIED = ("device code executed on the CPU under the CUDA emulator of the tests (tests/support/cuda_emulator) "
-                 "in every make test; last run on a GPU: 2026-11-26 (NVIDIA H100)")
+                 "in every make test; last run on a GPU: 2026-11-26 (NVIDIA H100); the LAMB kernel never yet")
 
 
 def _cpu_choice() -> str:
@@ -57,7 +57,7 @@ def _cpu_name() -> str:
 
 # What each optimizer runs (the paths it has); a line of the report.
 OPTIMIZERS = ("Lars and the LARS flavours of lars_cuda.compat (fused kernel, foreach, loop); "
-              "Lamb, TimmLamb, FusedLAMB (fused kernel on the CPU, foreach, loop)")
+              "Lamb, TimmLamb, FusedLAMB (fused kernel, foreach, loop)")
 
 
 def report() -> str:

@@ -66,8 +66,9 @@ class Lamb(SchemaOptimizer):
         foreach: ``True`` for the ``torch._foreach_*`` path, ``False`` for the
             per-parameter reference loop.
         fused: ``True`` for the compiled kernel (every fused group of a step in one
-            call; float32/float16/bfloat16; the CPU's kernel so far, a CUDA device
-            warns once and runs foreach). Neither flag set: the kernel where it
+            call, one launch per dtype on CUDA; float32/float16/bfloat16; where the
+            build has no kernel for the device it warns once and runs foreach).
+            Neither flag set: the kernel where it
             serves every tensor of a group, else foreach where they share a device
             (DTensor params: foreach's halves around one all-reduce). On the kernel
             path ``torch.amp.GradScaler`` hands over its scale and inf flag instead

@@ -151,13 +151,17 @@ def fused_lars_apply_(
 
 
 def fused_lamb_unavailable(device: torch.device) -> Optional[str]:
-    """Why the LAMB kernel cannot run on ``device`` (with the fix), or None if it can.
-    It is built for the CPU only so far: a CUDA device runs Lamb's foreach path."""
+    """Why the LAMB kernel cannot run on ``device`` (with the fix), or None if it can:
+    always on the CPU; on a CUDA device where the build registered the CUDA LAMB op and
+    holds code for the card (:func:`fused_runs_on`)."""
     if EXTENSION_ERROR is not None:
         return f"lars_cuda's compiled kernels did not load ({build_facts.load_failure(EXTENSION_ERROR)})"
     if device.type == "cpu":
         return None
-    return f"the fused LAMB kernel has no {device.type} build yet (only the CPU's)"
+    if device.type == "cuda" and torch._C._dispatch_has_kernel_for_dispatch_key("lars_cuda::fused_lamb_groups_",
+                                                                                 "CUDA"):
+        return fused_unavailable(device)
+    return f"the fused LAMB kernel is not built for {device.type}"
 
 
 def fused_lamb_groups_(

@@ -124,7 +124,8 @@ def lamb_path(owner: str, foreach: Optional[bool], devices: set, fused: Optional
     where it serves every tensor of the group, else foreach where they share a device.
     The kernel serves float32/float16/bfloat16 tensors of one device that is not
     sharded (DTensor params run foreach's halves around their all-reduce), on the CPU
-    (its CUDA build is not written yet: fused=True there warns once and runs foreach).
+    and on a CUDA device the build has code for (else fused=True warns once and runs
+    foreach).
     ``fused=True`` with another dtype, or either flag over two devices, is refused."""
     if (foreach or fused) and len(devices) > 1:
         raise ValueError(f"foreach/fused {owner} steps one device per param group, got "

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../lamb_args.h"
+#include "../lamb_buckets.h"
 #include "kernel_choice.h"
 #include "lamb_tensor.h"
 
@@ -31,46 +32,20 @@ LARS_CUDA_DECLARE_LAMB(cpu_avx512)
 
 namespace {
 
-// The tensors of one dtype, as dense memory; `write_back` holds (destination,
-// dense copy) for a param or moment that is not dense or laid out unlike its param.
-struct LambBucket {
-  at::ScalarType dtype;
-  std::vector<LambTensor> tensors;
-  std::vector<at::Tensor> keep;  // dense copies of grads
-  std::vector<std::pair<at::Tensor, at::Tensor>> write_back;
-};
-
-// t itself where it is dense in p's layout, else a copy in that layout
-// (written back after the step where `written`).
-at::Tensor in_layout_of(const at::Tensor& t, const at::Tensor& pk, bool written, LambBucket& b) {
-  if (t.strides() == pk.strides() && t.is_non_overlapping_and_dense()) return t;
-  at::Tensor copy = at::empty_like(pk).copy_(t);
-  if (written) {
-    b.write_back.emplace_back(t, copy);
-  } else {
-    b.keep.push_back(copy);
+// A bucket's tensors as the kernel's work list (after the clip: g_coef set by the caller).
+std::vector<LambTensor> work_list(const LambBucket& b, const LambCall& call, const std::vector<double>& lrs) {
+  std::vector<LambTensor> out;
+  out.reserve(b.params.size());
+  for (size_t i = 0; i < b.params.size(); ++i) {
+    const LambGroupCall& g = call.groups[b.group[i]];
+    const at::Tensor& step = b.steps[i];
+    const double t = step.scalar_type() == at::kFloat ? *step.const_data_ptr<float>() : *step.const_data_ptr<double>();
+    const double lr = lrs[b.group[i]];
+    out.push_back(LambTensor{b.params[i].data_ptr(), b.grads[i].const_data_ptr(), b.exp_avgs[i].data_ptr(),
+                             b.exp_avg_sqs[i].data_ptr(), b.params[i].numel(), &g.hyper,
+                             lamb_tensor_coeffs(g.hyper, t, lr, 1.0), static_cast<float>(lr)});
   }
-  return copy;
-}
-
-void add_tensor(std::vector<LambBucket>& buckets, const LambGroupCall& g, size_t i, double lr) {
-  const at::Tensor& p = g.params[i];
-  if (p.numel() == 0) return;
-  auto it = std::find_if(buckets.begin(), buckets.end(), [&](const LambBucket& b) { return b.dtype == p.scalar_type(); });
-  if (it == buckets.end()) {
-    buckets.push_back(LambBucket{p.scalar_type(), {}, {}, {}});
-    it = buckets.end() - 1;
-  }
-  const bool dense = p.is_non_overlapping_and_dense();
-  const at::Tensor pk = dense ? p : p.contiguous();
-  if (!dense) it->write_back.emplace_back(p, pk);
-  const at::Tensor gk = in_layout_of(g.grads[i], pk, false, *it);
-  const at::Tensor mk = in_layout_of(g.exp_avgs[i], pk, true, *it);
-  const at::Tensor vk = in_layout_of(g.exp_avg_sqs[i], pk, true, *it);
-  const at::Tensor& step = g.steps[i];
-  const double t = step.scalar_type() == at::kFloat ? *step.const_data_ptr<float>() : *step.const_data_ptr<double>();
-  it->tensors.push_back(LambTensor{pk.data_ptr(), gk.const_data_ptr(), mk.data_ptr(), vk.data_ptr(), p.numel(),
-                                   &g.hyper, lamb_tensor_coeffs(g.hyper, t, lr, 1.0), g.hyper.lr});
+  return out;
 }
 
 template <typename F>
@@ -99,25 +74,30 @@ void fused_lamb_groups_cpu(at::TensorList params, at::TensorList grads, at::Tens
   // On the CPU these reads cost nothing: there is no device to wait for.
   if (found_inf.has_value() && found_inf->item<double>() != 0.0) return;
   const double inv_scale = grad_scale.has_value() ? 1.0 / grad_scale->item<double>() : 1.0;
-  std::vector<LambBucket> buckets;
+  std::vector<double> lrs;
   for (LambGroupCall& g : call.groups) {
-    const double lr = g.lr_tensor.has_value() ? g.lr_tensor->item<double>() : g.lr;
-    g.hyper.lr = static_cast<float>(lr);
-    for (size_t i = 0; i < g.params.size(); ++i) add_tensor(buckets, g, i, lr);
+    lrs.push_back(lamb_lr(g));
+    g.hyper.lr = static_cast<float>(lrs.back());
   }
+  std::vector<LambBucket> buckets;
+  for (size_t k = 0; k < call.groups.size(); ++k)
+    for (size_t i = 0; i < call.groups[k].params.size(); ++i)
+      add_to_lamb_buckets(buckets, call.groups[k], i, static_cast<int64_t>(k));
+  std::vector<std::vector<LambTensor>> lists;
+  for (const LambBucket& b : buckets) lists.push_back(work_list(b, call, lrs));
   with_build([&](auto run, auto grad_squares) {
     // The global clip c = max(1, ||g|| / max_grad_norm) over every grad of the call
     // (each dtype's sum in chunk order, then over the dtypes in order of appearance).
     double clip = 1.0;
     if (call.max_grad_norm.has_value()) {
       double squares = 0.0;
-      for (const LambBucket& b : buckets) squares += grad_squares(b.tensors, b.dtype);
+      for (size_t k = 0; k < buckets.size(); ++k) squares += grad_squares(lists[k], buckets[k].dtype);
       clip = std::max(1.0, std::sqrt(squares) * inv_scale / *call.max_grad_norm);
     }
-    for (LambBucket& b : buckets) {
-      for (LambTensor& t : b.tensors) t.c.g_coef = static_cast<float>((t.h->maximize ? -inv_scale : inv_scale) / clip);
-      run(b.tensors, b.dtype);
-      for (auto& [dst, src] : b.write_back) dst.copy_(src);
+    for (size_t k = 0; k < buckets.size(); ++k) {
+      for (LambTensor& t : lists[k]) t.c.g_coef = static_cast<float>((t.h->maximize ? -inv_scale : inv_scale) / clip);
+      run(lists[k], buckets[k].dtype);
+      finish_lamb_bucket(buckets[k]);
     }
   });
 }

@@ -406,6 +406,14 @@ ssl = [0.5, 0.9, 1e-3, 1e-3, 0.0, float("nan"), float("nan"), 0.0]
 E.fused_lars_groups_(p + p[:0], g, b, [3, 2], hyper + ssl, [1 | 8, 1 | 8 | 16 | 32], [None, torch.tensor(0.5)])
 sums = E.fused_lars_norms(p, g, [5], [1 | 32])
 E.fused_lars_apply_(p, g, b, [5], hyper, [1 | 8], [None], sums)
+# LAMB (csrc/cuda/lamb_kernel.cuh): a default group and a cautious, decoupled one with a tensor lr, clipped
+p, g, m, v = ([torch.randn(s) if i != 2 else torch.randn(22)[1:] for i, s in enumerate(shapes)] for _ in range(4))
+for t in v:
+    t.abs_()
+lamb = [0.01, 0.9, 0.999, 1e-6, 0.01, 0.0]
+cautious = [0.0, 0.9, 0.999, 1e-6, 0.1, 0.05]
+E.fused_lamb_groups_(p, g, m, v, [torch.tensor(2.0) for _ in shapes], [3, 2], lamb + cautious,
+                     [1 | 2 | 8, 1 | 2 | 8 | 16 | 128], [None, torch.tensor(0.01)], 1.0)
 print("clean", flush=True)
 """
 

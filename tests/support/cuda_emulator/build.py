@@ -26,6 +26,8 @@ SOURCES = [
     os.path.join(HERE, "selftest_kernels.cpp"),
     os.path.join(CSRC, "group_args.cpp"),
     os.path.join(CSRC, "buckets.cpp"),
+    os.path.join(CSRC, "lamb_args.cpp"),
+    os.path.join(CSRC, "lamb_buckets.cpp"),
 ]
 
 FLAGS = {

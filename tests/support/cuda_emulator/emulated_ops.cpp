@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cuda/group_launches.h"
+#include "cuda/lamb_launches.h"
 #include "cuda/launch_plan.h"
 #include "cuda/table_layout.h"
 #include "dispatch.h"
@@ -136,6 +137,90 @@ void run_groups_emulated(const std::vector<GroupCall>& groups, const std::option
                   });
 }
 
+// ---- LAMB (csrc/cuda/lamb_kernel.cuh) ----
+
+// A LAMB bucket's table in host memory, each part its own allocation, the
+// kernel's scratch (partials, steps) filled with NaN.
+struct LambHostTable {
+  std::vector<LambRow> rows;
+  std::vector<ChunkRow> chunks;
+  std::unique_ptr<LambSums4[]> partials;
+  std::unique_ptr<LambStep[]> steps;
+  LambTable view;
+};
+
+LambHostTable lamb_host_table(const LambBucket& b, const LambLaunchGroups& groups, const float* counts,
+                              const Device& d) {
+  LambTableLayout l = lamb_table_layout(b, groups, counts);
+  LambHostTable t;
+  t.rows = std::move(l.rows);
+  t.chunks = std::move(l.chunks);
+  int64_t n_partials = static_cast<int64_t>(t.chunks.size());
+  if (d.fault == "read_past" && !t.chunks.empty()) t.chunks.back().end += 1;
+  if (d.fault == "partials_short") n_partials -= 1;
+  if (d.fault == "misaligned")
+    for (LambRow& r : t.rows) r.vec_ok = 1;
+  t.partials.reset(new LambSums4[static_cast<size_t>(std::max<int64_t>(n_partials, 0))]);
+  poison(t.partials.get(), sizeof(LambSums4) * static_cast<size_t>(std::max<int64_t>(n_partials, 0)));
+  t.steps.reset(new LambStep[t.rows.size()]);
+  poison(t.steps.get(), sizeof(LambStep) * t.rows.size());
+  t.view = LambTable{t.rows.data(), t.chunks.data(), t.partials.get(), t.steps.get(),
+                     static_cast<int64_t>(t.rows.size()), static_cast<int64_t>(t.chunks.size())};
+  return t;
+}
+
+void fused_lamb_groups_emulated(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                                at::TensorList exp_avg_sqs, at::TensorList state_steps, at::IntArrayRef group_sizes,
+                                at::ArrayRef<double> hyper, at::IntArrayRef flags,
+                                const c10::List<std::optional<at::Tensor>>& lr_tensors,
+                                std::optional<double> max_grad_norm, const std::optional<at::Tensor>& grad_scale,
+                                const std::optional<at::Tensor>& found_inf) {
+  const LambCall call = parse_lamb_groups(params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes, hyper,
+                                          flags, lr_tensors, max_grad_norm, grad_scale, found_inf);
+  Device d;
+  {
+    std::lock_guard<std::mutex> lock(device_mutex);
+    d = device;
+  }
+  std::vector<at::Tensor> keep;
+  const float* scale_ptr = float_ptr_or_null(grad_scale, keep);
+  const float* inf_ptr = float_ptr_or_null(found_inf, keep);
+  // The clip as the CUDA backend takes it: ATen ops on the "device" before the launches.
+  const std::optional<at::Tensor> clip = lamb_clip_factor(call, grad_scale);
+  const float* clip_ptr = float_ptr_or_null(clip, keep);
+  for_each_lamb_launch(call, [&](const at::Tensor&) { return d.host_lr; },
+                       [&](const LambLaunchGroups& args, const LambBucket& b) {
+                         const at::Tensor counts = lamb_step_counts(b, at::Device(at::kCPU));
+                         const LambHostTable table = lamb_host_table(b, args, counts.const_data_ptr<float>(), d);
+                         LaunchConfig config;
+                         config.blocks_per_sm = 1;
+                         config.force_three_kernel = !d.cooperative;
+                         const LaunchPlan plan = plan_launch(table.view.n_chunks, args.any_sums, SumsIO{}, config,
+                                                             d.grid, d.grid);
+                         const emu::LaunchKind kind = plan.mode == LaunchPlan::kCooperative
+                                                          ? emu::LaunchKind::kCooperative
+                                                          : emu::LaunchKind::kOrdinary;
+                         dispatch_lars_type(b.dtype, "params", [&](auto p_tag) {
+                           using P = decltype(p_tag);
+                           try {
+                             for (int k = 0; k < plan.n_launches; ++k) {
+                               const int phases = plan.phases[k];
+                               emu::launch(static_cast<unsigned>(plan.grid), kThreads, kind,
+                                           [&] {
+                                             lamb_kernel<P>(table.view, args, scale_ptr, inf_ptr, clip_ptr, phases);
+                                           },
+                                           {d.seed});
+                             }
+                           } catch (const emu::Error& e) {
+                             TORCH_CHECK(false, "emulated CUDA kernel: ", e.what());
+                           }
+                         });
+                         std::lock_guard<std::mutex> lock(device_mutex);
+                         device.last = plan.name;
+                         device.launches += plan.n_launches;
+                       });
+}
+
 at::Device emulated_sums_device(at::TensorList) { return at::Device(at::kCPU); }
 
 using EmulatedOps = OpEntryPoints<&run_groups_emulated, &emulated_sums_device>;
@@ -172,6 +257,7 @@ TORCH_LIBRARY(lars_cuda_emulated, m) {
   m.def(kGroupsSchema);
   m.def(kNormsSchema);
   m.def(kApplySchema);
+  m.def(kLambGroupsSchema);
   m.def("configure(int grid, bool cooperative, float wave_mb, int seed, str fault, bool host_lr=False) -> ()",
         &cuda_impl::configure);
   m.def("last_launch() -> str", &cuda_impl::last_launch);
@@ -182,6 +268,7 @@ TORCH_LIBRARY_IMPL(lars_cuda_emulated, CPU, m) {
   m.impl(kGroupsOp, &cuda_impl::EmulatedOps::groups);
   m.impl(kNormsOp, &cuda_impl::EmulatedOps::norms);
   m.impl(kApplyOp, &cuda_impl::EmulatedOps::apply);
+  m.impl(kLambGroupsOp, &cuda_impl::fused_lamb_groups_emulated);
 }
 
 }  // namespace lars_cuda

@@ -1,0 +1,58 @@
+"""The CUDA LAMB kernel (csrc/cuda/lamb_kernel.cuh) on a GPU against the CPU kernel and
+the foreach path. Skipped without a GPU; benchmarks/gpu_check.sh runs them there (the
+emulator runs the same device code on the CPU in every make test:
+tests/integration/test_emulated_cuda_lamb.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lars_cuda import Lamb, ops
+
+from ..conftest import requires_fused_cuda
+from ..unit.test_lamb import LR, SWITCHES, oracle, tensors, train
+
+pytestmark = [pytest.mark.cuda, requires_fused_cuda]
+
+
+def on_cuda(lists):
+    return [t.cuda() for t in lists]
+
+
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_the_cuda_lamb_kernel_steps_as_the_float64_oracle(switch):
+    kw, oracle_kw = SWITCHES[switch]
+    params, grads = tensors(dtype=torch.float32)
+    want, _ = oracle(params, grads, oracle_kw, max_grad_norm=kw.get("max_grad_norm", 1.0))
+    got, _ = train(lambda ps: Lamb(ps, lr=LR, **kw, fused=True), on_cuda(params), [on_cuda(g) for g in grads])
+    assert ops.last_cuda_launch() in ("cooperative", "single")
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.detach().double().cpu(), b, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_the_cuda_lamb_kernel_steps_as_the_cpu_kernel(dtype):
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(s, generator=gen).to(dtype) for s in [(70_001,), (64, 3, 7, 7), (3,), (1000, 33)]]
+    grads = [[torch.randn(p.shape, generator=gen).to(dtype) for p in params] for _ in range(3)]
+    cpu, _ = train(lambda ps: Lamb(ps, lr=LR, caution=True, fused=True), params, grads, steps=3)
+    gpu, _ = train(lambda ps: Lamb(ps, lr=LR, caution=True, fused=True), on_cuda(params),
+                   [on_cuda(g) for g in grads], steps=3)
+    ulp = torch.finfo(dtype).eps
+    for a, b in zip(gpu, cpu):
+        torch.testing.assert_close(a.detach().cpu().double(), b.detach().double(), rtol=4 * ulp, atol=1e-5)
+
+
+def test_gradscaler_hands_its_scale_to_the_cuda_lamb_kernel():
+    params, grads = tensors(dtype=torch.float32)
+    ps = [torch.nn.Parameter(p.cuda()) for p in params]
+    opt = Lamb(ps, lr=LR, fused=True)
+    assert opt._step_supports_amp_scaling
+    scaler = torch.amp.GradScaler("cuda", init_scale=256.0)
+    scaler.scale(sum((p * g.cuda()).sum() for p, g in zip(ps, grads[0]))).backward()
+    scaler.step(opt)
+    scaler.update()
+    want, _ = train(lambda q: Lamb(q, lr=LR, fused=True), params, grads, steps=1)
+    for a, b in zip(ps, want):
+        torch.testing.assert_close(a.detach().cpu(), b.detach(), rtol=1e-5, atol=1e-6)
