@@ -165,13 +165,15 @@ class Lamb(SchemaOptimizer):
         params = [p for _, _, ps, _ in planned for p in ps]
         self._last_grad_scale = grad_scale
         if found_inf is not None and bool(found_inf.item()):
-            # (GradScaler hands found_inf to the fused path only, whose tensors are on the
-            # CPU: reading it is free.) The step is skipped; states exist, counts stay.
+            # (GradScaler hands found_inf to the fused path only: free to read on the CPU,
+            # a host sync on CUDA.) The step is skipped; states exist, counts stay.
             for _, _, ps, _ in planned:
                 self._init_state(ps)
             return loss
-        # Where every group runs the kernel, the kernel computes the global clip itself.
-        all_fused = all(path == "fused" for _, _, ps, path in planned if ps)
+        # Where every group runs the kernel on one device, the kernel computes the global
+        # clip itself (one call); otherwise the clip is computed here over every grad.
+        all_fused = (all(path == "fused" for _, _, ps, path in planned if ps)
+                     and len({ps[0].device for _, _, ps, _ in planned if ps}) <= 1)
         clip = None if all_fused else self._clip_factor(params, [p.grad for p in params])
 
         def tensors(group, options, params):
@@ -252,11 +254,14 @@ class Lamb(SchemaOptimizer):
                     multi_tensor_lamb(*part, options, clip=clip)
                 else:
                     single_tensor_lamb(*part, options, clip=clip, ratios_out=ratios_out)
-        if fused_groups:
+        by_device: dict = {}  # one kernel call per device (the groups of one device together)
+        for part, options in fused_groups:
+            by_device.setdefault(part[0][0].device, []).append((part, options))
+        for device, groups in by_device.items():
             if clip is not None:
-                fused_lamb(fused_groups, clip=clip)
+                fused_lamb(groups, clip=clip.to(device))
             else:
-                fused_lamb(fused_groups, **(fused_args or {}))
+                fused_lamb(groups, **(fused_args or {}))
         if waiting:
             global_rows, _ = sharded.reduce_sums([(dtensors, rows) for dtensors, _, rows in waiting], None)
             for (_, halves, _), rows in zip(waiting, global_rows):
