@@ -11,10 +11,6 @@ namespace lars_cuda {
 
 namespace {
 
-bool is_lars_float(at::ScalarType t) {
-  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
-}
-
 // A clip slot: NaN means no clip.
 std::optional<double> clip_at(const double* row, int64_t slot) {
   return std::isnan(row[slot]) ? std::optional<double>() : std::optional<double>(row[slot]);
@@ -75,33 +71,8 @@ void check_tensors(const char* op, size_t k, const GroupCall& g, const std::opti
   const at::Device device = g.params[0].device();
   const bool has_momentum = !g.bufs.empty();
   for (size_t i = 0; i < g.params.size(); ++i) {
-    const at::Tensor& p = g.params[i];
-    const at::Tensor& grad = g.grads[i];
-    TORCH_CHECK_TYPE(!p.is_sparse() && !grad.is_sparse(), op, ": sparse tensors are not supported (group ", k,
-                     ", param ", i, ")");
-    TORCH_CHECK_TYPE(is_lars_float(p.scalar_type()), op, ": group ", k, ": param ", i,
-                     " must be float32, float16 or bfloat16, got ", p.scalar_type());
-    TORCH_CHECK_TYPE(is_lars_float(grad.scalar_type()), op, ": group ", k, ": grad ", i,
-                     " must be float32, float16 or bfloat16, got ", grad.scalar_type());
-    TORCH_CHECK_VALUE(p.device() == device && grad.device() == device, op, ": group ", k,
-                      ": all tensors of a group must be on one device; its first param is on ", device, ", param ",
-                      i, " on ", p.device(), " with its grad on ", grad.device());
-    TORCH_CHECK_VALUE(p.sizes() == grad.sizes(), op, ": group ", k, ": param ", i, " has shape ", p.sizes(),
-                      " but its grad has shape ", grad.sizes());
-    // Overlapping params (expanded views) would be written twice per element.
-    TORCH_CHECK_VALUE(at::has_internal_overlap(p) != at::MemOverlap::Yes, op, ": group ", k, ": param ", i,
-                      " has overlapping memory (strides ", p.strides(), "); step a contiguous tensor instead");
-    TORCH_CHECK_VALUE(seen.insert(p.data_ptr()).second || p.numel() == 0, op, ": group ", k, ": param ", i,
-                      " appears twice in one call");
-    if (has_momentum) {
-      const at::Tensor& m = g.bufs[i];
-      TORCH_CHECK_TYPE(m.scalar_type() == p.scalar_type(), op, ": group ", k, ": momentum buffer ", i, " is ",
-                       m.scalar_type(), " but its param is ", p.scalar_type());
-      TORCH_CHECK_VALUE(m.device() == device && m.sizes() == p.sizes(), op, ": group ", k, ": momentum buffer ", i,
-                        " must match its param's device and shape");
-      TORCH_CHECK_VALUE(at::has_internal_overlap(m) != at::MemOverlap::Yes, op, ": group ", k,
-                        ": momentum buffer ", i, " has overlapping memory");
-    }
+    check_param_and_grad(op, k, i, g.params[i], g.grads[i], device, /*grad_as_param=*/false, seen);
+    if (has_momentum) check_state_tensor(op, k, i, "momentum buffer", g.bufs[i], g.params[i]);
   }
   // Host scalars are fine on CPU; on CUDA a CPU lr is read once on the host.
   check_scalar_tensor(op, g.lr_tensor, "lr", device, /*allow_cpu=*/true);
@@ -159,6 +130,42 @@ std::vector<GroupCall> parse_groups_of(const char* op, at::TensorList params, at
 }
 
 }  // namespace
+
+bool is_kernel_float(at::ScalarType t) { return t == at::kFloat || t == at::kHalf || t == at::kBFloat16; }
+
+void check_param_and_grad(const char* op, size_t k, size_t i, const at::Tensor& p, const at::Tensor& grad,
+                          const at::Device& device, bool grad_as_param, std::unordered_set<const void*>& seen) {
+  TORCH_CHECK_TYPE(!p.is_sparse() && !grad.is_sparse(), op, ": sparse tensors are not supported (group ", k,
+                   ", param ", i, ")");
+  TORCH_CHECK_TYPE(is_kernel_float(p.scalar_type()), op, ": group ", k, ": param ", i,
+                   " must be float32, float16 or bfloat16, got ", p.scalar_type());
+  if (grad_as_param) {
+    TORCH_CHECK_TYPE(grad.scalar_type() == p.scalar_type(), op, ": group ", k, ": grad ", i, " is ",
+                     grad.scalar_type(), " but its param is ", p.scalar_type());
+  } else {
+    TORCH_CHECK_TYPE(is_kernel_float(grad.scalar_type()), op, ": group ", k, ": grad ", i,
+                     " must be float32, float16 or bfloat16, got ", grad.scalar_type());
+  }
+  TORCH_CHECK_VALUE(p.device() == device && grad.device() == device, op, ": group ", k,
+                    ": all tensors of a group must be on one device; its first param is on ", device, ", param ", i,
+                    " on ", p.device(), " with its grad on ", grad.device());
+  TORCH_CHECK_VALUE(p.sizes() == grad.sizes(), op, ": group ", k, ": param ", i, " has shape ", p.sizes(),
+                    " but its grad has shape ", grad.sizes());
+  TORCH_CHECK_VALUE(at::has_internal_overlap(p) != at::MemOverlap::Yes, op, ": group ", k, ": param ", i,
+                    " has overlapping memory (strides ", p.strides(), "); step a contiguous tensor instead");
+  TORCH_CHECK_VALUE(seen.insert(p.data_ptr()).second || p.numel() == 0, op, ": group ", k, ": param ", i,
+                    " appears twice in one call");
+}
+
+void check_state_tensor(const char* op, size_t k, size_t i, const char* name, const at::Tensor& s,
+                        const at::Tensor& p) {
+  TORCH_CHECK_TYPE(s.scalar_type() == p.scalar_type(), op, ": group ", k, ": ", name, " ", i, " is ",
+                   s.scalar_type(), " but its param is ", p.scalar_type());
+  TORCH_CHECK_VALUE(s.device() == p.device() && s.sizes() == p.sizes(), op, ": group ", k, ": ", name, " ", i,
+                    " must match its param's device and shape");
+  TORCH_CHECK_VALUE(at::has_internal_overlap(s) != at::MemOverlap::Yes, op, ": group ", k, ": ", name, " ", i,
+                    " has overlapping memory");
+}
 
 void check_scalar_tensor(const char* op, const std::optional<at::Tensor>& t, const char* name,
                          const at::Device& device, bool allow_cpu) {

@@ -9,6 +9,7 @@
 #include <ATen/core/List.h>
 #include <c10/util/Optional.h>
 
+#include <unordered_set>
 #include <vector>
 
 #include "lars.h"
@@ -60,6 +61,19 @@ constexpr int64_t kFlagLars = 1, kFlagNesterov = 2, kFlagMaximize = 4, kFlagDeca
 // device, or on the CPU where allow_cpu; the message names op and argument.
 void check_scalar_tensor(const char* op, const std::optional<at::Tensor>& t, const char* name,
                          const at::Device& device, bool allow_cpu);
+
+// The per-tensor checks both ops make (fused_lars_groups_, fused_lamb_groups_), one
+// owner for their rules and messages; k: the group, i: the index in it.
+bool is_kernel_float(at::ScalarType t);  // float32, float16, bfloat16: what the kernels step
+// Param i and its grad: dense, a kernel float (the grad: the param's dtype where
+// grad_as_param, else any kernel float), on `device`, one shape, a param without
+// overlapping memory (it would be written twice) and not already `seen` in the call.
+void check_param_and_grad(const char* op, size_t k, size_t i, const at::Tensor& p, const at::Tensor& grad,
+                          const at::Device& device, bool grad_as_param, std::unordered_set<const void*>& seen);
+// A state tensor of param i (a momentum buffer, exp_avg, ...): the param's dtype,
+// device and shape, without overlapping memory.
+void check_state_tensor(const char* op, size_t k, size_t i, const char* name, const at::Tensor& s,
+                        const at::Tensor& p);
 
 // Splits the flat lists of fused_lars_groups_ into groups and checks every
 // group (and grad_scale/found_inf) before the caller writes anything, so a bad

@@ -1,20 +1,16 @@
 // Parsing and checking fused_lamb_groups_'s arguments (lamb_args.h).
 #include "lamb_args.h"
 
-#include <ATen/MemoryOverlap.h>
-
 #include <cmath>
 #include <unordered_set>
 
-#include "group_args.h"  // check_scalar_tensor
+#include "group_args.h"  // the per-tensor checks both ops share
 
 namespace lars_cuda {
 
 namespace {
 
 constexpr const char* op = kLambGroupsOp;
-
-bool is_kernel_float(at::ScalarType t) { return t == at::kFloat || t == at::kHalf || t == at::kBFloat16; }
 
 // Group k's row and flags, checked, as the kernels' options.
 LambHyper lamb_hyper_of(size_t k, const double* row, int64_t flags) {
@@ -50,16 +46,6 @@ LambHyper lamb_hyper_of(size_t k, const double* row, int64_t flags) {
   return h;
 }
 
-// A state tensor (exp_avg, exp_avg_sq) of param i: its dtype, device and shape, not overlapping.
-void check_state(size_t k, size_t i, const char* name, const at::Tensor& s, const at::Tensor& p) {
-  TORCH_CHECK_TYPE(s.scalar_type() == p.scalar_type(), op, ": group ", k, ": ", name, " ", i, " is ",
-                   s.scalar_type(), " but its param is ", p.scalar_type());
-  TORCH_CHECK_VALUE(s.device() == p.device() && s.sizes() == p.sizes(), op, ": group ", k, ": ", name, " ", i,
-                    " must match its param's device and shape");
-  TORCH_CHECK_VALUE(at::has_internal_overlap(s) != at::MemOverlap::Yes, op, ": group ", k, ": ", name, " ", i,
-                    " has overlapping memory");
-}
-
 // A step count: one float element, the count after this step (bias correction
 // divides by 1 - beta^t, so t >= 1 there). A CPU count is read here; one on the
 // device is the kernel's to read.
@@ -81,24 +67,9 @@ void check_step(size_t k, size_t i, const at::Tensor& t, const at::Device& devic
 void check_group(size_t k, const LambGroupCall& g, std::unordered_set<const void*>& seen) {
   for (size_t i = 0; i < g.params.size(); ++i) {
     const at::Tensor& p = g.params[i];
-    const at::Tensor& grad = g.grads[i];
-    TORCH_CHECK_TYPE(!p.is_sparse() && !grad.is_sparse(), op, ": sparse tensors are not supported (group ", k,
-                     ", param ", i, ")");
-    TORCH_CHECK_TYPE(is_kernel_float(p.scalar_type()), op, ": group ", k, ": param ", i,
-                     " must be float32, float16 or bfloat16, got ", p.scalar_type());
-    TORCH_CHECK_TYPE(grad.scalar_type() == p.scalar_type(), op, ": group ", k, ": grad ", i, " is ",
-                     grad.scalar_type(), " but its param is ", p.scalar_type());
-    TORCH_CHECK_VALUE(p.device() == g.params[0].device() && grad.device() == p.device(), op, ": group ", k,
-                      ": all tensors of a group must be on one device; its first param is on ", g.params[0].device(),
-                      ", param ", i, " on ", p.device(), " with its grad on ", grad.device());
-    TORCH_CHECK_VALUE(p.sizes() == grad.sizes(), op, ": group ", k, ": param ", i, " has shape ", p.sizes(),
-                      " but its grad has shape ", grad.sizes());
-    TORCH_CHECK_VALUE(at::has_internal_overlap(p) != at::MemOverlap::Yes, op, ": group ", k, ": param ", i,
-                      " has overlapping memory (strides ", p.strides(), "); step a contiguous tensor instead");
-    TORCH_CHECK_VALUE(seen.insert(p.data_ptr()).second || p.numel() == 0, op, ": group ", k, ": param ", i,
-                      " appears twice in one call");
-    check_state(k, i, "exp_avg", g.exp_avgs[i], p);
-    check_state(k, i, "exp_avg_sq", g.exp_avg_sqs[i], p);
+    check_param_and_grad(op, k, i, p, g.grads[i], g.params[0].device(), /*grad_as_param=*/true, seen);
+    check_state_tensor(op, k, i, "exp_avg", g.exp_avgs[i], p);
+    check_state_tensor(op, k, i, "exp_avg_sq", g.exp_avg_sqs[i], p);
     check_step(k, i, g.steps[i], p.device(), g.hyper.bias_correction);
   }
   if (!g.params.empty()) check_scalar_tensor(op, g.lr_tensor, "lr", g.params[0].device(), /*allow_cpu=*/true);

@@ -124,21 +124,25 @@ class Lamb(SchemaOptimizer):
     def _max_grad_norm(self) -> Optional[float]:
         return self.defaults["max_grad_norm"]
 
-    def _advance_steps(self, group: dict[str, Any], params: list[Tensor]) -> list[Any]:
-        """Advances the step counts of a group's stepping params; returns them, one per param."""
-        steps = [self.state[p]["step"] for p in params]
+    def _advance_steps(self, group: dict[str, Any], states: list[dict[str, Any]]) -> list[Any]:
+        """Advances the step counts of a group's stepping params (``states``: theirs);
+        returns them, one per param."""
+        steps = [s["step"] for s in states]
         if steps:
             torch._foreach_add_(steps, 1)  # (one call: a Python += per CPU tensor costs ~7 us each)
         return steps
 
-    def _init_state(self, params: list[Tensor]) -> None:
-        for p in params:
-            state = self.state[p]
+    def _init_state(self, params: list[Tensor]) -> list[dict[str, Any]]:
+        """Creates the state params lack; returns their states (one lookup per param:
+        ``Tensor.__hash__`` is a Python call, and this runs every step)."""
+        states = [self.state[p] for p in params]
+        for p, state in zip(params, states):
             if "exp_avg" not in state:
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if self._STEP_IN_STATE and "step" not in state:
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
+        return states
 
     def _plan(self) -> list[tuple[dict[str, Any], LambOptions, list[Tensor], str]]:
         """Every group's (group, options, stepping params, path), checked; writes nothing."""
@@ -148,10 +152,13 @@ class Lamb(SchemaOptimizer):
             self._check_options(group, read_tensor_lr=False)
             params = [p for p in group["params"] if p.grad is not None]
             check_lamb_tensors(name, params, self.state)
-            path = lamb_path(name, group["foreach"], {p.device for p in params}, group.get("fused"),
-                             frozenset(p.dtype for p in params), any(sharded.is_dtensor(p) for p in params))
-            planned.append((group, self._lamb_options(group), params, path))
+            planned.append((group, self._lamb_options(group), params, self._path(group, params)))
         return planned
+
+    def _path(self, group: dict[str, Any], params: list[Tensor]) -> str:
+        """The path a group's stepping params take (``validation.lamb_path``)."""
+        return lamb_path(type(self).__name__, group["foreach"], {p.device for p in params}, group.get("fused"),
+                         frozenset(p.dtype for p in params), any(sharded.is_dtensor(p) for p in params))
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
@@ -177,9 +184,8 @@ class Lamb(SchemaOptimizer):
         clip = None if all_fused else self._clip_factor(params, [p.grad for p in params])
 
         def tensors(group, options, params):
-            self._init_state(params)
-            steps = self._advance_steps(group, params)
-            state = [self.state[p] for p in params]
+            state = self._init_state(params)
+            steps = self._advance_steps(group, state)
             return [params, [p.grad for p in params], [s["exp_avg"] for s in state],
                     [s["exp_avg_sq"] for s in state], steps]
         self._run(planned, clip, tensors, fused_args=dict(
@@ -190,8 +196,13 @@ class Lamb(SchemaOptimizer):
     def _step_supports_amp_scaling(self) -> bool:
         # GradScaler then hands us grad_scale/found_inf instead of unscaling the grads;
         # only the kernel consumes them, so every group must take that path.
+        # (The paths only: GradScaler asks before every step, and the step checks the rest.)
         try:
-            return all(path == "fused" for _, _, ps, path in self._plan() if ps)
+            for group in self.param_groups:
+                params = [p for p in group["params"] if p.grad is not None]
+                if params and self._path(group, params) != "fused":
+                    return False
+            return True
         except (TypeError, ValueError):
             return False  # (the step raises the error itself)
 

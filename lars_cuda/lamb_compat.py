@@ -87,23 +87,25 @@ class TimmLamb(_LambFlavour):
             corrected_weight_decay=corrected_weight_decay, max_lr_snapshot=float(max_lr), foreach=foreach))
 
     def _to_lamb(self, g: dict[str, Any]) -> dict[str, Any]:
-        decoupled = bool(g.get("decoupled_decay", False))
-        corrected = decoupled and bool(g.get("corrected_weight_decay", False))
+        # Every timm option is in a group (an older timm's loaded groups are completed
+        # with the defaults: SchemaOptimizer.__setstate__); "fused" is ours, set or not.
+        decoupled = bool(g["decoupled_decay"])
+        corrected = decoupled and bool(g["corrected_weight_decay"])
         return {"lr": g["lr"], "betas": g["betas"], "eps": g["eps"], "weight_decay": g["weight_decay"],
                 "decay_mode": "decoupled" if decoupled else "update", "bias_correction": g["bias_correction"],
                 "grad_averaging": g["grad_averaging"], "trust_clip": g["trust_clip"],
-                "always_adapt": g["always_adapt"], "caution": g.get("caution", False),
-                "max_lr": g.get("max_lr_snapshot", self.defaults.get("max_lr_snapshot")) if corrected else None,
-                "maximize": False, "foreach": g.get("foreach"), "fused": g.get("fused")}
+                "always_adapt": g["always_adapt"], "caution": g["caution"],
+                "max_lr": g["max_lr_snapshot"] if corrected else None,
+                "maximize": False, "foreach": g["foreach"], "fused": g.get("fused")}
 
-    def _advance_steps(self, group: dict[str, Any], params: list[Tensor]) -> list[Any]:
+    def _advance_steps(self, group: dict[str, Any], states: list[dict[str, Any]]) -> list[Any]:
         # timm: group["step"] is a float32 CPU tensor, advanced for every group (even one
         # without grads); an int from an older timm or from apex's FusedLAMB becomes one.
         step = group.get("step")
         if not isinstance(step, Tensor):
             step = group["step"] = torch.tensor(float(step or 0), dtype=torch.float32)
         step.add_(1)
-        return [step] * len(params)
+        return [step] * len(states)
 
 
 class FusedLAMB(_LambFlavour):
@@ -135,11 +137,11 @@ class FusedLAMB(_LambFlavour):
                 "decay_mode": "update" if self.adam_w_mode else "grad",
                 "bias_correction": bool(g["bias_correction"]), "grad_averaging": bool(g["grad_averaging"]),
                 "trust_clip": False, "always_adapt": bool(self.use_nvlamb), "caution": False, "max_lr": None,
-                "maximize": False, "foreach": g.get("foreach"), "fused": g.get("fused")}
+                "maximize": False, "foreach": g["foreach"], "fused": g["fused"]}
 
-    def _advance_steps(self, group: dict[str, Any], params: list[Tensor]) -> list[Any]:
+    def _advance_steps(self, group: dict[str, Any], states: list[dict[str, Any]]) -> list[Any]:
         group["step"] = int(group.get("step", 0)) + 1  # apex: an int per group, every group
-        return [group["step"]] * len(params)
+        return [group["step"]] * len(states)
 
     def zero_grad(self, set_to_none: Optional[bool] = None) -> None:
         super().zero_grad(set_to_none=self.set_grad_none if set_to_none is None else set_to_none)

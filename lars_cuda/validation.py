@@ -100,21 +100,25 @@ def check_lamb_options(group: dict[str, Any], max_grad_norm: Any, *, read_tensor
 
 def check_lamb_tensors(owner: str, params: list[Tensor], state: dict) -> None:
     """A LAMB group's stepping params: grads and moments like their params (DTensors:
-    laid out as them), no sparse, complex or integer tensors."""
+    laid out as them), no sparse, complex or integer tensors. This runs every step:
+    whole lists are compared first, a param at a time only to name a mismatch."""
     grads = [p.grad for p in params]
     check_grads(grads, {p.dtype for p in params}, owner)
     for i, (p, g) in enumerate(zip(params, grads)):
         if is_dtensor(p):
             check_sharded(p, g, i, owner)
-        if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
-            raise ValueError(f"{owner}: the grad of param {i} ({tuple(g.shape)}, {g.dtype}, {g.device}) "
-                             f"does not match it ({tuple(p.shape)}, {p.dtype}, {p.device})")
-        entry = state.get(p, {})
-        for key in ("exp_avg", "exp_avg_sq"):
-            s = entry.get(key)
-            if s is not None and (s.shape != p.shape or s.dtype != p.dtype or s.device != p.device):
-                raise ValueError(f"{owner}: {key} of param {i} ({tuple(s.shape)}, {s.dtype}, {s.device}) "
-                                 f"does not match it ({tuple(p.shape)}, {p.dtype}, {p.device})")
+    layout = [(p.shape, p.dtype, p.device) for p in params]
+    get, empty = state.get, {}
+    entries = [get(p) or empty for p in params]
+    for what, tensors in (("the grad", grads),
+                          ("exp_avg", [e.get("exp_avg") for e in entries]),
+                          ("exp_avg_sq", [e.get("exp_avg_sq") for e in entries])):
+        seen = [(t.shape, t.dtype, t.device) if t is not None else want for t, want in zip(tensors, layout)]
+        if seen != layout:
+            i = next(i for i, (a, b) in enumerate(zip(seen, layout)) if a != b)
+            (shape, dtype, device), (p_shape, p_dtype, p_device) = seen[i], layout[i]
+            raise ValueError(f"{owner}: {what} of param {i} ({tuple(shape)}, {dtype}, {device}) "
+                             f"does not match it ({tuple(p_shape)}, {p_dtype}, {p_device})")
 
 
 def lamb_path(owner: str, foreach: Optional[bool], devices: set, fused: Optional[bool] = None,

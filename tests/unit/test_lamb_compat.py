@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from lars_cuda import Lamb, compat
+from lars_cuda import Lamb, compat, ops
 
 from ..support.paths import BENCHMARKS
 from .test_lamb_oracle import APEX_SWITCHES, SWITCHES
@@ -107,6 +107,63 @@ def test_timm_lamb_names_timms_option_in_an_error():
         opt.param_groups[0]["max_lr_snapshot"] = -1.0
         opt.param_groups[0]["params"][0].grad = torch.ones(3)
         opt.step()
+
+
+@pytest.mark.parametrize("cls", [compat.TimmLamb, compat.FusedLAMB])
+def test_a_drop_in_class_takes_the_path_its_foreach_and_a_groups_fused_key_ask_for(cls, monkeypatch):
+    from lars_cuda import lamb
+
+    called = []
+    monkeypatch.setattr(lamb, "fused_lamb", lambda *a, **k: called.append("fused"))
+    monkeypatch.setattr(lamb, "multi_tensor_lamb", lambda *a, **k: called.append("foreach"))
+    monkeypatch.setattr(lamb, "single_tensor_lamb", lambda *a, **k: called.append("loop"))
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    cls([p], foreach=False).step()
+    cls([p], foreach=True).step()
+    cls([dict(params=[p], fused=False)]).step()
+    cls([dict(params=[p], fused=True)]).step()
+    assert called == ["loop", "foreach", "foreach", "fused" if ops.has_fused("cpu") else "foreach"]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_timm_lamb_ignores_corrected_decay_without_decoupled_decay_as_timm_does(path):
+    kw = dict(corrected_weight_decay=True, weight_decay=0.1)
+    theirs, opt_theirs = train(lambda g: timm_lamb.Lamb(g, lr=0.02, **kw), torch.float64)
+    mine, opt_mine = train(lambda g: compat.TimmLamb(g, lr=0.02, **kw, **PATHS[path]), torch.float64)
+    assert_same(mine, theirs, opt_mine, opt_theirs, torch.float64)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_timm_lamb_scales_decoupled_decay_by_lr_only_when_corrected_as_timm_does(path):
+    """With decoupled decay the decay is lr*wd*p; only corrected_weight_decay scales it
+    by lr/max_lr_snapshot (seen once a scheduler has moved the lr off the snapshot)."""
+    for corrected in (False, True):
+        kw = dict(decoupled_decay=True, corrected_weight_decay=corrected, weight_decay=0.1)
+
+        def halved(opt):
+            for group in opt.param_groups:
+                group["lr"] = group["lr"] / 2
+            return opt
+        theirs, opt_theirs = train(lambda g: halved(timm_lamb.Lamb(g, lr=0.02, **kw)), torch.float64)
+        mine, opt_mine = train(lambda g: halved(compat.TimmLamb(g, lr=0.02, **kw, **PATHS[path])), torch.float64)
+        assert_same(mine, theirs, opt_mine, opt_theirs, torch.float64)
+
+
+def test_timm_lamb_loads_an_older_timms_groups_with_timms_defaults():
+    """An older timm's groups lack ``caution``, ``decoupled_decay``, ``corrected_weight_decay``
+    and ``max_lr_snapshot``: they load with the defaults and step as timm does."""
+    params, opt = train(lambda g: timm_lamb.Lamb(g, lr=0.02), torch.float32, steps=K)
+    saved = copy.deepcopy(opt.state_dict())
+    for group in saved["param_groups"]:
+        for key in ("caution", "decoupled_decay", "corrected_weight_decay", "max_lr_snapshot"):
+            del group[key]
+    want, opt_want = train(lambda g: timm_lamb.Lamb(g, lr=0.02), torch.float32, steps=K + N)
+    resumed = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    got, opt_got = train(lambda g: _loaded(compat.TimmLamb(g, lr=0.02), saved), torch.float32, steps=N, first=K,
+                         params=resumed)
+    assert_same(got, want, opt_got, opt_want, torch.float32)
+    assert opt_got.param_groups[0]["caution"] is False and opt_got.param_groups[0]["max_lr_snapshot"] == 0.02
 
 
 # ---- apex ---------------------------------------------------------------------------------

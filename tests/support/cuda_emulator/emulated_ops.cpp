@@ -65,47 +65,66 @@ struct HostTable {
 
 void poison(void* p, size_t bytes) { std::memset(p, 0xff, bytes); }  // NaN in every float and double
 
+// A scratch array of n elements filled with NaN (new of 0 elements is still a
+// distinct allocation, so an access shows).
+template <typename T>
+std::unique_ptr<T[]> poisoned(int64_t n) {
+  const size_t count = static_cast<size_t>(std::max<int64_t>(n, 0));
+  std::unique_ptr<T[]> out(new T[count]);
+  poison(out.get(), sizeof(T) * count);
+  return out;
+}
+
+// The table faults a test can ask of the device: a chunk reading one element
+// past its tensor, one partial too few, every tensor taken as 16-byte aligned.
+template <typename Row>
+int64_t apply_table_faults(const Device& d, std::vector<ChunkRow>& chunks, std::vector<Row>& rows) {
+  int64_t n_partials = static_cast<int64_t>(chunks.size());
+  if (d.fault == "read_past" && !chunks.empty()) chunks.back().end += 1;
+  if (d.fault == "partials_short") n_partials -= 1;
+  if (d.fault == "misaligned")
+    for (Row& r : rows) r.vec_ok = 1;
+  return n_partials;
+}
+
+// A bucket's launches as the CUDA backend plans them on device `d`, each running
+// kernel(phases) on the emulator (a fault becomes a torch error); the device
+// records the plan's name and its launch count.
+template <typename Kernel>
+void run_launches(const Device& d, int64_t n_chunks, bool any_sums, SumsIO io, const Kernel& kernel) {
+  LaunchConfig config;
+  config.blocks_per_sm = 1;
+  config.force_three_kernel = !d.cooperative;
+  const LaunchPlan plan = plan_launch(n_chunks, any_sums, io, config, d.grid, d.grid);
+  const emu::LaunchKind kind =
+      plan.mode == LaunchPlan::kCooperative ? emu::LaunchKind::kCooperative : emu::LaunchKind::kOrdinary;
+  try {
+    for (int k = 0; k < plan.n_launches; ++k) {
+      const int phases = plan.phases[k];
+      emu::launch(static_cast<unsigned>(plan.grid), kThreads, kind, [&] { kernel(phases); }, {d.seed});
+    }
+  } catch (const emu::Error& e) {
+    TORCH_CHECK(false, "emulated CUDA kernel: ", e.what());
+  }
+  std::lock_guard<std::mutex> lock(device_mutex);
+  device.last = plan.name;
+  device.launches += plan.n_launches;
+}
+
 HostTable host_table(const Bucket& b, const Device& d) {
   TableLayout l = table_layout(b, d.wave_bytes);
   HostTable t;
   t.rows = std::move(l.rows);
   t.chunks = std::move(l.chunks);
   t.waves = std::move(l.waves);
-  int64_t n_partials = static_cast<int64_t>(t.chunks.size());
-  if (d.fault == "read_past" && !t.chunks.empty()) t.chunks.back().end += 1;
-  if (d.fault == "partials_short") n_partials -= 1;
-  if (d.fault == "misaligned")
-    for (TensorRow& r : t.rows) r.vec_ok = 1;
-  // (new of 0 elements is still a distinct allocation, so an access shows.)
-  t.partials.reset(new device_code::Sums3[static_cast<size_t>(std::max<int64_t>(n_partials, 0))]);
-  poison(t.partials.get(), sizeof(device_code::Sums3) * static_cast<size_t>(std::max<int64_t>(n_partials, 0)));
-  t.steps.reset(new TensorStep[t.rows.size()]);
-  poison(t.steps.get(), sizeof(TensorStep) * t.rows.size());
+  const int64_t n_partials = apply_table_faults(d, t.chunks, t.rows);
+  t.partials = poisoned<device_code::Sums3>(n_partials);
+  t.steps = poisoned<TensorStep>(static_cast<int64_t>(t.rows.size()));
   t.view = DeviceTable{t.rows.data(),       t.chunks.data(),
                        t.waves.data(),      t.partials.get(),
                        t.steps.get(),       static_cast<int64_t>(t.rows.size()),
                        static_cast<int64_t>(t.chunks.size()), static_cast<int64_t>(t.waves.size())};
   return t;
-}
-
-template <typename P, typename G>
-void launch(const DeviceTable& tab, const LaunchGroups& groups, const float* grad_scale, const float* found_inf,
-            SumsIO io, const Device& d) {
-  LaunchConfig config;
-  config.blocks_per_sm = 1;
-  config.force_three_kernel = !d.cooperative;
-  const LaunchPlan plan = plan_launch(tab.n_chunks, groups.any_lars, io, config, d.grid, d.grid);
-  const emu::LaunchKind kind =
-      plan.mode == LaunchPlan::kCooperative ? emu::LaunchKind::kCooperative : emu::LaunchKind::kOrdinary;
-  for (int k = 0; k < plan.n_launches; ++k) {
-    const int phases = plan.phases[k];
-    // The kernel's arguments, by value per thread as a launch passes them.
-    emu::launch(static_cast<unsigned>(plan.grid), kThreads, kind,
-                [&] { lars_kernel<P, G>(tab, groups, grad_scale, found_inf, phases, io); }, {d.seed});
-  }
-  std::lock_guard<std::mutex> lock(device_mutex);
-  device.last = plan.name;
-  device.launches += plan.n_launches;
 }
 
 void run_groups_emulated(const std::vector<GroupCall>& groups, const std::optional<at::Tensor>& grad_scale,
@@ -127,11 +146,10 @@ void run_groups_emulated(const std::vector<GroupCall>& groups, const std::option
                       using P = decltype(p_tag);
                       dispatch_lars_type(b.g_type, "grads", [&](auto g_tag) {
                         using G = decltype(g_tag);
-                        try {
-                          launch<P, G>(table.view, args, scale_ptr, inf_ptr, io, d);
-                        } catch (const emu::Error& e) {
-                          TORCH_CHECK(false, "emulated CUDA kernel: ", e.what());
-                        }
+                        // The kernel's arguments, by value per thread as a launch passes them.
+                        run_launches(d, table.view.n_chunks, args.any_lars, io, [&](int phases) {
+                          lars_kernel<P, G>(table.view, args, scale_ptr, inf_ptr, phases, io);
+                        });
                       });
                     });
                   });
@@ -155,15 +173,9 @@ LambHostTable lamb_host_table(const LambBucket& b, const LambLaunchGroups& group
   LambHostTable t;
   t.rows = std::move(l.rows);
   t.chunks = std::move(l.chunks);
-  int64_t n_partials = static_cast<int64_t>(t.chunks.size());
-  if (d.fault == "read_past" && !t.chunks.empty()) t.chunks.back().end += 1;
-  if (d.fault == "partials_short") n_partials -= 1;
-  if (d.fault == "misaligned")
-    for (LambRow& r : t.rows) r.vec_ok = 1;
-  t.partials.reset(new LambSums4[static_cast<size_t>(std::max<int64_t>(n_partials, 0))]);
-  poison(t.partials.get(), sizeof(LambSums4) * static_cast<size_t>(std::max<int64_t>(n_partials, 0)));
-  t.steps.reset(new LambStep[t.rows.size()]);
-  poison(t.steps.get(), sizeof(LambStep) * t.rows.size());
+  const int64_t n_partials = apply_table_faults(d, t.chunks, t.rows);
+  t.partials = poisoned<LambSums4>(n_partials);
+  t.steps = poisoned<LambStep>(static_cast<int64_t>(t.rows.size()));
   t.view = LambTable{t.rows.data(), t.chunks.data(), t.partials.get(), t.steps.get(),
                      static_cast<int64_t>(t.rows.size()), static_cast<int64_t>(t.chunks.size())};
   return t;
@@ -192,32 +204,12 @@ void fused_lamb_groups_emulated(at::TensorList params, at::TensorList grads, at:
                        [&](const LambLaunchGroups& args, const LambBucket& b) {
                          const at::Tensor counts = lamb_step_counts(b, at::Device(at::kCPU));
                          const LambHostTable table = lamb_host_table(b, args, counts.const_data_ptr<float>(), d);
-                         LaunchConfig config;
-                         config.blocks_per_sm = 1;
-                         config.force_three_kernel = !d.cooperative;
-                         const LaunchPlan plan = plan_launch(table.view.n_chunks, args.any_sums, SumsIO{}, config,
-                                                             d.grid, d.grid);
-                         const emu::LaunchKind kind = plan.mode == LaunchPlan::kCooperative
-                                                          ? emu::LaunchKind::kCooperative
-                                                          : emu::LaunchKind::kOrdinary;
                          dispatch_lars_type(b.dtype, "params", [&](auto p_tag) {
                            using P = decltype(p_tag);
-                           try {
-                             for (int k = 0; k < plan.n_launches; ++k) {
-                               const int phases = plan.phases[k];
-                               emu::launch(static_cast<unsigned>(plan.grid), kThreads, kind,
-                                           [&] {
-                                             lamb_kernel<P>(table.view, args, scale_ptr, inf_ptr, clip_ptr, phases);
-                                           },
-                                           {d.seed});
-                             }
-                           } catch (const emu::Error& e) {
-                             TORCH_CHECK(false, "emulated CUDA kernel: ", e.what());
-                           }
+                           run_launches(d, table.view.n_chunks, args.any_sums, SumsIO{}, [&](int phases) {
+                             lamb_kernel<P>(table.view, args, scale_ptr, inf_ptr, clip_ptr, phases);
+                           });
                          });
-                         std::lock_guard<std::mutex> lock(device_mutex);
-                         device.last = plan.name;
-                         device.launches += plan.n_launches;
                        });
 }
 
