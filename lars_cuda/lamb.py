@@ -138,8 +138,8 @@ class Lamb(SchemaOptimizer):
         states = [self.state[p] for p in params]
         for p, state in zip(params, states):
             if "exp_avg" not in state:
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg"] = torch.zeros_like(p)  # (preserve_format: a channels_last param's layout)
+                state["exp_avg_sq"] = torch.zeros_like(p)
             if self._STEP_IN_STATE and "step" not in state:
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
         return states

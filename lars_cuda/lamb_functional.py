@@ -200,7 +200,7 @@ def finish(halves: Halves, global_rows: Optional[Tensor] = None) -> Optional[Ten
 
 
 def _moments_and_update(p: Tensor, g: Tensor, m_state: Tensor, v_state: Tensor, step: Step, o: LambOptions,
-                        clip: Optional[Tensor], defer_caution: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+                        clip: Optional[Tensor], defer_caution: bool) -> tuple[Tensor, Optional[Tensor]]:
     """One tensor's Adam half, in its compute dtype ``p.dtype``: advances the moments
     (written back into the states) and returns the update u (decay and caution in)
     and None; a decoupled decay is applied to ``p`` (a compute-dtype copy or the param
@@ -344,9 +344,8 @@ def _multi_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps, o: LambOptio
     masks: list[Optional[Tensor]] = [None] * len(params)
     if o.caution:
         masks = [(x * g > 0).to(compute) for x, g in zip(u, g32)]
+        # (deferred: the sharded half divides by the global mean, and _local_rows counts the masks)
         u = torch._foreach_mul(u, masks if defer else [mask / mask.mean().clamp_min(1e-3) for mask in masks])
-        if not defer:
-            masks = [None] * len(params)
     if wd != 0 and o.decay_mode == "decoupled":
         scale = _on(_decoupled_scale(o), device, compute)
         torch._foreach_sub_(p32, torch._foreach_mul(p32, scale * wd))

@@ -102,17 +102,77 @@ def test_float32_params_step_as_the_oracle_to_float32_rounding(switch, path):
 
 
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("switch", ["defaults", "decoupled decay"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_a_half_precision_step_is_the_float32_step_rounded_with_moments_in_the_param_dtype(dtype, path):
+def test_a_half_precision_step_is_the_float32_step_rounded_with_moments_in_the_param_dtype(dtype, switch, path):
+    kw, _ = SWITCHES[switch]
     params, grads = tensors(dtype=torch.float32)
     params = [p.to(dtype).float() for p in params]  # representable in both
     grads = [[g.to(dtype).float() for g in gs] for gs in grads]
-    want, _ = train(lambda ps: Lamb(ps, lr=LR, **PATHS[path]), params, grads, steps=1)
-    got, opt = train(lambda ps: Lamb(ps, lr=LR, **PATHS[path]), [p.to(dtype) for p in params],
+    want, opt32 = train(lambda ps: Lamb(ps, lr=LR, **kw, **PATHS[path]), params, grads, steps=1)
+    got, opt = train(lambda ps: Lamb(ps, lr=LR, **kw, **PATHS[path]), [p.to(dtype) for p in params],
                      [[g.to(dtype) for g in gs] for gs in grads], steps=1)
     for a, b in zip(got, want):
         assert a.dtype == dtype and opt.state[a]["exp_avg"].dtype == dtype
         torch.testing.assert_close(a.detach(), b.detach().to(dtype), rtol=0, atol=0)
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(opt.state[a][key], opt32.state[b][key].to(dtype), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("mode", ["grad", "update", "decoupled"])
+def test_a_weight_decay_of_one_is_applied_in_every_mode(mode, path):
+    kw = dict(decay_mode=mode, weight_decay=1.0)
+    params, grads = tensors()
+    want, _ = oracle(params, grads, kw)
+    got, _ = train(lambda ps: Lamb(ps, lr=LR, **kw, **PATHS[path]), params, grads)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.detach(), b, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_caution_masks_the_update_where_the_gradient_is_zero(path):
+    """u*g > 0 (timm's mask): where g is 0 and the momentum is not, u is masked out."""
+    params, grads = tensors()
+    for t in (1, 2):
+        grads[t][0][::2] = 0.0  # rows of zeros after the first step
+    want, _ = oracle(params, grads, dict(caution=True))
+    got, _ = train(lambda ps: Lamb(ps, lr=LR, caution=True, **PATHS[path]), params, grads)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.detach(), b, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("switch", ["defaults", "no bias correction", "caution", "decoupled decay"])
+def test_the_bias_corrections_traced_as_tensors_step_as_the_float_ones(switch, path, monkeypatch):
+    """Under torch.compile a tensor step count stays a tensor (one graph); that branch
+    is run here in eager mode, so that the float32 step it takes is checked."""
+    kw, _ = SWITCHES[switch]
+    params, grads = tensors(dtype=torch.float32)
+    want, _ = train(lambda ps: Lamb(ps, lr=LR, **kw, **PATHS[path]), params, grads)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    got, _ = train(lambda ps: Lamb(ps, lr=LR, **kw, **PATHS[path]), params, grads)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_step_count_is_a_float32_tensor_whatever_the_default_dtype():
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        opt = Lamb([p], lr=LR)
+        opt.step()
+    finally:
+        torch.set_default_dtype(previous)
+    assert opt.state[p]["step"].dtype == torch.float32
+
+
+def test_betas_given_as_a_list_become_a_tuple():
+    from lars_cuda.lamb_options import LambOptions
+
+    assert LambOptions.of(dict(lr=LR, betas=[0.8, 0.9])).betas == (0.8, 0.9)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -187,20 +247,23 @@ def trained_with_next_grads(steps):
     return params, grads, ps, opt
 
 
-def test_trust_ratios_are_the_ratios_the_next_step_applies():
-    params, grads, ps, opt = trained_with_next_grads(2)
+@pytest.mark.parametrize("done", [0, 2], ids=["fresh", "after two steps"])
+def test_trust_ratios_are_the_ratios_the_next_step_applies(done):
+    params, grads, ps, opt = trained_with_next_grads(done)
     ratios = opt.trust_ratios()
     before = [p.detach().clone() for p in ps]
     state_before = copy.deepcopy(opt.state_dict())
     assert torch.equal(opt.trust_ratios(), ratios)  # nothing changed by asking
     assert all(torch.equal(a, p) for a, p in zip(before, ps))
-    assert opt.state_dict()["state"][0]["step"] == state_before["state"][0]["step"]
-    # the oracle's ratio of the third step, per param
-    _, moments = oracle(params, grads, {}, steps=2)
-    clip = global_clip_f64(grads[2], 1.0)
+    assert len(opt.state) == len(state_before["state"]) == (len(ps) if done else 0)  # (fresh: without state)
+    if done:
+        assert opt.state_dict()["state"][0]["step"] == state_before["state"][0]["step"]
+    # the oracle's ratio of the next step, per param
+    _, moments = oracle(params, grads, {}, steps=done)
+    clip = global_clip_f64(grads[done], 1.0)
     want: list = []
-    for i, (p, g) in enumerate(zip(ps, grads[2])):
-        lamb_step_f64(p.detach(), g, *moments[i], step=3, lr=LR, clip=clip, ratio_out=want)
+    for i, (p, g) in enumerate(zip(ps, grads[done])):
+        lamb_step_f64(p.detach(), g, *moments[i], step=done + 1, lr=LR, clip=clip, ratio_out=want)
     assert len(want) == len(ps)
     torch.testing.assert_close(ratios, torch.tensor(want, dtype=torch.float32), rtol=1e-6, atol=0)
 

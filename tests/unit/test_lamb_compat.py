@@ -87,7 +87,8 @@ def test_timm_lamb_takes_timms_arguments_and_defaults():
 
 def test_timm_lamb_holds_timms_param_groups():
     p = [torch.nn.Parameter(torch.ones(3))]
-    for kw in ({}, dict(decoupled_decay=True, corrected_weight_decay=True, lr=0.3)):
+    for kw in ({}, dict(decoupled_decay=True, corrected_weight_decay=True, lr=0.3),
+               dict(decoupled_decay=True, corrected_weight_decay=True, lr=torch.tensor(0.3))):
         theirs = {k: v for k, v in timm_lamb.Lamb(p, **kw).param_groups[0].items() if k != "params"}
         mine = {k: v for k, v in compat.TimmLamb(p, **kw).param_groups[0].items() if k != "params"}
         assert mine == theirs
@@ -97,7 +98,8 @@ def test_timm_lamb_refuses_corrected_decay_without_a_positive_lr_as_timm_does():
     p = [torch.nn.Parameter(torch.ones(3))]
     with pytest.raises(ValueError, match="Corrected weight decay requires a positive max lr"):
         timm_lamb.Lamb(p, lr=0.0, corrected_weight_decay=True)
-    with pytest.raises(ValueError, match="Corrected weight decay requires a positive max lr"):
+    with pytest.raises(ValueError, match=r"^Corrected weight decay requires a positive max lr, got 0.0. Construct "
+                                         r"the optimizer with the peak lr.$"):
         compat.TimmLamb(p, lr=0.0, corrected_weight_decay=True)
 
 
@@ -123,7 +125,27 @@ def test_a_drop_in_class_takes_the_path_its_foreach_and_a_groups_fused_key_ask_f
     cls([p], foreach=True).step()
     cls([dict(params=[p], fused=False)]).step()
     cls([dict(params=[p], fused=True)]).step()
-    assert called == ["loop", "foreach", "foreach", "fused" if ops.has_fused("cpu") else "foreach"]
+    kernel = "fused" if ops.has_fused("cpu") else "foreach"
+    assert called == ["loop", "foreach", "foreach", kernel]
+    if cls is compat.FusedLAMB:  # (ours: apex has no such arguments)
+        cls([p], fused=False).step()
+        cls([p], fused=True).step()
+        assert called[4:] == ["foreach", kernel]
+
+
+@pytest.mark.parametrize("cls", [compat.TimmLamb, compat.FusedLAMB])
+def test_a_drop_in_class_counts_steps_in_float32_whatever_the_default_dtype(cls):
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        opt = cls([p], foreach=True)
+        opt.step()
+    finally:
+        torch.set_default_dtype(previous)
+    step = opt.param_groups[0]["step"]
+    assert (step.dtype == torch.float32) if cls is compat.TimmLamb else isinstance(step, int)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -187,7 +209,7 @@ def test_fused_lamb_takes_apexs_arguments_and_defaults():
 
 
 def test_fused_lamb_refuses_amsgrad_as_apex_does():
-    with pytest.raises(RuntimeError, match="FusedLAMB does not support the AMSGrad variant."):
+    with pytest.raises(RuntimeError, match=r"^FusedLAMB does not support the AMSGrad variant\.$"):
         compat.FusedLAMB([torch.nn.Parameter(torch.ones(3))], amsgrad=True)
 
 
@@ -198,6 +220,9 @@ def test_fused_lamb_zero_grad_follows_set_grad_none(set_grad_none):
     p.grad = torch.ones(3)
     opt.zero_grad()
     assert (p.grad is None) if set_grad_none else torch.equal(p.grad, torch.zeros(3))
+    p.grad = torch.ones(3)
+    opt.zero_grad(set_to_none=not set_grad_none)  # an explicit argument wins
+    assert (p.grad is None) if not set_grad_none else torch.equal(p.grad, torch.zeros(3))
 
 
 def test_fused_lamb_does_not_write_into_the_grads():

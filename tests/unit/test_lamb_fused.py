@@ -200,10 +200,12 @@ def test_the_same_inputs_give_the_same_bits_on_any_thread_count():
 # ---- GradScaler ----------------------------------------------------------------------------
 
 def test_gradscaler_hands_its_scale_to_the_kernel_and_leaves_the_grads_scaled():
+    # (no clipping and a large eps: the step would change with the scale left in the grads)
+    kw = dict(max_grad_norm=None, eps=0.1, **FUSED)
     params, grads = tensors(dtype=torch.float32)
-    want, _ = train(lambda ps: Lamb(ps, lr=LR, **FUSED), params, grads, steps=1)
+    want, _ = train(lambda ps: Lamb(ps, lr=LR, **kw), params, grads, steps=1)
     ps = [torch.nn.Parameter(p.clone()) for p in params]
-    opt = Lamb(ps, lr=LR, **FUSED)
+    opt = Lamb(ps, lr=LR, **kw)
     assert opt._step_supports_amp_scaling
     scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
     scaler.scale(sum((p * g).sum() for p, g in zip(ps, grads[0]))).backward()
@@ -251,8 +253,25 @@ def test_the_functional_lamb_runs_the_kernel_when_fused():
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
 
 
+def test_fused_lamb_hands_found_inf_to_the_kernel():
+    lists = op_lists()
+    untouched = clones(lists)
+    fused_lamb([(lists, LambOptions(lr=LR))], found_inf=torch.tensor(1.0))
+    assert all(torch.equal(a, b) for x, y in zip(lists, untouched) for a, b in zip(x, y))
+
+
+def test_fused_lamb_takes_step_counts_as_numbers():
+    lists = op_lists(step=3.0)
+    want = clones(lists)
+    fused_lamb([(want, LambOptions(lr=LR))])
+    lists[4] = [3, 3.0, 3]
+    fused_lamb([(lists, LambOptions(lr=LR))])
+    for a, b in zip(lists[0], want[0]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_fused_lamb_refuses_a_precomputed_clip_beside_a_scale():
-    with pytest.raises(ValueError, match="precomputed clip"):
+    with pytest.raises(ValueError, match="^fused_lamb: a precomputed clip comes without grad_scale and max_grad_norm$"):
         fused_lamb([(op_lists(), LambOptions(lr=LR))], clip=torch.tensor(2.0), grad_scale=torch.tensor(4.0))
 
 
