@@ -5,6 +5,7 @@ every switch; and the behaviours torch.optim users rely on."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import pickle
@@ -72,6 +73,26 @@ def train(make, params, grads, steps=STEPS):
             p.grad = g.clone()
         opt.step()
     return ps, opt
+
+
+def record_paths(monkeypatch) -> list:
+    """Replaces Lamb's three steps with recorders: the list of the paths steps take."""
+    from lars_cuda import lamb
+
+    called: list = []
+    for name, path in (("fused_lamb", "fused"), ("multi_tensor_lamb", "foreach"), ("single_tensor_lamb", "loop")):
+        monkeypatch.setattr(lamb, name, lambda *a, _path=path, **k: called.append(_path))
+    return called
+
+
+@contextlib.contextmanager
+def default_dtype(dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 # ---- the math -----------------------------------------------------------------------------
@@ -159,13 +180,9 @@ def test_the_bias_corrections_traced_as_tensors_step_as_the_float_ones(switch, p
 def test_the_step_count_is_a_float32_tensor_whatever_the_default_dtype():
     p = torch.nn.Parameter(torch.ones(3))
     p.grad = torch.ones(3)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with default_dtype(torch.float64):
         opt = Lamb([p], lr=LR)
         opt.step()
-    finally:
-        torch.set_default_dtype(previous)
     assert opt.state[p]["step"].dtype == torch.float32
 
 
@@ -447,12 +464,7 @@ def test_foreach_over_two_devices_is_refused_naming_them():
 
 
 def test_the_default_path_is_the_kernel_where_it_serves_else_foreach(monkeypatch):
-    from lars_cuda import lamb
-
-    called = []
-    monkeypatch.setattr(lamb, "fused_lamb", lambda *a, **k: called.append("fused"))
-    monkeypatch.setattr(lamb, "multi_tensor_lamb", lambda *a, **k: called.append("foreach"))
-    monkeypatch.setattr(lamb, "single_tensor_lamb", lambda *a, **k: called.append("loop"))
+    called = record_paths(monkeypatch)
     p = torch.nn.Parameter(torch.ones(3))
     p.grad = torch.ones(3)
     d = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
@@ -463,6 +475,62 @@ def test_the_default_path_is_the_kernel_where_it_serves_else_foreach(monkeypatch
     Lamb([p], fused=False).step()
     Lamb([p], foreach=False).step()
     assert called == ["fused" if has_fused("cpu") else "foreach", "foreach", "foreach", "foreach", "loop"]
+
+
+# ---- the functional API: lars_cuda.lamb_functional.lamb -------------------------------------
+
+FUNCTIONAL_PATHS = {"loop": (dict(foreach=False), torch.float64), "foreach": (dict(foreach=True), torch.float64),
+                    "fused": (dict(fused=True), torch.float32)}
+
+
+@pytest.mark.parametrize("path", FUNCTIONAL_PATHS)
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_the_functional_lamb_steps_as_the_float64_oracle(switch, path):
+    from lars_cuda.lamb_functional import lamb
+
+    flags, dtype = FUNCTIONAL_PATHS[path]
+    if flags.get("fused") and not has_fused("cpu"):
+        pytest.skip("lars_cuda's compiled extension is not built")
+    kw, oracle_kw = SWITCHES[switch]
+    kw = {"max_grad_norm": 1.0, **kw}  # (the functional clips only when asked; Lamb's default is 1.0)
+    params, grads = tensors(dtype=dtype)
+    want, moments = oracle(params, grads, oracle_kw, max_grad_norm=kw["max_grad_norm"])
+    ps = [p.clone() for p in params]
+    exp_avgs, exp_avg_sqs = [torch.zeros_like(p) for p in ps], [torch.zeros_like(p) for p in ps]
+    for t in range(1, STEPS + 1):
+        lamb(ps, grads[t - 1], exp_avgs, exp_avg_sqs, [float(t)] * len(ps), lr=LR, **kw, **flags)
+    tol = dict(rtol=1e-12, atol=1e-13) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)
+    for i, (a, b) in enumerate(zip(ps, want)):
+        torch.testing.assert_close(a.double(), b, **tol, msg=f"param {i}")
+        torch.testing.assert_close(exp_avgs[i].double(), moments[i][0], **tol)
+        torch.testing.assert_close(exp_avg_sqs[i].double(), moments[i][1], **tol)
+
+
+def test_the_functional_lamb_takes_a_precomputed_clip():
+    from lars_cuda.lamb_functional import global_clip_factor, lamb
+
+    params, grads = tensors()
+    want, _ = oracle(params, grads, {}, max_grad_norm=0.5, steps=1)
+    ps = [p.clone() for p in params]
+    clip = global_clip_factor(grads[0], 0.5)
+    lamb(ps, grads[0], [torch.zeros_like(p) for p in ps], [torch.zeros_like(p) for p in ps], [1.0] * len(ps), lr=LR,
+         max_grad_norm=None, clip=clip)
+    for a, b in zip(ps, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+
+
+def test_the_functional_lambs_defaults_are_lambs_but_for_clipping_and_the_path():
+    import inspect
+
+    from lars_cuda.lamb_functional import lamb
+
+    signature = inspect.signature(lamb).parameters
+    ours = {name: default for name, default in Lamb.option_defaults().items()
+            if name not in ("lr", "max_grad_norm", "foreach", "fused")}
+    assert {name: signature[name].default for name in ours} == ours
+    assert signature["lr"].default is inspect.Parameter.empty  # required, as the caller's schedule sets it
+    assert (signature["max_grad_norm"].default, signature["foreach"].default, signature["fused"].default) == (
+        None, False, False)
 
 
 def test_lambs_defaults_are_its_signatures():

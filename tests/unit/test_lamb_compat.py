@@ -16,6 +16,7 @@ import torch
 from lars_cuda import Lamb, compat, ops
 
 from ..support.paths import BENCHMARKS
+from .test_lamb import default_dtype, record_paths
 from .test_lamb_oracle import APEX_SWITCHES, SWITCHES
 
 sys.path.insert(0, BENCHMARKS)
@@ -113,12 +114,7 @@ def test_timm_lamb_names_timms_option_in_an_error():
 
 @pytest.mark.parametrize("cls", [compat.TimmLamb, compat.FusedLAMB])
 def test_a_drop_in_class_takes_the_path_its_foreach_and_a_groups_fused_key_ask_for(cls, monkeypatch):
-    from lars_cuda import lamb
-
-    called = []
-    monkeypatch.setattr(lamb, "fused_lamb", lambda *a, **k: called.append("fused"))
-    monkeypatch.setattr(lamb, "multi_tensor_lamb", lambda *a, **k: called.append("foreach"))
-    monkeypatch.setattr(lamb, "single_tensor_lamb", lambda *a, **k: called.append("loop"))
+    called = record_paths(monkeypatch)
     p = torch.nn.Parameter(torch.ones(3))
     p.grad = torch.ones(3)
     cls([p], foreach=False).step()
@@ -134,16 +130,21 @@ def test_a_drop_in_class_takes_the_path_its_foreach_and_a_groups_fused_key_ask_f
 
 
 @pytest.mark.parametrize("cls", [compat.TimmLamb, compat.FusedLAMB])
+def test_a_drop_in_class_refuses_a_groups_fused_key_that_is_not_a_bool(cls):
+    p = torch.nn.Parameter(torch.ones(3))
+    with pytest.raises(TypeError, match="fused"):
+        cls([dict(params=[p], fused="yes")])
+    with pytest.raises(ValueError, match="foreach and fused cannot both be True"):
+        cls([dict(params=[p], fused=True)], foreach=True)
+
+
+@pytest.mark.parametrize("cls", [compat.TimmLamb, compat.FusedLAMB])
 def test_a_drop_in_class_counts_steps_in_float32_whatever_the_default_dtype(cls):
     p = torch.nn.Parameter(torch.ones(3))
     p.grad = torch.ones(3)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with default_dtype(torch.float64):
         opt = cls([p], foreach=True)
         opt.step()
-    finally:
-        torch.set_default_dtype(previous)
     step = opt.param_groups[0]["step"]
     assert (step.dtype == torch.float32) if cls is compat.TimmLamb else isinstance(step, int)
 
@@ -211,6 +212,14 @@ def test_fused_lamb_takes_apexs_arguments_and_defaults():
 def test_fused_lamb_refuses_amsgrad_as_apex_does():
     with pytest.raises(RuntimeError, match=r"^FusedLAMB does not support the AMSGrad variant\.$"):
         compat.FusedLAMB([torch.nn.Parameter(torch.ones(3))], amsgrad=True)
+
+
+def test_fused_lamb_sets_grads_to_none_by_default_as_apex_does():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = compat.FusedLAMB([p])
+    p.grad = torch.ones(3)
+    opt.zero_grad()
+    assert p.grad is None
 
 
 @pytest.mark.parametrize("set_grad_none", [True, False])
