@@ -86,11 +86,7 @@ std::vector<GroupCall> parse_groups_of(const char* op, at::TensorList params, at
                                        const std::optional<at::Tensor>& grad_scale,
                                        const std::optional<at::Tensor>& found_inf) {
   const size_t n_groups = group_sizes.size();
-  TORCH_CHECK_VALUE(hyper.size() == n_groups * kHyperStride && flags.size() == n_groups &&
-                        lr_tensors.size() == n_groups,
-                    op, ": ", n_groups, " groups need ", n_groups * kHyperStride, " hyper values, ", n_groups,
-                    " flags and ", n_groups, " lr tensors; got ", hyper.size(), ", ", flags.size(), " and ",
-                    lr_tensors.size());
+  check_group_lists(op, n_groups, kHyperStride, hyper, flags, lr_tensors);
   TORCH_CHECK_VALUE(params.size() == grads.size(), op, ": got ", params.size(), " params but ", grads.size(),
                     " grads");
   int64_t total = 0, total_bufs = 0;
@@ -155,6 +151,14 @@ void check_param_and_grad(const char* op, size_t k, size_t i, const at::Tensor& 
                     " has overlapping memory (strides ", p.strides(), "); step a contiguous tensor instead");
   TORCH_CHECK_VALUE(seen.insert(p.data_ptr()).second || p.numel() == 0, op, ": group ", k, ": param ", i,
                     " appears twice in one call");
+}
+
+void check_group_lists(const char* op, size_t n_groups, int64_t stride, at::ArrayRef<double> hyper,
+                       at::IntArrayRef flags, const c10::List<std::optional<at::Tensor>>& lr_tensors) {
+  const size_t n_hyper = n_groups * static_cast<size_t>(stride);
+  TORCH_CHECK_VALUE(hyper.size() == n_hyper && flags.size() == n_groups && lr_tensors.size() == n_groups, op, ": ",
+                    n_groups, " groups need ", n_hyper, " hyper values, ", n_groups, " flags and ", n_groups,
+                    " lr tensors; got ", hyper.size(), ", ", flags.size(), " and ", lr_tensors.size());
 }
 
 void check_state_tensor(const char* op, size_t k, size_t i, const char* name, const at::Tensor& s,

@@ -70,6 +70,9 @@ bool is_kernel_float(at::ScalarType t);  // float32, float16, bfloat16: what the
 // overlapping memory (it would be written twice) and not already `seen` in the call.
 void check_param_and_grad(const char* op, size_t k, size_t i, const at::Tensor& p, const at::Tensor& grad,
                           const at::Device& device, bool grad_as_param, std::unordered_set<const void*>& seen);
+// A call's per-group lists: `stride` hyper values, one flags word and one lr tensor per group.
+void check_group_lists(const char* op, size_t n_groups, int64_t stride, at::ArrayRef<double> hyper,
+                       at::IntArrayRef flags, const c10::List<std::optional<at::Tensor>>& lr_tensors);
 // A state tensor of param i (a momentum buffer, exp_avg, ...): the param's dtype,
 // device and shape, without overlapping memory.
 void check_state_tensor(const char* op, size_t k, size_t i, const char* name, const at::Tensor& s,

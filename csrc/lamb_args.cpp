@@ -84,11 +84,7 @@ LambCall parse_lamb_groups(at::TensorList params, at::TensorList grads, at::Tens
                            std::optional<double> max_grad_norm, const std::optional<at::Tensor>& grad_scale,
                            const std::optional<at::Tensor>& found_inf) {
   const size_t n_groups = group_sizes.size();
-  TORCH_CHECK_VALUE(hyper.size() == n_groups * kLambHyperStride && flags.size() == n_groups &&
-                        lr_tensors.size() == n_groups,
-                    op, ": ", n_groups, " groups need ", n_groups * kLambHyperStride, " hyper values, ", n_groups,
-                    " flags and ", n_groups, " lr tensors; got ", hyper.size(), ", ", flags.size(), " and ",
-                    lr_tensors.size());
+  check_group_lists(op, n_groups, kLambHyperStride, hyper, flags, lr_tensors);
   const size_t n = params.size();
   TORCH_CHECK_VALUE(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && state_steps.size() == n,
                     op, ": every param needs a grad, an exp_avg, an exp_avg_sq and a step count; got ", n,

@@ -149,6 +149,20 @@ def test_a_drop_in_class_counts_steps_in_float32_whatever_the_default_dtype(cls)
     assert (step.dtype == torch.float32) if cls is compat.TimmLamb else isinstance(step, int)
 
 
+@pytest.mark.parametrize("done", [0, 2], ids=["fresh", "after two steps"])
+@pytest.mark.parametrize("cls", [compat.TimmLamb, compat.FusedLAMB])
+def test_a_drop_in_classs_trust_ratios_are_lambs_with_the_same_options(cls, done):
+    """Their step counts live in the groups (timm's, apex's), Lamb's in the state."""
+    ratios = []
+    for make in (lambda g: cls(g, lr=0.02), lambda g: Lamb(g, lr=0.02)):
+        params, opt = train(make, torch.float64, steps=done)
+        for p, g in zip(params, grads_for(done, torch.float64)):
+            p.grad = g
+        ratios.append(opt.trust_ratios())
+    assert len(ratios[0]) == 3  # (the first group: the params with weight decay)
+    torch.testing.assert_close(ratios[0], ratios[1], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_timm_lamb_ignores_corrected_decay_without_decoupled_decay_as_timm_does(path):
     kw = dict(corrected_weight_decay=True, weight_decay=0.1)

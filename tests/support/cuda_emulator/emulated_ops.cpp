@@ -63,6 +63,12 @@ struct HostTable {
   DeviceTable view;
 };
 
+// A copy of the device's settings (tests change them between calls).
+Device current_device() {
+  std::lock_guard<std::mutex> lock(device_mutex);
+  return device;
+}
+
 void poison(void* p, size_t bytes) { std::memset(p, 0xff, bytes); }  // NaN in every float and double
 
 // A scratch array of n elements filled with NaN (new of 0 elements is still a
@@ -129,11 +135,7 @@ HostTable host_table(const Bucket& b, const Device& d) {
 
 void run_groups_emulated(const std::vector<GroupCall>& groups, const std::optional<at::Tensor>& grad_scale,
                          const std::optional<at::Tensor>& found_inf, SumsIO io) {
-  Device d;
-  {
-    std::lock_guard<std::mutex> lock(device_mutex);
-    d = device;
-  }
+  const Device d = current_device();
   std::vector<at::Tensor> keep;
   const float* scale_ptr = float_ptr_or_null(grad_scale, keep);
   const float* inf_ptr = float_ptr_or_null(found_inf, keep);
@@ -189,11 +191,7 @@ void fused_lamb_groups_emulated(at::TensorList params, at::TensorList grads, at:
                                 const std::optional<at::Tensor>& found_inf) {
   const LambCall call = parse_lamb_groups(params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes, hyper,
                                           flags, lr_tensors, max_grad_norm, grad_scale, found_inf);
-  Device d;
-  {
-    std::lock_guard<std::mutex> lock(device_mutex);
-    d = device;
-  }
+  const Device d = current_device();
   std::vector<at::Tensor> keep;
   const float* scale_ptr = float_ptr_or_null(grad_scale, keep);
   const float* inf_ptr = float_ptr_or_null(found_inf, keep);
