@@ -3,9 +3,10 @@ applied to a scratch copy of the repository, the CPU extension is rebuilt there
 (LARS_CUDA_FORCE_CPU=1, ninja rebuilds only what changed) and the kernel's tests
 are run against it. A mutant the tests do not fail is a survivor. The CUDA
 device code's mutants (csrc/cuda/*.cuh) are run by the emulated CUDA kernel's
-tests (tests/integration/test_emulated_cuda.py, which rebuild the emulated backend from the
-scratch copy's sources); the shared math (csrc/lars.h) and op layer by the CPU
-kernel's.
+tests (tests/integration/test_emulated_cuda.py and test_emulated_cuda_lamb.py, which
+rebuild the emulated backend from the scratch copy's sources); the shared math
+(csrc/lars.h, csrc/lamb.h) and op layer by the CPU kernel's (LAMB's element math by
+the emulated LAMB tests, which also step Lamb(fused=True) against the oracle).
 
     python scripts/hand_mutations.py [--keep] [--only NAME ...]
 
@@ -27,6 +28,11 @@ TESTS = ["tests/unit/test_fused_op.py", "tests/unit/test_lars_math.py", "tests/u
 
 # The emulated CUDA kernel's tests, without the sanitizer runs (their own build).
 EMULATED = ["tests/integration/test_emulated_cuda.py", "-k", "not sanitiz"]
+# LAMB's: the CPU kernel's tests, and the emulated CUDA LAMB kernel's (which step
+# Lamb(fused=True) through the emulator against the oracle: a break of the shared
+# element math, csrc/lamb.h, shows there although both kernels share it).
+LAMB = ["tests/unit/test_lamb_fused.py"]
+EMULATED_LAMB = ["tests/integration/test_emulated_cuda_lamb.py", "-k", "not sanitiz"]
 
 # (name, file, original text, mutated text[, tests]): each original must occur exactly once;
 # tests default to TESTS.
@@ -109,6 +115,42 @@ MUTANTS = [
     ("CUDA: the update reads the previous tensor's step", "csrc/cuda/kernel.cuh",
      "const TensorStep* st = &tab.steps[ch.tensor];",
      "const TensorStep* st = &tab.steps[ch.tensor == 0 ? 0 : ch.tensor - 1];", EMULATED),
+    # LAMB (issue 36): the CUDA kernel under the emulator, the shared element math, the CPU kernel.
+    ("LAMB CUDA: apply ignores the caution scale", "csrc/cuda/lamb_kernel.cuh",
+     "p = pd - step * lamb_full_update(u, pd, scale, c);", "p = pd - step * lamb_full_update(u, pd, 1.f, c);",
+     EMULATED_LAMB),
+    ("LAMB CUDA: the ratio phase drops the count shuffle", "csrc/cuda/lamb_kernel.cuh",
+     "        sums.count += __shfl_down_sync(0xffffffffu, sums.count, o);\n", "", EMULATED_LAMB),
+    ("LAMB CUDA: block_sum4 loses its first __syncthreads", "csrc/cuda/lamb_kernel.cuh",
+     "  if (lane == 0) smem[warp] = x;\n  __syncthreads();\n", "  if (lane == 0) smem[warp] = x;\n", EMULATED_LAMB),
+    ("LAMB CUDA: the norms sum the undecayed param", "csrc/cuda/lamb_kernel.cuh",
+     "    s.pp += pd * pd;", "    s.pp += p * p;", EMULATED_LAMB),
+    ("LAMB CUDA: the update ignores the ratio phase", "csrc/cuda/lamb_kernel.cuh",
+     "      if (row.needs_sums) {", "      if (false) {", EMULATED_LAMB),
+    ("LAMB CUDA: the tail loop starts at begin", "csrc/cuda/lamb_kernel.cuh",
+     "  for (int64_t i = tail + threadIdx.x; i < end; i += kThreads) {",
+     "  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {", EMULATED_LAMB),
+    ("LAMB: trust clip as a floor", "csrc/lamb.h",
+     "if (h.trust_clip) r = r > 1.f ? 1.f : r;", "if (h.trust_clip) r = r < 1.f ? 1.f : r;", EMULATED_LAMB),
+    ("LAMB: the second bias correction with beta1", "csrc/lamb.h",
+     "pow(static_cast<double>(h.beta2), step)", "pow(static_cast<double>(h.beta1), step)", EMULATED_LAMB),
+    ("LAMB: the caution norm without the cross term", "csrc/lamb.h",
+     "n2 = sc * sc * s.uu + 2.0 * sc * wd * s.up + wd * wd * s.pp;", "n2 = sc * sc * s.uu + wd * wd * s.pp;",
+     EMULATED_LAMB),
+    ("LAMB: grad averaging ignored", "csrc/lamb.h",
+     "a1(V(h.grad_averaging ? 1.f - h.beta1 : 1.f)),", "a1(V(1.f - h.beta1)),", EMULATED_LAMB),
+    ("LAMB CPU: the vector sums skip the mask count", "csrc/cpu/lamb_cpu_kernel.h",
+     "          sk = sk + mask;\n", "", LAMB),
+    ("LAMB CPU: apply ignores the scale in the vector loop", "csrc/cpu/lamb_cpu_kernel.h",
+     "    const Vec scale_v(scale), step_v(step);", "    const Vec scale_v(1.f), step_v(step);", LAMB),
+    ("LAMB CPU: the ratios swap the sums of p² and u²", "csrc/cpu/lamb_cpu_kernel.h",
+     "        sums.pp += partials[4 * i];", "        sums.pp += partials[4 * i + 1];", LAMB),
+    ("LAMB CPU: the grad squares drop the tail", "csrc/cpu/lamb_cpu_kernel.h",
+     "    tail += static_cast<double>(x) * x;", "    (void)x;", LAMB),
+    # (one-pass tensors have weight_decay 0, so breaking their decoupled decay changes
+    # nothing: an equivalent mutant, measured; their lr is what this one breaks)
+    ("LAMB CPU: one-pass tensors step with twice the lr", "csrc/cpu/lamb_cpu_kernel.h",
+     "    const Vec one(1.f), step_v(t.lr);", "    const Vec one(1.f), step_v(2.f * t.lr);", LAMB),
 ]
 
 
@@ -141,7 +183,7 @@ def main() -> int:
     args = ap.parse_args()
     env = dict(os.environ, LARS_CUDA_FORCE_CPU="1", PYTHONDONTWRITEBYTECODE="1")
     fresh_copy()
-    ok, detail = build_and_test(env, TESTS + EMULATED)
+    ok, detail = build_and_test(env, TESTS + LAMB + EMULATED + EMULATED_LAMB[:1])
     if not ok:
         print(f"the unmutated copy does not pass: {detail}")
         return 2
