@@ -74,8 +74,13 @@ class Lamb(SchemaOptimizer):
             path ``torch.amp.GradScaler`` hands over its scale and inf flag instead
             of unscaling the grads (as for ``torch.optim.AdamW(fused=True)``).
 
-    The state of a param holds ``step`` (a float32 CPU tensor, as ``torch.optim.AdamW``
-    keeps it), ``exp_avg`` and ``exp_avg_sq`` in the param's dtype. Bad options or
+    The state of a param holds ``step`` (a float32 tensor: on the param's device on the
+    kernel path, on the CPU elsewhere, as ``torch.optim.AdamW`` places it for its fused
+    and other paths), ``exp_avg`` and ``exp_avg_sq`` in the param's dtype. On the kernel
+    path a step never reads the device on the host: ``GradScaler``'s inf flag skips the
+    kernel on the device and the step counts are put back there (as torch's fused
+    AdamW), so a CUDA step can be captured in a CUDA graph (after one step outside the
+    capture, which builds its tensor table on the device). Bad options or
     tensors raise ``ValueError``/``TypeError`` before anything is written.
     """
 
@@ -132,16 +137,17 @@ class Lamb(SchemaOptimizer):
             torch._foreach_add_(steps, 1)  # (one call: a Python += per CPU tensor costs ~7 us each)
         return steps
 
-    def _init_state(self, params: list[Tensor]) -> list[dict[str, Any]]:
-        """Creates the state params lack; returns their states (one lookup per param:
-        ``Tensor.__hash__`` is a Python call, and this runs every step)."""
+    def _init_state(self, params: list[Tensor], path: str = "foreach") -> list[dict[str, Any]]:
+        """Creates the state params lack (a fresh step count on the param's device on the
+        kernel path, where the kernel reads it, else on the CPU); returns their states
+        (one lookup per param: ``Tensor.__hash__`` is a Python call, and this runs every step)."""
         states = [self.state[p] for p in params]
         for p, state in zip(params, states):
             if "exp_avg" not in state:
                 state["exp_avg"] = torch.zeros_like(p)  # (preserve_format: a channels_last param's layout)
                 state["exp_avg_sq"] = torch.zeros_like(p)
             if self._STEP_IN_STATE and "step" not in state:
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if path == "fused" else None)
         return states
 
     def _plan(self) -> list[tuple[dict[str, Any], LambOptions, list[Tensor], str]]:
@@ -171,26 +177,60 @@ class Lamb(SchemaOptimizer):
         planned = self._plan()  # everything is checked before anything is written
         params = [p for _, _, ps, _ in planned for p in ps]
         self._last_grad_scale = grad_scale
-        if found_inf is not None and bool(found_inf.item()):
-            # (GradScaler hands found_inf to the fused path only: free to read on the CPU,
-            # a host sync on CUDA.) The step is skipped; states exist, counts stay.
-            for _, _, ps, _ in planned:
-                self._init_state(ps)
-            return loss
         # Where every group runs the kernel on one device, the kernel computes the global
         # clip itself (one call); otherwise the clip is computed here over every grad.
         all_fused = (all(path == "fused" for _, _, ps, path in planned if ps)
                      and len({ps[0].device for _, _, ps, _ in planned if ps}) <= 1)
+        # An inf step is skipped on the device where the counts are tensors that the
+        # kernel's skip can be matched with (counts advanced, then found_inf taken off
+        # them, as torch's fused AdamW); otherwise found_inf is read on the host (free on
+        # the CPU, a sync on CUDA).
+        skip_on_device = found_inf is not None and all_fused and self._STEP_IN_STATE
+        self._check_graph_capture(planned, all_fused)
+        if found_inf is not None and not skip_on_device and bool(found_inf.item()):
+            for _, _, ps, path in planned:  # skipped: states exist, counts stay
+                self._init_state(ps, path)
+            return loss
         clip = None if all_fused else self._clip_factor(params, [p.grad for p in params])
+        advanced: list[Tensor] = []
 
-        def tensors(group, options, params):
-            state = self._init_state(params)
+        def tensors(group, options, params, path):
+            state = self._init_state(params, path)
             steps = self._advance_steps(group, state)
+            advanced.extend(steps)
             return [params, [p.grad for p in params], [s["exp_avg"] for s in state],
                     [s["exp_avg_sq"] for s in state], steps]
         self._run(planned, clip, tensors, fused_args=dict(
-            max_grad_norm=self._max_grad_norm() if all_fused else None, grad_scale=grad_scale))
+            max_grad_norm=self._max_grad_norm() if all_fused else None, grad_scale=grad_scale,
+            found_inf=found_inf if skip_on_device else None))
+        if skip_on_device and advanced:
+            by_device: dict = {}
+            for step in advanced:
+                by_device.setdefault(step.device, []).append(step)
+            for device, steps in by_device.items():  # (a CPU count with a CUDA flag: one sync)
+                inf = found_inf.to(device=device, dtype=torch.float32)
+                torch._foreach_sub_(steps, [inf] * len(steps))
         return loss
+
+    def _check_graph_capture(self, planned, all_fused: bool) -> None:
+        """Refuses a CUDA graph capture of a step that would read the device on the host
+        or bake a host value into the graph: every group on the kernel path, step counts
+        in the state, on the params' device."""
+        if not any(ps and ps[0].is_cuda for _, _, ps, _ in planned) or not torch.cuda.is_current_stream_capturing():
+            return
+        name = type(self).__name__
+        if not all_fused or not self._STEP_IN_STATE:
+            raise RuntimeError(f"{name}: a CUDA graph can capture a step only where every param group runs the "
+                               "fused kernel on one device with its step counts in the state (lars_cuda.Lamb "
+                               "with fused=True; the compat classes count steps per group on the host)")
+        for _, _, ps, _ in planned:
+            for p in ps:
+                step = self.state.get(p, {}).get("step")
+                if step is not None and step.device != p.device:
+                    raise RuntimeError(f"{name}: a CUDA graph can capture a step only with the step counts on the "
+                                       f"params' device; a count is on {step.device} (a state loaded into a group "
+                                       "without fused=True keeps them on the CPU): load it with fused=True, which "
+                                       "places them on the device, before capturing")
 
     @property
     def _step_supports_amp_scaling(self) -> bool:
@@ -227,7 +267,7 @@ class Lamb(SchemaOptimizer):
         grads = {p: (p.grad if scale == 1.0 else p.grad / scale) for p in params}
         clip = self._clip_factor(params, list(grads.values()))
 
-        def copies(group, options, params):
+        def copies(group, options, params, path):
             if not options.adapts:
                 return None
             state = [self.state.get(p, {}) for p in params]
@@ -242,7 +282,7 @@ class Lamb(SchemaOptimizer):
 
     def _run(self, planned, clip: Optional[Tensor], tensors, ratios_out: Optional[list] = None,
              fused_args: Optional[dict] = None) -> None:
-        """Steps each planned group over ``tensors(group, options, params)`` (params,
+        """Steps each planned group over ``tensors(group, options, params, path)`` (params,
         grads, exp_avgs, exp_avg_sqs, steps; None: nothing to step): plain tensors on
         the group's path (the fused groups together in ONE kernel call, given
         ``fused_args``' max_grad_norm and grad_scale, or ``clip``), DTensors in two
@@ -251,7 +291,7 @@ class Lamb(SchemaOptimizer):
         waiting = []  # the sharded halves waiting for their global norms: (DTensors, halves, local rows)
         fused_groups = []
         for group, options, params, path in planned:
-            lists = tensors(group, options, params)
+            lists = tensors(group, options, params, path)
             if lists is None or not params:
                 continue
             if ratios_out is not None:

@@ -58,8 +58,9 @@ def clip_from_sum_of_squares(sum_of_squares: Tensor, max_grad_norm: float, dtype
 
 def bias_corrections(o: LambOptions, step: Step) -> tuple[Union[float, Tensor], Union[float, Tensor]]:
     """``(1 - β1^t, 1 - β2^t)`` for step t (counted from 1), or ``(1, 1)`` without
-    bias correction. The step counts live on the CPU (as torch.optim.AdamW's do
-    unless capturable), so reading one is not a device sync; under ``torch.compile``
+    bias correction. On these paths (loop, foreach) ``Lamb`` keeps the step counts on
+    the CPU (as torch.optim.AdamW does off its fused and capturable paths), so reading
+    one is not a device sync; under ``torch.compile``
     a tensor count stays a tensor (as AdamW's ``_get_value``), so that the step
     traces as one graph."""
     if not o.bias_correction:

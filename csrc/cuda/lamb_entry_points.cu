@@ -1,17 +1,17 @@
 // The CUDA backend of fused_lamb_groups_: parse and check every group
 // (lamb_args.h), the global clip with ATen ops on the device (lamb_buckets.h),
-// then per launch of up to kMaxGroups groups and per dtype bucket one table
-// (lamb_launches.h, shared with the emulated build of the tests) copied to the
-// device in one asynchronous copy, and the launch: cooperative when the device
-// allows it, else three ordinary launches on the same stream, one where no
-// group needs a per-tensor sum (launch_plan.h).
+// then per launch of up to kMaxGroups groups and per dtype bucket its table
+// (lamb_launches.h, shared with the emulated build of the tests; cached on the
+// device per parameter list, lamb_tensor_table.cuh, so only the step counts are
+// copied, device to device where they live there) and the launch: cooperative
+// when the device allows it, else three ordinary launches on the same stream,
+// one where no group needs a per-tensor sum (launch_plan.h).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <cstring>
 #include <mutex>
 #include <vector>
 
@@ -22,6 +22,7 @@
 #include "../status.h"
 #include "lamb_kernel.cuh"
 #include "lamb_launches.h"
+#include "lamb_tensor_table.cuh"
 #include "launch_plan.h"
 
 namespace lars_cuda {
@@ -71,17 +72,6 @@ void launch_lamb(const LambTable& tab, const LambLaunchGroups& groups, const flo
   set_last_cuda_launch(plan.name);
 }
 
-// The layout's parts in one pinned host buffer, copied to the device without a
-// sync; the device bytes are freed (stream-ordered) after the launch.
-at::Tensor device_table(const LambTableLayout& l, const at::Device& device) {
-  at::Tensor host = at::empty({l.bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  uint8_t* base = host.data_ptr<uint8_t>();
-  std::memset(base, 0, static_cast<size_t>(l.bytes));
-  std::memcpy(base, l.rows.data(), l.rows.size() * sizeof(LambRow));
-  std::memcpy(base + l.off_chunks, l.chunks.data(), l.chunks.size() * sizeof(ChunkRow));
-  return host.to(device, /*non_blocking=*/true);
-}
-
 void fused_lamb_groups_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                             at::TensorList exp_avg_sqs, at::TensorList state_steps, at::IntArrayRef group_sizes,
                             at::ArrayRef<double> hyper, at::IntArrayRef flags,
@@ -100,10 +90,7 @@ void fused_lamb_groups_cuda(at::TensorList params, at::TensorList grads, at::Ten
   for_each_lamb_launch(call, [](const at::Tensor& lr) { return lr.is_cpu(); },
                        [&](const LambLaunchGroups& args, const LambBucket& b) {
                          const at::Device device = b.params[0].device();
-                         const at::Tensor counts = lamb_step_counts(b, device);
-                         const LambTableLayout layout = lamb_table_layout(b, args, counts.const_data_ptr<float>());
-                         at::Tensor table = device_table(layout, device);
-                         const LambTable tab = lamb_table_at(layout, table.data_ptr<uint8_t>());
+                         const LambTable tab = get_lamb_table(b, args, lamb_step_counts(b, device), kLambGroupsOp);
                          dispatch_lars_type(b.dtype, "params", [&](auto p_tag) {
                            launch_lamb<decltype(p_tag)>(tab, args, scale_ptr, inf_ptr, clip_ptr,
                                                         device.index());

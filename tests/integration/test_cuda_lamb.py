@@ -56,3 +56,84 @@ def test_gradscaler_hands_its_scale_to_the_cuda_lamb_kernel():
     want, _ = train(lambda q: Lamb(q, lr=LR, fused=True), params, grads, steps=1)
     for a, b in zip(ps, want):
         torch.testing.assert_close(a.detach().cpu(), b.detach(), rtol=1e-5, atol=1e-6)
+
+
+# ---- step counts on the device, no host sync, CUDA graphs ----------------------------------
+
+def _cuda_params(dtype=torch.float32):
+    params, grads = tensors(dtype=dtype)
+    return [torch.nn.Parameter(p.cuda()) for p in params], [[g.cuda() for g in gs] for gs in grads]
+
+
+def test_fresh_step_counts_live_on_the_params_device_on_the_kernel_path():
+    ps, grads = _cuda_params()
+    opt = Lamb(ps, lr=LR, fused=True)
+    for p, g in zip(ps, grads[0]):
+        p.grad = g.clone()
+    opt.step()
+    assert all(opt.state[p]["step"].device == p.device and float(opt.state[p]["step"]) == 1.0 for p in ps)
+
+
+def test_a_fused_cuda_step_never_synchronizes_with_the_host():
+    ps, grads = _cuda_params()
+    opt = Lamb(ps, lr=torch.tensor(LR, device="cuda"), fused=True)
+    for p, g in zip(ps, grads[0]):
+        p.grad = g.clone()
+    opt.step()  # (the first step builds the tensor table)
+    for p, g in zip(ps, grads[1]):
+        p.grad.copy_(g)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        opt.grad_scale, opt.found_inf = torch.ones((), device="cuda"), torch.zeros((), device="cuda")
+        opt.step()
+        opt.found_inf = torch.ones((), device="cuda")
+        opt.step()  # an inf step: skipped on the device, counts put back there
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        del opt.grad_scale, opt.found_inf
+    assert all(float(opt.state[p]["step"]) == 2.0 for p in ps)
+    params, cpu_grads = tensors(dtype=torch.float32)
+    want, _ = train(lambda q: Lamb(q, lr=LR, fused=True), params, cpu_grads, steps=2)
+    for a, b in zip(ps, want):
+        torch.testing.assert_close(a.detach().cpu().double(), b.detach().double(), rtol=2e-5, atol=2e-6)
+
+
+def test_a_captured_cuda_graph_replays_the_lamb_step():
+    ps, grads = _cuda_params()
+    opt = Lamb(ps, lr=torch.tensor(LR, device="cuda"), fused=True, caution=True)
+    for p in ps:
+        p.grad = torch.zeros_like(p)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for p, g in zip(ps, grads[0]):
+            p.grad.copy_(g)
+        opt.step()  # step 1, outside the capture (builds the table)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    # The capture ran nothing: replay steps 2 and 3 from the grads copied in.
+    for t in (1, 2):
+        for p, g in zip(ps, grads[t]):
+            p.grad.copy_(g)
+        graph.replay()
+    torch.cuda.synchronize()
+    params, cpu_grads = tensors(dtype=torch.float32)
+    want, _ = train(lambda q: Lamb(q, lr=LR, fused=True, caution=True), params, cpu_grads, steps=3)
+    assert all(float(opt.state[p]["step"]) == 3.0 for p in ps)
+    for a, b in zip(ps, want):
+        torch.testing.assert_close(a.detach().cpu().double(), b.detach().double(), rtol=2e-5, atol=2e-6)
+
+
+def test_capturing_a_step_off_the_kernel_path_is_refused():
+    ps, grads = _cuda_params()
+    opt = Lamb(ps, lr=LR, foreach=True)
+    for p, g in zip(ps, grads[0]):
+        p.grad = g.clone()
+    opt.step()
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="CUDA graph can capture a step only"):
+        with torch.cuda.graph(graph):
+            opt.step()

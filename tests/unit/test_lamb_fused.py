@@ -5,6 +5,8 @@ write), GradScaler's scale and inf flag, strided tensors, and the op's schema.""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -412,3 +414,66 @@ def test_found_inf_skips_the_op_and_grad_scale_divides_the_grads():
     torch.ops.lars_cuda.fused_lamb_groups_(*op_args(lists, max_grad_norm=None, grad_scale=torch.tensor(8.0)))
     for a, b in zip(lists[0], want[0]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ---- an inf step (GradScaler's found_inf) -------------------------------------------------
+
+def _inf_step(opt, found_inf, monkeypatch=None):
+    """One step with GradScaler's attributes set, as GradScaler sets them on the fused
+    path; with ``monkeypatch``, reading ``found_inf`` on the host fails the test."""
+    opt.grad_scale, opt.found_inf = torch.tensor(1.0), found_inf
+    if monkeypatch is not None:
+        real_item = torch.Tensor.item
+
+        def item(t):
+            assert t is not found_inf, "found_inf was read on the host"
+            return real_item(t)
+        monkeypatch.setattr(torch.Tensor, "item", item)
+    try:
+        opt.step()
+    finally:
+        del opt.grad_scale, opt.found_inf
+        if monkeypatch is not None:
+            monkeypatch.undo()
+
+
+def test_an_inf_step_on_the_kernel_path_is_skipped_on_the_device_and_its_counts_put_back(monkeypatch):
+    params, grads = tensors(dtype=torch.float32)
+    ps, opt = train(lambda q: Lamb(q, lr=LR, **FUSED), params, grads, steps=1)
+    before = copy.deepcopy(opt.state_dict())
+    values = [p.detach().clone() for p in ps]
+    for p, g in zip(ps, grads[1]):
+        p.grad = g.clone()
+    _inf_step(opt, torch.tensor(1.0), monkeypatch)  # the host never reads found_inf here
+    assert all(torch.equal(a, p.detach()) for a, p in zip(values, ps))
+    after = opt.state_dict()["state"]
+    for k, s in before["state"].items():
+        assert all(torch.equal(s[key], after[k][key]) for key in ("step", "exp_avg", "exp_avg_sq"))
+    _inf_step(opt, torch.tensor(0.0))  # the skipped step's grads again: the second step
+    want, _ = train(lambda q: Lamb(q, lr=LR, **FUSED), params, grads, steps=2)
+    for a, b in zip(ps, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_compat_class_skips_an_inf_step_and_keeps_its_group_count():
+    # (timm's and apex's counts are per group, on the host: found_inf is read there.)
+    params, grads = tensors(dtype=torch.float32)
+    ps, opt = train(lambda q: compat.FusedLAMB(q, lr=LR, **FUSED), params, grads, steps=1)
+    values = [p.detach().clone() for p in ps]
+    for p, g in zip(ps, grads[1]):
+        p.grad = g.clone()
+    _inf_step(opt, torch.tensor(1.0))
+    assert opt.param_groups[0]["step"] == 1
+    assert all(torch.equal(a, p.detach()) for a, p in zip(values, ps))
+
+
+def test_an_inf_step_with_a_group_off_the_kernel_path_is_skipped_on_the_host():
+    params, grads = tensors(dtype=torch.float32)
+    ps, opt = train(lambda q: Lamb([{"params": q[:2], "fused": True}, {"params": q[2:], "foreach": True}], lr=LR),
+                    params, grads, steps=1)
+    values = [p.detach().clone() for p in ps]
+    for p, g in zip(ps, grads[1]):
+        p.grad = g.clone()
+    _inf_step(opt, torch.tensor(1.0))
+    assert all(torch.equal(a, p.detach()) for a, p in zip(values, ps))
+    assert all(float(opt.state[p]["step"]) == 1.0 for p in ps)
