@@ -119,9 +119,9 @@ struct LambSums {
 };
 
 // The caution mask's scale of a tensor of `numel` elements (1 without caution).
-LARS_HD float lamb_caution_scale(const LambHyper& h, double count, int64_t numel) {
+LARS_HD float lamb_caution_scale(const LambHyper& h, double count, double numel) {
   if (!h.caution) return 1.f;
-  const float mean = static_cast<float>(count / static_cast<double>(numel));
+  const float mean = static_cast<float>(count / numel);
   return 1.f / (mean > 1e-3f ? mean : 1e-3f);
 }
 
@@ -141,6 +141,24 @@ LARS_HD float lamb_tensor_step(const LambHyper& h, float lr, const LambSums& s, 
   float r = (w > 0.f && n > 0.f) ? w / n : 1.f;
   if (h.trust_clip) r = r > 1.f ? 1.f : r;  // (NaN stays NaN, as torch.clamp_max)
   return lr * r;
+}
+
+// The sharded step's row of sums per tensor (lamb_args.h): Σp², Σu², Σu·p, the
+// caution mask's count, numel.
+constexpr int64_t kLambSumsPerTensor = 5;
+
+// A tensor's (lr*r, caution scale) from its all-reduced row of sums.
+struct LambStepScale {
+  float step, scale;
+};
+LARS_HD LambStepScale lamb_step_of_row(const LambHyper& h, float lr, const double* row) {
+  const float scale = lamb_caution_scale(h, row[3], row[4]);
+  LambSums s;
+  s.pp = row[0];
+  s.uu = row[1];
+  s.up = row[2];
+  s.count = row[3];
+  return LambStepScale{lamb_tensor_step(h, lr, s, scale), scale};
 }
 
 }  // namespace lars_cuda

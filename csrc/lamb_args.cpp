@@ -1,4 +1,4 @@
-// Parsing and checking fused_lamb_groups_'s arguments (lamb_args.h).
+// Parsing and checking the LAMB ops' arguments (lamb_args.h).
 #include "lamb_args.h"
 
 #include <cmath>
@@ -10,10 +10,8 @@ namespace lars_cuda {
 
 namespace {
 
-constexpr const char* op = kLambGroupsOp;
-
 // Group k's row and flags, checked, as the kernels' options.
-LambHyper lamb_hyper_of(size_t k, const double* row, int64_t flags) {
+LambHyper lamb_hyper_of(const char* op, size_t k, const double* row, int64_t flags) {
   const double lr = row[kLambSlotLr], beta1 = row[kLambSlotBeta1], beta2 = row[kLambSlotBeta2],
                eps = row[kLambSlotEps], wd = row[kLambSlotWeightDecay], max_lr = row[kLambSlotMaxLr];
   TORCH_CHECK_VALUE(std::isfinite(lr) && lr >= 0.0, op, ": group ", k, " has an invalid lr ", lr);
@@ -49,7 +47,7 @@ LambHyper lamb_hyper_of(size_t k, const double* row, int64_t flags) {
 // A step count: one float element, the count after this step (bias correction
 // divides by 1 - beta^t, so t >= 1 there). A CPU count is read here; one on the
 // device is the kernel's to read.
-void check_step(size_t k, size_t i, const at::Tensor& t, const at::Device& device, bool bias_correction) {
+void check_step(const char* op, size_t k, size_t i, const at::Tensor& t, const at::Device& device, bool bias_correction) {
   TORCH_CHECK_VALUE(t.numel() == 1, op, ": group ", k, ": state_steps ", i, " must hold one element, got shape ",
                     t.sizes());
   TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": group ", k,
@@ -64,13 +62,13 @@ void check_step(size_t k, size_t i, const at::Tensor& t, const at::Device& devic
   }
 }
 
-void check_group(size_t k, const LambGroupCall& g, std::unordered_set<const void*>& seen) {
+void check_group(const char* op, size_t k, const LambGroupCall& g, std::unordered_set<const void*>& seen) {
   for (size_t i = 0; i < g.params.size(); ++i) {
     const at::Tensor& p = g.params[i];
     check_param_and_grad(op, k, i, p, g.grads[i], g.params[0].device(), /*grad_as_param=*/true, seen);
     check_state_tensor(op, k, i, "exp_avg", g.exp_avgs[i], p);
     check_state_tensor(op, k, i, "exp_avg_sq", g.exp_avg_sqs[i], p);
-    check_step(k, i, g.steps[i], p.device(), g.hyper.bias_correction);
+    check_step(op, k, i, g.steps[i], p.device(), g.hyper.bias_correction);
   }
   if (!g.params.empty()) check_scalar_tensor(op, g.lr_tensor, "lr", g.params[0].device(), /*allow_cpu=*/true);
 }
@@ -82,7 +80,7 @@ LambCall parse_lamb_groups(at::TensorList params, at::TensorList grads, at::Tens
                            at::ArrayRef<double> hyper, at::IntArrayRef flags,
                            const c10::List<std::optional<at::Tensor>>& lr_tensors,
                            std::optional<double> max_grad_norm, const std::optional<at::Tensor>& grad_scale,
-                           const std::optional<at::Tensor>& found_inf) {
+                           const std::optional<at::Tensor>& found_inf, const char* op) {
   const size_t n_groups = group_sizes.size();
   check_group_lists(op, n_groups, kLambHyperStride, hyper, flags, lr_tensors);
   const size_t n = params.size();
@@ -109,9 +107,9 @@ LambCall parse_lamb_groups(at::TensorList params, at::TensorList grads, at::Tens
     const int64_t size = group_sizes[k];
     const double* row = hyper.data() + k * kLambHyperStride;
     LambGroupCall g{params.slice(at, size),   grads.slice(at, size),      exp_avgs.slice(at, size),
-                    exp_avg_sqs.slice(at, size), state_steps.slice(at, size), lamb_hyper_of(k, row, flags[k]),
+                    exp_avg_sqs.slice(at, size), state_steps.slice(at, size), lamb_hyper_of(op, k, row, flags[k]),
                     row[kLambSlotLr],         lr_tensors.get(k)};
-    check_group(k, g, seen);
+    check_group(op, k, g, seen);
     if (size > 0) {
       if (!device.has_value()) device = g.params[0].device();
       TORCH_CHECK_VALUE(g.params[0].device() == *device, op, ": one call steps one device; the first group is on ",
@@ -124,6 +122,20 @@ LambCall parse_lamb_groups(at::TensorList params, at::TensorList grads, at::Tens
   check_scalar_tensor(op, grad_scale, "grad_scale", where, /*allow_cpu=*/where.is_cpu());
   check_scalar_tensor(op, found_inf, "found_inf", where, /*allow_cpu=*/where.is_cpu());
   return call;
+}
+
+}  // namespace lars_cuda
+
+namespace lars_cuda {
+
+void check_lamb_sums(const at::Tensor& sums, int64_t n, const at::Device& device) {
+  TORCH_CHECK_TYPE(sums.scalar_type() == at::kDouble, kLambApplyOp, ": sums must be float64, got ",
+                   sums.scalar_type());
+  TORCH_CHECK_VALUE(sums.dim() == 2 && sums.size(0) == n && sums.size(1) == kLambSumsPerTensor, kLambApplyOp,
+                    ": sums must have shape [", n, ", ", kLambSumsPerTensor, "] (one row per param), got ",
+                    sums.sizes());
+  TORCH_CHECK_VALUE(sums.device() == device, kLambApplyOp, ": sums is on ", sums.device(), " but the params are on ",
+                    device);
 }
 
 }  // namespace lars_cuda

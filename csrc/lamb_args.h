@@ -15,6 +15,13 @@
 namespace lars_cuda {
 
 constexpr const char* kLambGroupsOp = "fused_lamb_groups_";
+// The sharded step's halves (DTensor params): the local sums, then the update from
+// the all-reduced ones. A row per param: (Σp², Σu², Σu·p, the caution mask's
+// count, numel), the last three only in caution groups (u: the Adam update, the
+// whole update with its decay where there is no caution), float64; the layout of
+// lars_cuda/lamb_functional.py's sharded halves, so one all-reduce serves both.
+constexpr const char* kLambNormsOp = "fused_lamb_norms";
+constexpr const char* kLambApplyOp = "fused_lamb_apply_";  // (the row's width: lamb.h's kLambSumsPerTensor)
 
 // Each group's floats travel in `hyper` as a row of kLambHyperStride slots (a
 // tensor lr travels in lr_tensors and its slot holds 0; no max_lr is 0) and its
@@ -41,12 +48,15 @@ struct LambCall {
 
 // Splits the flat lists into groups and checks every group, the step counts,
 // max_grad_norm, grad_scale and found_inf before the caller writes anything.
-// Every error starts with the op's name.
+// Every error starts with the name of the op `op`.
 LambCall parse_lamb_groups(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                            at::TensorList exp_avg_sqs, at::TensorList state_steps, at::IntArrayRef group_sizes,
                            at::ArrayRef<double> hyper, at::IntArrayRef flags,
                            const c10::List<std::optional<at::Tensor>>& lr_tensors,
                            std::optional<double> max_grad_norm, const std::optional<at::Tensor>& grad_scale,
-                           const std::optional<at::Tensor>& found_inf);
+                           const std::optional<at::Tensor>& found_inf, const char* op = kLambGroupsOp);
+
+// fused_lamb_apply_'s sums: float64, [n, kLambSumsPerTensor], on the params' device.
+void check_lamb_sums(const at::Tensor& sums, int64_t n, const at::Device& device);
 
 }  // namespace lars_cuda

@@ -18,12 +18,13 @@ at::Tensor in_layout_of(const at::Tensor& t, const at::Tensor& pk, bool written,
 
 }  // namespace
 
-void add_to_lamb_buckets(std::vector<LambBucket>& buckets, const LambGroupCall& g, size_t i, int64_t group) {
+void add_to_lamb_buckets(std::vector<LambBucket>& buckets, const LambGroupCall& g, size_t i, int64_t group,
+                         int64_t index) {
   const at::Tensor& p = g.params[i];
   if (p.numel() == 0) return;
   auto it = std::find_if(buckets.begin(), buckets.end(), [&](const LambBucket& b) { return b.dtype == p.scalar_type(); });
   if (it == buckets.end()) {
-    buckets.push_back(LambBucket{p.scalar_type(), {}, {}, {}, {}, {}, {}, {}});
+    buckets.push_back(LambBucket{p.scalar_type(), {}, {}, {}, {}, {}, {}, {}, {}});
     it = buckets.end() - 1;
   }
   const bool dense = p.is_non_overlapping_and_dense();
@@ -35,6 +36,7 @@ void add_to_lamb_buckets(std::vector<LambBucket>& buckets, const LambGroupCall& 
   it->exp_avg_sqs.push_back(in_layout_of(g.exp_avg_sqs[i], pk, true, *it));
   it->steps.push_back(g.steps[i]);
   it->group.push_back(group);
+  it->index.push_back(index);
 }
 
 void finish_lamb_bucket(LambBucket& bucket) {

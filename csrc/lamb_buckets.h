@@ -20,12 +20,14 @@ struct LambBucket {
   at::ScalarType dtype;
   std::vector<at::Tensor> params, grads, exp_avgs, exp_avg_sqs, steps;
   std::vector<int64_t> group;  // each tensor's group: its index in the call (or in its launch)
+  std::vector<int64_t> index;  // each tensor's position in the call's flat lists (its row of the sums)
   std::vector<std::pair<at::Tensor, at::Tensor>> write_back;  // (destination, dense copy)
 };
 
-// Adds param i of group g (as group number `group`) to the bucket of its dtype;
-// zero-size tensors are left out.
-void add_to_lamb_buckets(std::vector<LambBucket>& buckets, const LambGroupCall& g, size_t i, int64_t group);
+// Adds param i of group g (as group number `group`; `index`: its position in the
+// call's flat lists) to the bucket of its dtype; zero-size tensors are left out.
+void add_to_lamb_buckets(std::vector<LambBucket>& buckets, const LambGroupCall& g, size_t i, int64_t group,
+                         int64_t index);
 void finish_lamb_bucket(LambBucket& bucket);
 
 // A group's lr: the tensor's value where it has one (read on the host), else its row's.

@@ -18,6 +18,8 @@ TORCH_LIBRARY(lars_cuda, m) {
   m.def(kNormsSchema);
   m.def(kApplySchema);
   m.def(kLambGroupsSchema);
+  m.def(kLambNormsSchema);
+  m.def(kLambApplySchema);
   // Which CUDA launch path the last CUDA call took: "cooperative", "three-kernel" or "none".
   m.def("last_cuda_launch() -> str", [] { return last_cuda_launch(); });
   // Whether the CUDA kernel can run on CUDA device `device` (false in a CPU-only build).
@@ -52,6 +54,19 @@ void reject_sparse_lamb(at::TensorList, at::TensorList, at::TensorList, at::Tens
                         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) {
   TORCH_CHECK_TYPE(false, kLambGroupsOp, ": sparse tensors are not supported");
 }
+
+at::Tensor reject_sparse_lamb_norms(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
+                                    at::IntArrayRef, at::ArrayRef<double>, at::IntArrayRef,
+                                    const c10::List<std::optional<at::Tensor>>&, const std::optional<at::Tensor>&) {
+  TORCH_CHECK_TYPE(false, kLambNormsOp, ": sparse tensors are not supported");
+}
+
+void reject_sparse_lamb_apply(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
+                              at::IntArrayRef, at::ArrayRef<double>, at::IntArrayRef,
+                              const c10::List<std::optional<at::Tensor>>&, const at::Tensor&,
+                              const std::optional<at::Tensor>&) {
+  TORCH_CHECK_TYPE(false, kLambApplyOp, ": sparse tensors are not supported");
+}
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lars_cuda, SparseCPU, m) {
@@ -59,12 +74,16 @@ TORCH_LIBRARY_IMPL(lars_cuda, SparseCPU, m) {
   m.impl(kNormsOp, &reject_sparse_norms);
   m.impl(kApplyOp, &reject_sparse_apply);
   m.impl(kLambGroupsOp, &reject_sparse_lamb);
+  m.impl(kLambNormsOp, &reject_sparse_lamb_norms);
+  m.impl(kLambApplyOp, &reject_sparse_lamb_apply);
 }
 TORCH_LIBRARY_IMPL(lars_cuda, SparseCUDA, m) {
   m.impl(kGroupsOp, &reject_sparse_groups);
   m.impl(kNormsOp, &reject_sparse_norms);
   m.impl(kApplyOp, &reject_sparse_apply);
   m.impl(kLambGroupsOp, &reject_sparse_lamb);
+  m.impl(kLambNormsOp, &reject_sparse_lamb_norms);
+  m.impl(kLambApplyOp, &reject_sparse_lamb_apply);
 }
 
 }  // namespace lars_cuda

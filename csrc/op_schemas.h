@@ -31,5 +31,19 @@ constexpr const char* kLambGroupsSchema =
     "fused_lamb_groups_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
     "Tensor[] state_steps, int[] group_sizes, float[] hyper, int[] flags, Tensor?[] lr_tensors, "
     "float? max_grad_norm=None, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()";
+// LAMB's sharded step (DTensor params) in two halves around one all-reduce:
+// fused_lamb_norms gives per tensor of the local shards a float64 row of
+// kLambSumsPerTensor sums (lamb.h; zeros where no sum is needed), writing
+// nothing; the caller all-reduces them over the shard group and passes them to
+// fused_lamb_apply_, which forms each tensor's ratio from them and steps in place.
+// grad_scale divides every grad (a global clip computed by the caller travels here).
+constexpr const char* kLambNormsSchema =
+    "fused_lamb_norms(Tensor[] params, Tensor[] grads, Tensor[] exp_avgs, Tensor[] exp_avg_sqs, "
+    "Tensor[] state_steps, int[] group_sizes, float[] hyper, int[] flags, Tensor?[] lr_tensors, "
+    "Tensor? grad_scale=None) -> Tensor";
+constexpr const char* kLambApplySchema =
+    "fused_lamb_apply_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+    "Tensor[] state_steps, int[] group_sizes, float[] hyper, int[] flags, Tensor?[] lr_tensors, Tensor sums, "
+    "Tensor? grad_scale=None) -> ()";
 
 }  // namespace lars_cuda

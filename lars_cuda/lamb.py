@@ -164,7 +164,7 @@ class Lamb(SchemaOptimizer):
     def _path(self, group: dict[str, Any], params: list[Tensor]) -> str:
         """The path a group's stepping params take (``validation.lamb_path``)."""
         return lamb_path(type(self).__name__, group["foreach"], {p.device for p in params}, group.get("fused"),
-                         frozenset(p.dtype for p in params), any(sharded.is_dtensor(p) for p in params))
+                         frozenset(p.dtype for p in params))
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
@@ -177,10 +177,12 @@ class Lamb(SchemaOptimizer):
         planned = self._plan()  # everything is checked before anything is written
         params = [p for _, _, ps, _ in planned for p in ps]
         self._last_grad_scale = grad_scale
-        # Where every group runs the kernel on one device, the kernel computes the global
-        # clip itself (one call); otherwise the clip is computed here over every grad.
+        # Where every group runs the kernel on one device and none is sharded, the kernel
+        # computes the global clip itself (one call); otherwise the clip is computed here
+        # over every grad (DTensor grads: one all-reduce).
         all_fused = (all(path == "fused" for _, _, ps, path in planned if ps)
-                     and len({ps[0].device for _, _, ps, _ in planned if ps}) <= 1)
+                     and len({ps[0].device for _, _, ps, _ in planned if ps}) <= 1
+                     and not any(sharded.is_dtensor(p) for p in params))
         # An inf step is skipped on the device where the counts are tensors that the
         # kernel's skip can be matched with (counts advanced, then found_inf taken off
         # them, as torch's fused AdamW); otherwise found_inf is read on the host (free on
@@ -235,12 +237,13 @@ class Lamb(SchemaOptimizer):
     @property
     def _step_supports_amp_scaling(self) -> bool:
         # GradScaler then hands us grad_scale/found_inf instead of unscaling the grads;
-        # only the kernel consumes them, so every group must take that path.
+        # only the unsharded kernel consumes them, so every group must take that path
+        # (a DTensor's inf flag would have to agree over the ranks: GradScaler unscales).
         # (The paths only: GradScaler asks before every step, and the step checks the rest.)
         try:
             for group in self.param_groups:
                 params = [p for p in group["params"] if p.grad is not None]
-                if params and self._path(group, params) != "fused":
+                if params and (self._path(group, params) != "fused" or any(map(sharded.is_dtensor, params))):
                     return False
             return True
         except (TypeError, ValueError):

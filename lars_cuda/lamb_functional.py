@@ -132,9 +132,30 @@ def fused_lamb(groups: Sequence[tuple[list, LambOptions]], *, max_grad_norm: Opt
         hyper += o.hyper_row()
         flags.append(o.flags)
         lrs.append(o.lr_tensor)
-    flat[4] = [s if isinstance(s, Tensor) else torch.tensor(float(s), dtype=torch.float32) for s in flat[4]]
+    flat[4] = _step_tensors(flat[4])
     ops.fused_lamb_groups_(*flat, sizes, hyper, flags, lrs, max_grad_norm,
                            clip if clip is not None else grad_scale, found_inf)
+
+
+def _step_tensors(steps: list[Step]) -> list[Tensor]:
+    """The ops' step counts: tensors as they are, a number as a float32 CPU tensor."""
+    return [s if isinstance(s, Tensor) else torch.tensor(float(s), dtype=torch.float32) for s in steps]
+
+
+def _fused_lamb_halves(params, grads, exp_avgs, exp_avg_sqs, steps, o: LambOptions, clip: Optional[Tensor]) -> Halves:
+    """The kernel's step of one group's shards as its two halves: the local rows of
+    ``fused_lamb_norms`` (one op call, nothing written), then ``fused_lamb_apply_``
+    with the global rows (one op call). ``clip``, the global clip, divides the grads
+    as a scale does. Where no tensor needs a sum, one call and no yield."""
+    if not params:
+        return
+    args = (params, grads, exp_avgs, exp_avg_sqs, _step_tensors(steps), [len(params)], o.hyper_row(), [o.flags],
+            [o.lr_tensor])
+    if o.adapts or o.caution:
+        rows = yield ops.fused_lamb_norms(*args, clip)
+    else:
+        rows = torch.zeros((len(params), 5), dtype=torch.float64, device=params[0].device)
+    ops.fused_lamb_apply_(*args, rows, clip)
 
 
 def _trust_ratio(w: Tensor, n: Tensor, o: LambOptions) -> Tensor:
@@ -154,8 +175,9 @@ def _on(x: LR, device: torch.device, dtype: torch.dtype) -> LR:
 
 # A step of one set of tensors runs as a generator in two halves around the norms of
 # the adapting tensors: plain tensors take them from themselves (the generator never
-# yields); DTensor shards (``sharded=True``) yield their local sums of squares, float64
-# ``[n, 3]`` rows (sum p², sum u², 0) as ``lars_cuda.sharded`` reduces them, and
+# yields); DTensor shards (``sharded=True``) yield their local sums, float64 ``[n, 5]``
+# rows (sum p², sum u², sum u·p, caution mask count, numel: ``_local_rows``, the layout
+# of the kernel's ``fused_lamb_norms`` too) as ``lars_cuda.sharded`` reduces them, and
 # receive the global rows, so that one all-reduce serves every group of a step.
 Halves = Generator[Tensor, Tensor, None]
 
@@ -181,8 +203,10 @@ def multi_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps: list[Step], o
 def lamb_halves(path: str, params, grads, exp_avgs, exp_avg_sqs, steps: list[Step], o: LambOptions, *,
                 clip: Optional[Tensor], sharded: bool, ratios_out: Optional[list] = None) -> Halves:
     """The step of one set of tensors (one compute dtype for ``foreach``) as its two
-    halves (see ``Halves``): ``path`` is "foreach" or "single" (which alone takes
-    ``ratios_out``)."""
+    halves (see ``Halves``): ``path`` is "fused" (the kernel's halves, for shards
+    only), "foreach" or "single" (which alone takes ``ratios_out``)."""
+    if path == "fused" and sharded:
+        return _fused_lamb_halves(params, grads, exp_avgs, exp_avg_sqs, steps, o, clip)
     if path == "foreach":
         return _multi_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps, o, clip, sharded=sharded)
     return _single_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps, o, clip, ratios_out, sharded=sharded)

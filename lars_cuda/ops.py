@@ -186,6 +186,30 @@ def fused_lamb_groups_(
                                            flags, lr_tensors, max_grad_norm, grad_scale, found_inf)
 
 
+def fused_lamb_norms(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+                     state_steps: list[Tensor], group_sizes: list[int], hyper: list[float], flags: list[int],
+                     lr_tensors: list[Optional[Tensor]], grad_scale: Optional[Tensor] = None) -> Tensor:
+    """The sharded LAMB step's first half: per tensor of the given (local) tensors a
+    float64 row (sum p², sum u², sum u·p, caution mask count, numel; the last three in
+    caution groups only) as ``[N, 5]`` on their device, zeros for tensors needing no
+    sum; nothing is written. Arguments as :func:`fused_lamb_groups_`'s; ``grad_scale``
+    divides every grad (the sharded step passes its global clip there)."""
+    _require_extension()
+    return torch.ops.lars_cuda.fused_lamb_norms(params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes,
+                                                hyper, flags, lr_tensors, grad_scale)
+
+
+def fused_lamb_apply_(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+                      state_steps: list[Tensor], group_sizes: list[int], hyper: list[float], flags: list[int],
+                      lr_tensors: list[Optional[Tensor]], sums: Tensor, grad_scale: Optional[Tensor] = None) -> None:
+    """The sharded LAMB step's second half: :func:`fused_lamb_groups_` (without the
+    global clip) with each tensor's ratio formed from ``sums`` (the all-reduced output
+    of :func:`fused_lamb_norms`) instead of its own data."""
+    _require_extension()
+    torch.ops.lars_cuda.fused_lamb_apply_(params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes, hyper,
+                                          flags, lr_tensors, sums, grad_scale)
+
+
 def last_cuda_launch() -> str:
     """'cooperative', 'three-kernel', 'single' (lars=False) or 'none': the path of the last CUDA call."""
     _require_extension()
@@ -242,11 +266,7 @@ if _C is not None:
     @torch.library.register_fake("lars_cuda::fused_lamb_groups_")
     def _fused_lamb_groups_fake(params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes, hyper, flags,
                                 lr_tensors, max_grad_norm=None, grad_scale=None, found_inf=None):
-        n = len(params)
-        if sum(group_sizes) != n or any(len(x) != n for x in (grads, exp_avgs, exp_avg_sqs, state_steps)):
-            raise ValueError(f"fused_lamb_groups_: {n} params, {len(grads)} grads, {len(exp_avgs)} exp_avgs, "
-                             f"{len(exp_avg_sqs)} exp_avg_sqs, {len(state_steps)} state_steps, "
-                             f"group sizes {list(group_sizes)}")
+        _check_lamb_lists("fused_lamb_groups_", params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes)
         return None
 
     @torch.library.register_fake("lars_cuda::fused_lars_norms")
@@ -263,4 +283,26 @@ if _C is not None:
         if len(params) != len(grads) or sum(group_sizes) != len(params) or tuple(sums.shape) != (len(params), 3):
             raise ValueError(f"fused_lars_apply_: {len(params)} params, {len(grads)} grads, group sizes "
                              f"{list(group_sizes)}, sums of shape {tuple(sums.shape)}")
+        return None
+
+    def _check_lamb_lists(op, params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes):
+        n = len(params)
+        if sum(group_sizes) != n or any(len(x) != n for x in (grads, exp_avgs, exp_avg_sqs, state_steps)):
+            raise ValueError(f"{op}: {n} params, {len(grads)} grads, {len(exp_avgs)} exp_avgs, "
+                             f"{len(exp_avg_sqs)} exp_avg_sqs, {len(state_steps)} state_steps, "
+                             f"group sizes {list(group_sizes)}")
+
+    @torch.library.register_fake("lars_cuda::fused_lamb_norms")
+    def _fused_lamb_norms_fake(params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes, hyper, flags,
+                               lr_tensors, grad_scale=None):
+        _check_lamb_lists("fused_lamb_norms", params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes)
+        device = params[0].device if params else torch.device("cpu")
+        return torch.empty((len(params), 5), dtype=torch.float64, device=device)
+
+    @torch.library.register_fake("lars_cuda::fused_lamb_apply_")
+    def _fused_lamb_apply_fake(params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes, hyper, flags,
+                               lr_tensors, sums, grad_scale=None):
+        _check_lamb_lists("fused_lamb_apply_", params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes)
+        if tuple(sums.shape) != (len(params), 5):
+            raise ValueError(f"fused_lamb_apply_: sums of shape {tuple(sums.shape)} for {len(params)} params")
         return None

@@ -122,14 +122,13 @@ def check_lamb_tensors(owner: str, params: list[Tensor], state: dict) -> None:
 
 
 def lamb_path(owner: str, foreach: Optional[bool], devices: set, fused: Optional[bool] = None,
-              dtypes: frozenset = frozenset(), sharded: bool = False) -> str:
+              dtypes: frozenset = frozenset()) -> str:
     """A LAMB group's path, as Lars chooses (torch.optim's flags): ``fused=True`` -> the
     kernel, ``foreach=True`` -> foreach, ``foreach=False`` -> the loop; unset, the kernel
     where it serves every tensor of the group, else foreach where they share a device.
-    The kernel serves float32/float16/bfloat16 tensors of one device that is not
-    sharded (DTensor params run foreach's halves around their all-reduce), on the CPU
-    and on a CUDA device the build has code for (else fused=True warns once and runs
-    foreach).
+    The kernel serves float32/float16/bfloat16 tensors of one device (DTensor params:
+    its two halves around their all-reduce), on the CPU and on a CUDA device the
+    build has code for (else fused=True warns once and runs foreach).
     ``fused=True`` with another dtype, or either flag over two devices, is refused."""
     if (foreach or fused) and len(devices) > 1:
         raise ValueError(f"foreach/fused {owner} steps one device per param group, got "
@@ -140,7 +139,7 @@ def lamb_path(owner: str, foreach: Optional[bool], devices: set, fused: Optional
                         f"{sorted(map(str, dtypes - KERNEL_DTYPES))}; use foreach=True for them")
     if foreach is False or len(devices) > 1:
         return "single"
-    if foreach or fused is False or sharded or not dtypes <= KERNEL_DTYPES:
+    if foreach or fused is False or not dtypes <= KERNEL_DTYPES:
         return "foreach"
     device = next(iter(devices), torch.device("cpu"))
     why_not = ops.fused_lamb_unavailable(device)

@@ -51,8 +51,9 @@ constexpr int64_t lamb_wave_bytes_per_elem() {
 // The first pass over [begin, end) of a tensor that needs sums: moments
 // advanced and stored, u (masked with caution) into u_out[0, end - begin),
 // and the span's (Σp², Σu², Σu·p, mask count) into out[0..3] (p after a
-// decoupled decay; without caution u is the whole update, decay in).
-template <typename P>
+// decoupled decay; without caution u is the whole update, decay in). Without
+// kStore (the sharded step's norms) only the sums: nothing is written.
+template <typename P, bool kStore = true>
 void lamb_moments_span(const LambTensor& t, int64_t begin, int64_t end, float* u_out, double* out) {
   P* p = static_cast<P*>(t.p);
   const P* g = static_cast<const P*>(t.g);
@@ -86,10 +87,12 @@ void lamb_moments_span(const LambTensor& t, int64_t begin, int64_t end, float* u
           const Vec full = lamb_full_update(u, pd, one, c);
           suu = at::vec::fmadd(full, full, suu);
         }
-        u.store(u_out + (i - begin) + k * Vec::size());
+        if constexpr (kStore) u.store(u_out + (i - begin) + k * Vec::size());
       }
-      L::store_update(m + i, mv);
-      L::store_update(v + i, vv);
+      if constexpr (kStore) {
+        L::store_update(m + i, mv);
+        L::store_update(v + i, vv);
+      }
     }
   }
   const LambCoeffs<float> c(*t.h, t.c);
@@ -107,9 +110,11 @@ void lamb_moments_span(const LambTensor& t, int64_t begin, int64_t end, float* u
       const float full = lamb_full_update(u, pd, 1.f, c);
       duu += static_cast<double>(full) * full;
     }
-    u_out[i - begin] = u;
-    m[i] = static_cast<P>(mv);
-    v[i] = static_cast<P>(vv);
+    if constexpr (kStore) {
+      u_out[i - begin] = u;
+      m[i] = static_cast<P>(mv);
+      v[i] = static_cast<P>(vv);
+    }
   }
   const auto add = [](Vec& a, Vec& b) { return a + b; };
   out[0] = dpp + at::vec::vec_reduce_all<float>(add, spp);
@@ -146,9 +151,12 @@ void lamb_apply_span(const LambTensor& t, int64_t begin, int64_t end, const floa
   }
 }
 
-// The whole step of [begin, end) of a tensor that needs no sum, in one pass.
+// The whole step of [begin, end) in one pass, u recomputed from the moments:
+// p = p_decayed - step * (u*scale + wd*p_decayed), m and v stored. A tensor that
+// needs no sum takes (lr, 1); the sharded step's second half, its tensor's
+// step and scale from the all-reduced sums.
 template <typename P>
-void lamb_step_span(const LambTensor& t, int64_t begin, int64_t end) {
+void lamb_step_span(const LambTensor& t, int64_t begin, int64_t end, float scale, float step) {
   P* p = static_cast<P*>(t.p);
   const P* g = static_cast<const P*>(t.g);
   P* m = static_cast<P*>(t.m);
@@ -157,7 +165,7 @@ void lamb_step_span(const LambTensor& t, int64_t begin, int64_t end) {
   if constexpr (has_vector_path<P, P>()) {
     using L = Lanes<P>;
     const LambCoeffs<Vec> c(*t.h, t.c);
-    const Vec one(1.f), step_v(t.lr);
+    const Vec one(1.f), scale_v(scale), step_v(step);
     for (; i + L::kElems <= end; i += L::kElems) {
       Vec pv[L::kVecs], gv[L::kVecs], mv[L::kVecs], vv[L::kVecs];
       L::load_update(p + i, pv);
@@ -169,7 +177,7 @@ void lamb_step_span(const LambTensor& t, int64_t begin, int64_t end) {
         Vec mask = one;
         const Vec u = lamb_moments<Vec>(pv[k], gv[k], mv[k], vv[k], c, mask, VecMath{});
         const Vec pd = lamb_decayed(pv[k], c);
-        pv[k] = pd - step_v * lamb_full_update(u, pd, one, c);
+        pv[k] = pd - step_v * lamb_full_update(u, pd, scale_v, c);
       }
       L::store_update(p + i, pv);
       L::store_update(m + i, mv);
@@ -182,7 +190,7 @@ void lamb_step_span(const LambTensor& t, int64_t begin, int64_t end) {
     const float pv = static_cast<float>(p[i]);
     const float u = lamb_moments<float>(pv, static_cast<float>(g[i]), mv, vv, c, mask, FloatMath{});
     const float pd = lamb_decayed(pv, c);
-    p[i] = static_cast<P>(pd - t.lr * lamb_full_update(u, pd, 1.f, c));
+    p[i] = static_cast<P>(pd - step * lamb_full_update(u, pd, scale, c));
     m[i] = static_cast<P>(mv);
     v[i] = static_cast<P>(vv);
   }
@@ -256,7 +264,7 @@ void lamb_cpu_typed(const std::vector<LambTensor>& tensors) {
         const LambSpan& s = spans[i];
         const LambTensor& x = tensors[s.tensor];
         if (s.scratch < 0) {
-          lamb_step_span<P>(x, s.begin, s.end);
+          lamb_step_span<P>(x, s.begin, s.end, 1.f, x.lr);
         } else {
           lamb_moments_span<P>(x, s.begin, s.end, u + s.scratch, &partials[4 * i]);
         }
@@ -291,12 +299,58 @@ void lamb_cpu_typed(const std::vector<LambTensor>& tensors) {
   }
 }
 
-template <typename P>
-double lamb_grad_squares_typed(const std::vector<LambTensor>& tensors) {
+// The chunks of the tensors (those that need sums only, with `only_sums`).
+inline std::vector<LambSpan> lamb_spans(const std::vector<LambTensor>& tensors, bool only_sums) {
   std::vector<LambSpan> spans;
   for (int64_t t = 0; t < static_cast<int64_t>(tensors.size()); ++t) {
+    if (only_sums && !tensors[t].needs_sums()) continue;
     for (int64_t s = 0; s < tensors[t].numel; s += kChunk) spans.push_back({t, s, std::min(tensors[t].numel, s + kChunk), 0});
   }
+  return spans;
+}
+
+// The sharded step's first half: each tensor's row of sums (lamb_args.h's
+// kLambSumsPerTensor) at rows + kLambSumsPerTensor * index, its chunks' partials
+// in chunk order; nothing written. Rows of tensors needing no sum are left alone.
+template <typename P>
+void lamb_norms_typed(const std::vector<LambTensor>& tensors, double* rows) {
+  const std::vector<LambSpan> spans = lamb_spans(tensors, /*only_sums=*/true);
+  const int64_t n_spans = static_cast<int64_t>(spans.size());
+  std::vector<double> partials(4 * n_spans, 0.0);
+  at::parallel_for(0, n_spans, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const LambSpan& s = spans[i];
+      lamb_moments_span<P, false>(tensors[s.tensor], s.begin, s.end, nullptr, &partials[4 * i]);
+    }
+  });
+  for (int64_t i = 0; i < n_spans; ++i) {
+    const LambTensor& x = tensors[spans[i].tensor];
+    double* row = rows + kLambSumsPerTensor * x.index;
+    for (int k = 0; k < 4; ++k) row[k] += partials[4 * i + k];
+    row[4] = x.h->caution ? static_cast<double>(x.numel) : 0.0;
+  }
+}
+
+// The sharded step's second half: every element's step in one pass, each
+// tensor's step lr*r and caution scale formed from its (all-reduced) row.
+template <typename P>
+void lamb_apply_typed(const std::vector<LambTensor>& tensors, const double* rows) {
+  std::vector<LambStepScale> steps;
+  steps.reserve(tensors.size());
+  for (const LambTensor& x : tensors)
+    steps.push_back(x.needs_sums() ? lamb_step_of_row(*x.h, x.lr, rows + kLambSumsPerTensor * x.index) : LambStepScale{x.lr, 1.f});
+  const std::vector<LambSpan> spans = lamb_spans(tensors, /*only_sums=*/false);
+  at::parallel_for(0, static_cast<int64_t>(spans.size()), 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const LambSpan& s = spans[i];
+      lamb_step_span<P>(tensors[s.tensor], s.begin, s.end, steps[s.tensor].scale, steps[s.tensor].step);
+    }
+  });
+}
+
+template <typename P>
+double lamb_grad_squares_typed(const std::vector<LambTensor>& tensors) {
+  const std::vector<LambSpan> spans = lamb_spans(tensors, /*only_sums=*/false);
   std::vector<double> partials(spans.size(), 0.0);
   at::parallel_for(0, static_cast<int64_t>(spans.size()), 1, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
@@ -318,6 +372,14 @@ double lamb_grad_squares(const std::vector<LambTensor>& tensors, at::ScalarType 
   double total = 0.0;
   dispatch_lars_type(dtype, "grads", [&](auto tag) { total = lamb_grad_squares_typed<decltype(tag)>(tensors); });
   return total;
+}
+
+void lamb_norms(const std::vector<LambTensor>& tensors, at::ScalarType dtype, double* rows) {
+  dispatch_lars_type(dtype, "params", [&](auto tag) { lamb_norms_typed<decltype(tag)>(tensors, rows); });
+}
+
+void lamb_apply(const std::vector<LambTensor>& tensors, at::ScalarType dtype, const double* rows) {
+  dispatch_lars_type(dtype, "params", [&](auto tag) { lamb_apply_typed<decltype(tag)>(tensors, rows); });
 }
 
 }  // namespace LARS_CPU_NS

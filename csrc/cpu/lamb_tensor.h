@@ -18,6 +18,7 @@ struct LambTensor {
   const LambHyper* h;
   LambTensorCoeffs c;
   float lr;
+  int64_t index;  // position in the op call's flat lists: the tensor's row of the sharded sums
   // A per-tensor sum is needed (trust ratio or caution): two passes around the norms.
   bool needs_sums() const { return h->adapt || h->caution; }
 };

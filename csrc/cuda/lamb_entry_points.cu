@@ -1,5 +1,7 @@
-// The CUDA backend of fused_lamb_groups_: parse and check every group
-// (lamb_args.h), the global clip with ATen ops on the device (lamb_buckets.h),
+// The CUDA backend of fused_lamb_groups_ and of the sharded halves
+// fused_lamb_norms / fused_lamb_apply_ (the same launches with SumsIO): parse
+// and check every group (lamb_args.h), the global clip with ATen ops on the
+// device (lamb_buckets.h),
 // then per launch of up to kMaxGroups groups and per dtype bucket its table
 // (lamb_launches.h, shared with the emulated build of the tests; cached on the
 // device per parameter list, lamb_tensor_table.cuh, so only the step counts are
@@ -48,28 +50,45 @@ int lamb_cooperative_grid(int device) {
 
 template <typename P>
 void launch_lamb(const LambTable& tab, const LambLaunchGroups& groups, const float* grad_scale,
-                 const float* found_inf, const float* clip, int device) {
+                 const float* found_inf, const float* clip, int device, SumsIO io) {
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const LaunchConfig config = launch_config();
   const int coop_max = groups.any_sums && !config.force_three_kernel ? lamb_cooperative_grid<P>(device) : 0;
-  const LaunchPlan plan = plan_launch(tab.n_chunks, groups.any_sums, SumsIO{}, config, sms, coop_max);
+  const LaunchPlan plan = plan_launch(tab.n_chunks, groups.any_sums, io, config, sms, coop_max);
   if (plan.mode == LaunchPlan::kCooperative) {
     int phases = plan.phases[0];
     LambTable tab_arg = tab;
     LambLaunchGroups groups_arg = groups;
-    void* args[] = {&tab_arg, &groups_arg, &grad_scale, &found_inf, &clip, &phases};
+    SumsIO io_arg = io;
+    void* args[] = {&tab_arg, &groups_arg, &grad_scale, &found_inf, &clip, &phases, &io_arg};
     C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(lamb_kernel<P>),
                                                dim3(static_cast<unsigned>(plan.grid)), dim3(kThreads), args, 0,
                                                stream));
   } else {
     for (int k = 0; k < plan.n_launches; ++k) {
       lamb_kernel<P><<<static_cast<unsigned>(plan.grid), kThreads, 0, stream>>>(tab, groups, grad_scale, found_inf,
-                                                                               clip, plan.phases[k]);
+                                                                               clip, plan.phases[k], io);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   }
   set_last_cuda_launch(plan.name);
+}
+
+// One call's launches: per launch of up to kMaxGroups groups and per dtype
+// bucket, its cached table and the kernel (`io`: the sharded halves' sums).
+void run_lamb_launches(const LambCall& call, const float* scale_ptr, const float* inf_ptr, const float* clip_ptr,
+                       SumsIO io, const char* op) {
+  for_each_lamb_launch(call, [](const at::Tensor& lr) { return lr.is_cpu(); },
+                       [&](const LambLaunchGroups& args, const LambBucket& b) {
+                         if (io.out != nullptr && !args.any_sums) return;  // no sums to take here: zeros
+                         const at::Device device = b.params[0].device();
+                         const LambTable tab = get_lamb_table(b, args, lamb_step_counts(b, device), op);
+                         dispatch_lars_type(b.dtype, "params", [&](auto p_tag) {
+                           launch_lamb<decltype(p_tag)>(tab, args, scale_ptr, inf_ptr, clip_ptr, device.index(),
+                                                        io);
+                         });
+                       });
 }
 
 void fused_lamb_groups_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
@@ -87,20 +106,50 @@ void fused_lamb_groups_cuda(at::TensorList params, at::TensorList grads, at::Ten
   const float* inf_ptr = float_ptr_or_null(found_inf, keep);
   const std::optional<at::Tensor> clip = lamb_clip_factor(call, grad_scale);
   const float* clip_ptr = float_ptr_or_null(clip, keep);
-  for_each_lamb_launch(call, [](const at::Tensor& lr) { return lr.is_cpu(); },
-                       [&](const LambLaunchGroups& args, const LambBucket& b) {
-                         const at::Device device = b.params[0].device();
-                         const LambTable tab = get_lamb_table(b, args, lamb_step_counts(b, device), kLambGroupsOp);
-                         dispatch_lars_type(b.dtype, "params", [&](auto p_tag) {
-                           launch_lamb<decltype(p_tag)>(tab, args, scale_ptr, inf_ptr, clip_ptr,
-                                                        device.index());
-                         });
-                       });
+  run_lamb_launches(call, scale_ptr, inf_ptr, clip_ptr, SumsIO{}, kLambGroupsOp);
+}
+
+at::Tensor fused_lamb_norms_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                                 at::TensorList exp_avg_sqs, at::TensorList state_steps, at::IntArrayRef group_sizes,
+                                 at::ArrayRef<double> hyper, at::IntArrayRef flags,
+                                 const c10::List<std::optional<at::Tensor>>& lr_tensors,
+                                 const std::optional<at::Tensor>& grad_scale) {
+  const LambCall call = parse_lamb_groups(params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes, hyper,
+                                          flags, lr_tensors, std::nullopt, grad_scale, std::nullopt, kLambNormsOp);
+  const at::Device device = params.empty() ? at::Device(at::kCPU) : params[0].device();
+  at::Tensor sums = at::zeros({static_cast<int64_t>(params.size()), kLambSumsPerTensor},
+                              at::TensorOptions().dtype(at::kDouble).device(device));
+  if (params.empty()) return sums;
+  const c10::cuda::CUDAGuard guard(device);
+  std::vector<at::Tensor> keep;
+  run_lamb_launches(call, float_ptr_or_null(grad_scale, keep), nullptr, nullptr,
+                    SumsIO{sums.data_ptr<double>(), nullptr}, kLambNormsOp);
+  return sums;
+}
+
+void fused_lamb_apply_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                           at::TensorList exp_avg_sqs, at::TensorList state_steps, at::IntArrayRef group_sizes,
+                           at::ArrayRef<double> hyper, at::IntArrayRef flags,
+                           const c10::List<std::optional<at::Tensor>>& lr_tensors, const at::Tensor& sums,
+                           const std::optional<at::Tensor>& grad_scale) {
+  const LambCall call = parse_lamb_groups(params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes, hyper,
+                                          flags, lr_tensors, std::nullopt, grad_scale, std::nullopt, kLambApplyOp);
+  if (params.empty()) return;
+  check_lamb_sums(sums, static_cast<int64_t>(params.size()), params[0].device());
+  const c10::cuda::CUDAGuard guard(params[0].device());
+  std::vector<at::Tensor> keep;
+  const at::Tensor in = sums.contiguous();
+  run_lamb_launches(call, float_ptr_or_null(grad_scale, keep), nullptr, nullptr,
+                    SumsIO{nullptr, in.const_data_ptr<double>()}, kLambApplyOp);
 }
 
 }  // namespace
 }  // namespace cuda_impl
 
-TORCH_LIBRARY_IMPL(lars_cuda, CUDA, m) { m.impl(kLambGroupsOp, &cuda_impl::fused_lamb_groups_cuda); }
+TORCH_LIBRARY_IMPL(lars_cuda, CUDA, m) {
+  m.impl(kLambGroupsOp, &cuda_impl::fused_lamb_groups_cuda);
+  m.impl(kLambNormsOp, &cuda_impl::fused_lamb_norms_cuda);
+  m.impl(kLambApplyOp, &cuda_impl::fused_lamb_apply_cuda);
+}
 
 }  // namespace lars_cuda

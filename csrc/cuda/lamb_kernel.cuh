@@ -22,6 +22,11 @@
 // The chunking and every reduction order are fixed: a step is bit-for-bit
 // reproducible run to run and over grid sizes. tests/support/cuda_emulator runs
 // this file on the CPU.
+//
+// The sharded step's halves (fused_lamb_norms, fused_lamb_apply_; SumsIO): with
+// io.out phase 2 stores each tensor's row of sums (lamb_args.h) and no update
+// runs; with io.in phase 3 forms each tensor's step from its row (all-reduced
+// over the shards) and runs alone, one ordinary launch.
 #pragma once
 
 #include <cooperative_groups.h>
@@ -47,7 +52,7 @@ struct LambRow {
   int32_t vec_ok;      // p, g, m and v all 16-byte aligned
   int32_t group;       // index into LambLaunchGroups
   int32_t needs_sums;  // trust ratio or caution: phases 1-2 run for it
-  int32_t pad;
+  int32_t index;       // position in the op call's flat lists: the tensor's row of the sums (SumsIO)
 };
 
 // Four per-chunk sums (float within a block, double across chunks).
@@ -199,7 +204,7 @@ __device__ __forceinline__ LambCoeffs<float> lamb_row_coeffs(const LambRow& row,
 template <typename P>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     lamb_kernel(LambTable tab, LambLaunchGroups groups, const float* grad_scale, const float* found_inf,
-                const float* clip, int phases) {
+                const float* clip, int phases, SumsIO io) {
   // Every block reads the same flag, so either all return or none does.
   if (found_inf != nullptr && *found_inf != 0.f) return;
   const float inv_scale = grad_scale != nullptr ? 1.f / *grad_scale : 1.f;
@@ -243,8 +248,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
         sums.up += __shfl_down_sync(0xffffffffu, sums.up, o);
         sums.count += __shfl_down_sync(0xffffffffu, sums.count, o);
       }
-      if (lane == 0) {
-        const float scale = lamb_caution_scale(h, sums.count, row.numel);
+      if (lane == 0 && io.out != nullptr) {
+        double* out = io.out + kLambSumsPerTensor * static_cast<int64_t>(row.index);
+        out[0] = sums.pp;
+        out[1] = sums.uu;
+        out[2] = sums.up;
+        out[3] = sums.count;
+        out[4] = h.caution ? static_cast<double>(row.numel) : 0.0;
+      } else if (lane == 0) {
+        const float scale = lamb_caution_scale(h, sums.count, static_cast<double>(row.numel));
         tab.steps[t] = LambStep{lamb_tensor_step(h, read_lr(groups.lr[row.group]), sums, scale), scale};
       }
     }
@@ -256,7 +268,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       const ChunkRow ch = tab.chunks[c];
       const LambRow& row = tab.rows[ch.tensor];
       LambStep s{read_lr(groups.lr[row.group]), 1.f};
-      if (row.needs_sums) {
+      if (row.needs_sums && io.in != nullptr) {  // (block-uniform: a few flops per chunk)
+        const LambStepScale r = lamb_step_of_row(groups.h[row.group], s.step,
+                                                 io.in + kLambSumsPerTensor * static_cast<int64_t>(row.index));
+        s = LambStep{r.step, r.scale};
+      } else if (row.needs_sums) {
         const LambStep* st = &tab.steps[ch.tensor];
         s = LambStep{__ldcg(&st->step), __ldcg(&st->scale)};
       }

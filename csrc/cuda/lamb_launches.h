@@ -37,7 +37,8 @@ inline LambTableLayout lamb_table_layout(const LambBucket& b, const LambLaunchGr
     const LambHyper& h = groups.h[b.group[t]];
     l.rows[t] = LambRow{p.data_ptr(), b.grads[t].data_ptr(), b.exp_avgs[t].data_ptr(), b.exp_avg_sqs[t].data_ptr(),
                         steps + t, static_cast<int64_t>(l.chunks.size()), 0, p.numel(), vec_ok ? 1 : 0,
-                        static_cast<int32_t>(b.group[t]), (h.adapt || h.caution) ? 1 : 0, 0};
+                        static_cast<int32_t>(b.group[t]), (h.adapt || h.caution) ? 1 : 0,
+                        static_cast<int32_t>(b.index[t])};
     for (int64_t s = 0; s < p.numel(); s += kChunk) l.chunks.push_back({t, s, std::min(p.numel(), s + kChunk)});
     l.rows[t].n_chunks = static_cast<int64_t>(l.chunks.size()) - l.rows[t].first_chunk;
   }
@@ -61,6 +62,8 @@ inline LambTable lamb_table_at(const LambTableLayout& l, uint8_t* base) {
 template <typename LrIsHostValue, typename LaunchBucket>
 void for_each_lamb_launch(const LambCall& call, LrIsHostValue lr_is_host_value, LaunchBucket launch_bucket) {
   const auto& groups = call.groups;
+  std::vector<int64_t> offset(groups.size() + 1, 0);  // group k's first position in the flat lists
+  for (size_t k = 0; k < groups.size(); ++k) offset[k + 1] = offset[k] + static_cast<int64_t>(groups[k].params.size());
   for (size_t first = 0; first < groups.size(); first += kMaxGroups) {
     const size_t last = std::min(groups.size(), first + kMaxGroups);
     std::vector<LambBucket> buckets;
@@ -83,7 +86,7 @@ void for_each_lamb_launch(const LambCall& call, LrIsHostValue lr_is_host_value, 
       if (g.params.empty()) continue;
       args.any_sums |= g.hyper.adapt || g.hyper.caution;
       for (size_t i = 0; i < g.params.size(); ++i)
-        add_to_lamb_buckets(buckets, g, i, static_cast<int64_t>(k - first));
+        add_to_lamb_buckets(buckets, g, i, static_cast<int64_t>(k - first), offset[k] + static_cast<int64_t>(i));
     }
     for (LambBucket& b : buckets) {
       launch_bucket(static_cast<const LambLaunchGroups&>(args), b);

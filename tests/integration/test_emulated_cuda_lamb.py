@@ -182,3 +182,75 @@ def test_emulated_lamb_optimizer_steps_as_the_float64_oracle(switch, lamb_throug
     for i, (a, b) in enumerate(zip(got, want)):
         torch.testing.assert_close(a.detach().double(), b, rtol=2e-5, atol=2e-6, msg=f"param {i}")
         torch.testing.assert_close(opt.state[a]["exp_avg_sq"].double(), moments[i][1], rtol=2e-5, atol=2e-6)
+
+
+# ---- the sharded step's halves: fused_lamb_norms, then fused_lamb_apply_ ----------------------
+
+def halves_args(lists, groups, grad_scale=None):
+    """fused_lamb_norms' arguments (fused_lamb_apply_ takes the sums before grad_scale)."""
+    return call_args(lists, groups)[:9] + (grad_scale,)
+
+
+def run_halves(E, lists, groups, grad_scale=None):
+    """The two halves with the call's own rows in between (one rank's all-reduce); the rows."""
+    args = halves_args(lists, groups, grad_scale)
+    rows = E.fused_lamb_norms(*args)
+    E.fused_lamb_apply_(*args[:9], rows, grad_scale)
+    return rows
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("options", ["defaults", "caution", "not adapted", "corrected decoupled decay"])
+def test_emulated_lamb_norms_are_the_cpu_kernels_rows_and_write_nothing(options, dtype):
+    E = emulated_ops()
+    lists = op_lists(dtype)
+    before = [t.clone() for t in written(lists)]
+    cpu = torch.ops.lars_cuda.fused_lamb_norms(*halves_args(lists, one_group(options)))
+    results = on_every_launch(lambda: [E.fused_lamb_norms(*halves_args(lists, one_group(options)))],
+                              configs=CONFIGS[::2])
+    assert_bits_equal(results)
+    assert all(torch.equal(a, b) for a, b in zip(written(lists), before))
+    rows = next(iter(results.values()))[0]
+    assert rows.shape == (len(SHAPES), 5) and rows.dtype == torch.float64
+    torch.testing.assert_close(rows, cpu, rtol=1e-5, atol=1e-9)
+    if options == "not adapted":
+        assert not rows.any()  # no tensor needs a sum
+    if options == "caution":
+        assert rows[:, 4].tolist() == [float(torch.Size(s).numel()) for s in SHAPES]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("options", OPTIONS)
+def test_emulated_lamb_halves_with_their_own_rows_are_the_one_call_step_bit_for_bit(options, dtype):
+    E = emulated_ops()
+    configure(3, True, 5)
+    whole = step(E.fused_lamb_groups_, dtype, one_group(options), max_grad_norm=None)
+    lists = op_lists(dtype)
+    run_halves(E, lists, one_group(options))
+    configure()
+    assert_bits_equal({"one call": whole, "halves": written(lists)})
+
+
+def test_emulated_lamb_apply_takes_each_tensors_ratio_from_the_given_rows():
+    E = emulated_ops()
+    lists, twice = op_lists(torch.float32), op_lists(torch.float32)
+    args = halves_args(lists, one_group("defaults"))
+    rows = E.fused_lamb_norms(*args)
+    E.fused_lamb_apply_(*args[:9], rows, None)
+    rows4 = rows.clone()
+    rows4[:, 0] *= 4  # ||p|| twice as large: r doubles
+    E.fused_lamb_apply_(*halves_args(twice, one_group("defaults"))[:9], rows4, None)
+    start = op_lists(torch.float32)[0]
+    for p0, a, b in zip(start, lists[0], twice[0]):
+        torch.testing.assert_close(b - p0, 2 * (a - p0), rtol=1e-4, atol=1e-6)  # (p - p0: rounding of p)
+
+
+def test_emulated_lamb_halves_divide_the_grads_by_grad_scale():
+    E = emulated_ops()
+    plain = op_lists(torch.float32)
+    run_halves(E, plain, one_group("caution"))
+    scaled = op_lists(torch.float32)
+    scaled[1] = [g * 4.0 for g in scaled[1]]
+    run_halves(E, scaled, one_group("caution"), grad_scale=torch.tensor(4.0))
+    for a, b in zip(written(scaled), written(plain)):
+        torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-7)

@@ -477,3 +477,115 @@ def test_an_inf_step_with_a_group_off_the_kernel_path_is_skipped_on_the_host():
     _inf_step(opt, torch.tensor(1.0))
     assert all(torch.equal(a, p.detach()) for a, p in zip(values, ps))
     assert all(float(opt.state[p]["step"]) == 1.0 for p in ps)
+
+
+# ---- the sharded step's halves: fused_lamb_norms, fused_lamb_apply_ ---------------------------
+
+def halves_args(lists, options=None, grad_scale=None):
+    """fused_lamb_norms' arguments for one group (fused_lamb_apply_: the sums before grad_scale)."""
+    return op_args(lists, options)[:9] + (grad_scale,)
+
+
+def apply_args(lists, sums, options=None, grad_scale=None):
+    return op_args(lists, options)[:9] + (sums, grad_scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_the_halves_with_their_own_rows_are_the_one_call_step(switch, dtype):
+    # (Within an ulp, not bit for bit: the one-call kernel applies u from its scratch,
+    # the apply half recomputes it, and g++ may contract a*b + c into an FMA in one
+    # and not in the other; measured: 128 of 9000 caution float32 elements, 1 ulp.)
+    kw = {k: v for k, v in SWITCHES[switch][0].items() if k != "max_grad_norm"}
+    o = LambOptions(lr=LR, **kw)
+    shapes = ((5, 4), (7,), (3, 2, 2), (9000,))  # (9000: two chunks)
+    whole, lists = op_lists(dtype, shapes=shapes), op_lists(dtype, shapes=shapes)
+    torch.ops.lars_cuda.fused_lamb_groups_(*op_args(whole, o, max_grad_norm=None))
+    sums = torch.ops.lars_cuda.fused_lamb_norms(*halves_args(lists, o))
+    torch.ops.lars_cuda.fused_lamb_apply_(*apply_args(lists, sums, o))
+    ulp = torch.finfo(dtype).eps
+    for k in (0, 2, 3):
+        for a, b in zip(lists[k], whole[k]):
+            torch.testing.assert_close(a, b, rtol=ulp, atol=1e-7 if k == 0 else 0)
+
+
+def test_the_norms_are_the_rows_of_the_foreach_halves_and_write_nothing():
+    from lars_cuda.lamb_functional import lamb_halves
+
+    o = LambOptions(lr=LR, caution=True)
+    lists = op_lists()
+    before = clones(lists)
+    sums = torch.ops.lars_cuda.fused_lamb_norms(*halves_args(lists, o))
+    assert all(torch.equal(a, b) for x, y in zip(lists, before) for a, b in zip(x, y))
+    rows = next(lamb_halves("foreach", *clones(lists), o, clip=None, sharded=True))
+    torch.testing.assert_close(sums, rows, rtol=1e-5, atol=1e-5)  # (Σu·p: terms of both signs cancel)
+
+
+def test_the_apply_takes_each_tensors_ratio_from_the_rows_it_is_given():
+    o = LambOptions(lr=LR)
+    start = op_lists()
+    a, b = op_lists(), op_lists()
+    sums = torch.ops.lars_cuda.fused_lamb_norms(*halves_args(a, o))
+    torch.ops.lars_cuda.fused_lamb_apply_(*apply_args(a, sums, o))
+    quadrupled = sums.clone()
+    quadrupled[:, 0] *= 4  # ||p|| doubled: r doubled
+    torch.ops.lars_cuda.fused_lamb_apply_(*apply_args(b, quadrupled, o))
+    for p0, x, y in zip(start[0], a[0], b[0]):
+        torch.testing.assert_close(y - p0, 2 * (x - p0), rtol=1e-4, atol=1e-6)
+
+
+def test_the_halves_divide_the_grads_by_grad_scale():
+    o = LambOptions(lr=LR, caution=True)
+    plain, scaled = op_lists(), op_lists()
+    scaled[1] = [g * 8 for g in scaled[1]]
+    for lists, scale in ((plain, None), (scaled, torch.tensor(8.0))):
+        sums = torch.ops.lars_cuda.fused_lamb_norms(*halves_args(lists, o, scale))
+        torch.ops.lars_cuda.fused_lamb_apply_(*apply_args(lists, sums, o, scale))
+    for a, b in zip(scaled[0], plain[0]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+BAD_SUMS = {
+    "float32 sums": (lambda s: s.float(), TypeError, r"fused_lamb_apply_: sums must be float64, got Float"),
+    "a row short": (lambda s: s[:-1], ValueError, r"fused_lamb_apply_: sums must have shape \[3, 5\]"),
+    "four columns": (lambda s: s[:, :4], ValueError, r"fused_lamb_apply_: sums must have shape \[3, 5\]"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SUMS)
+def test_bad_sums_are_refused_by_the_apply_before_any_write(case):
+    change, error, message = BAD_SUMS[case]
+    lists = op_lists()
+    sums = torch.ops.lars_cuda.fused_lamb_norms(*halves_args(lists))
+    before = clones(lists)
+    with pytest.raises(error, match=message):
+        torch.ops.lars_cuda.fused_lamb_apply_(*apply_args(lists, change(sums)))
+    assert all(torch.equal(a, b) for x, y in zip(lists, before) for a, b in zip(x, y))
+
+
+@pytest.mark.parametrize("op", ["fused_lamb_norms", "fused_lamb_apply_"])
+def test_the_halves_refuse_a_bad_tensor_naming_themselves(op):
+    lists = op_lists()
+    lists[4][1] = torch.tensor(0.0)
+    args = halves_args(lists) if op == "fused_lamb_norms" else apply_args(lists, torch.zeros(3, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match=rf"^{op}: group 0: state_steps 1 holds 0"):
+        getattr(torch.ops.lars_cuda, op)(*args)
+
+
+@pytest.mark.parametrize("op", ["fused_lamb_norms", "fused_lamb_apply_"])
+def test_the_halves_refuse_sparse_tensors(op):
+    lists = op_lists()
+    lists[0][0] = lists[0][0].to_sparse()
+    args = halves_args(lists) if op == "fused_lamb_norms" else apply_args(lists, torch.zeros(3, 5, dtype=torch.float64))
+    with pytest.raises(TypeError, match=f"{op}: sparse tensors are not supported"):
+        getattr(torch.ops.lars_cuda, op)(*args)
+
+
+@pytest.mark.parametrize("caution", [False, True])
+def test_opcheck_passes_for_the_halves(caution):
+    o = LambOptions(lr=torch.tensor(LR), caution=caution)
+    torch.library.opcheck(torch.ops.lars_cuda.fused_lamb_norms.default,
+                          halves_args(op_lists(), o, torch.tensor(2.0)))
+    sums = torch.ops.lars_cuda.fused_lamb_norms(*halves_args(op_lists(), o))
+    torch.library.opcheck(torch.ops.lars_cuda.fused_lamb_apply_.default,
+                          apply_args(op_lists(), sums, o, torch.tensor(2.0)))

@@ -1,7 +1,8 @@
 """Lamb on DTensor params (FSDP2's layout: Shard(0), uneven, an empty shard; HSDP;
 Replicate next to Shard; plain params beside) on two ranks that are threads of this
-process: equal to the unsharded step, and the collectives counted — one all-reduce
-per step without global clipping, two with it."""
+process, on every path (the kernel's two halves, foreach's, the loop's): equal to the
+unsharded step, and the collectives counted — one all-reduce per step without global
+clipping, two with it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from .test_sharded_in_process import _count_all_reduces, _full, _mesh, _pair, _s
 
 pytestmark = pytest.mark.skipif(not threaded_ranks.available(), reason="torch without its threaded process group")
 
-PATHS = {"foreach": dict(foreach=True), "loop": dict(foreach=False)}
+PATHS = {"fused": dict(fused=True), "foreach": dict(foreach=True), "loop": dict(foreach=False)}
 TOL = 1e-5  # relative, float32: the sharded norms add the same squares in another order
 
 
@@ -54,7 +55,9 @@ FLAVOURS = {
         [dict(params=ps[:2]), dict(params=ps[2:], weight_decay=0.0)], lr=0.02, max_grad_norm=0.5, **kw),
     "decoupled, caution, trust clip": lambda **kw: lambda ps: lars_cuda.Lamb(
         ps, lr=0.02, decay_mode="decoupled", caution=True, trust_clip=True, **kw),
-    "timm": lambda **kw: lambda ps: compat.TimmLamb(ps, lr=0.02, max_grad_norm=0.5, **kw),
+    # (timm's Lamb has no fused argument: unset, the kernel is its default where it serves)
+    "timm": lambda **kw: lambda ps: compat.TimmLamb(ps, lr=0.02, max_grad_norm=0.5,
+                                                    **{k: v for k, v in kw.items() if k != "fused"}),
     "apex L2 mode": lambda **kw: lambda ps: compat.FusedLAMB(ps, lr=0.02, adam_w_mode=False, **kw),
 }
 
@@ -131,3 +134,29 @@ def test_trust_ratios_of_sharded_params_are_the_unsharded_ones(caution):
     for want, got in threaded_ranks.run_on_ranks(rank_main):
         assert len(want) == 4
         torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
+
+
+def test_the_fused_path_steps_shards_with_the_kernels_two_halves(monkeypatch):
+    from lars_cuda import ops
+
+    calls = []
+    for name in ("fused_lamb_norms", "fused_lamb_apply_", "fused_lamb_groups_"):
+        real = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+
+    def rank_main(rank):
+        ref, mine = _pair(_mesh(), _shard0)
+        opt = lars_cuda.Lamb(mine, lr=0.02, fused=True)
+        _set_grads(ref, mine, 0)
+        opt.step()
+        return opt._path(opt.param_groups[0], mine)
+    assert threaded_ranks.run_on_ranks(rank_main) == ["fused", "fused"]
+    assert sorted(calls) == ["fused_lamb_apply_"] * 2 + ["fused_lamb_norms"] * 2  # one of each per rank
+
+
+def test_gradscaler_unscales_the_grads_of_sharded_params_itself():
+    def rank_main(rank):
+        ref, mine = _pair(_mesh(), _shard0)
+        _set_grads(ref, mine, 0)
+        return lars_cuda.Lamb(mine, fused=True)._step_supports_amp_scaling
+    assert threaded_ranks.run_on_ranks(rank_main) == [False, False]

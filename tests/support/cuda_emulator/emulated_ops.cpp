@@ -183,6 +183,24 @@ LambHostTable lamb_host_table(const LambBucket& b, const LambLaunchGroups& group
   return t;
 }
 
+// A call's launches, as the CUDA backend's run_lamb_launches (`io`: the sharded halves' sums).
+void run_lamb_emulated(const LambCall& call, const float* scale_ptr, const float* inf_ptr, const float* clip_ptr,
+                       SumsIO io) {
+  const Device d = current_device();
+  for_each_lamb_launch(call, [&](const at::Tensor&) { return d.host_lr; },
+                       [&](const LambLaunchGroups& args, const LambBucket& b) {
+                         if (io.out != nullptr && !args.any_sums) return;  // no sums to take here: zeros
+                         const at::Tensor counts = lamb_step_counts(b, at::Device(at::kCPU));
+                         const LambHostTable table = lamb_host_table(b, args, counts.const_data_ptr<float>(), d);
+                         dispatch_lars_type(b.dtype, "params", [&](auto p_tag) {
+                           using P = decltype(p_tag);
+                           run_launches(d, table.view.n_chunks, args.any_sums, io, [&](int phases) {
+                             lamb_kernel<P>(table.view, args, scale_ptr, inf_ptr, clip_ptr, phases, io);
+                           });
+                         });
+                       });
+}
+
 void fused_lamb_groups_emulated(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                                 at::TensorList exp_avg_sqs, at::TensorList state_steps, at::IntArrayRef group_sizes,
                                 at::ArrayRef<double> hyper, at::IntArrayRef flags,
@@ -191,24 +209,39 @@ void fused_lamb_groups_emulated(at::TensorList params, at::TensorList grads, at:
                                 const std::optional<at::Tensor>& found_inf) {
   const LambCall call = parse_lamb_groups(params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes, hyper,
                                           flags, lr_tensors, max_grad_norm, grad_scale, found_inf);
-  const Device d = current_device();
   std::vector<at::Tensor> keep;
   const float* scale_ptr = float_ptr_or_null(grad_scale, keep);
   const float* inf_ptr = float_ptr_or_null(found_inf, keep);
   // The clip as the CUDA backend takes it: ATen ops on the "device" before the launches.
   const std::optional<at::Tensor> clip = lamb_clip_factor(call, grad_scale);
-  const float* clip_ptr = float_ptr_or_null(clip, keep);
-  for_each_lamb_launch(call, [&](const at::Tensor&) { return d.host_lr; },
-                       [&](const LambLaunchGroups& args, const LambBucket& b) {
-                         const at::Tensor counts = lamb_step_counts(b, at::Device(at::kCPU));
-                         const LambHostTable table = lamb_host_table(b, args, counts.const_data_ptr<float>(), d);
-                         dispatch_lars_type(b.dtype, "params", [&](auto p_tag) {
-                           using P = decltype(p_tag);
-                           run_launches(d, table.view.n_chunks, args.any_sums, SumsIO{}, [&](int phases) {
-                             lamb_kernel<P>(table.view, args, scale_ptr, inf_ptr, clip_ptr, phases);
-                           });
-                         });
-                       });
+  run_lamb_emulated(call, scale_ptr, inf_ptr, float_ptr_or_null(clip, keep), SumsIO{});
+}
+
+at::Tensor fused_lamb_norms_emulated(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                                     at::TensorList exp_avg_sqs, at::TensorList state_steps,
+                                     at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, at::IntArrayRef flags,
+                                     const c10::List<std::optional<at::Tensor>>& lr_tensors,
+                                     const std::optional<at::Tensor>& grad_scale) {
+  const LambCall call = parse_lamb_groups(params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes, hyper,
+                                          flags, lr_tensors, std::nullopt, grad_scale, std::nullopt, kLambNormsOp);
+  at::Tensor sums = at::zeros({static_cast<int64_t>(params.size()), kLambSumsPerTensor}, at::kDouble);
+  std::vector<at::Tensor> keep;
+  run_lamb_emulated(call, float_ptr_or_null(grad_scale, keep), nullptr, nullptr, SumsIO{sums.data_ptr<double>(), nullptr});
+  return sums;
+}
+
+void fused_lamb_apply_emulated(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                               at::TensorList exp_avg_sqs, at::TensorList state_steps, at::IntArrayRef group_sizes,
+                               at::ArrayRef<double> hyper, at::IntArrayRef flags,
+                               const c10::List<std::optional<at::Tensor>>& lr_tensors, const at::Tensor& sums,
+                               const std::optional<at::Tensor>& grad_scale) {
+  const LambCall call = parse_lamb_groups(params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes, hyper,
+                                          flags, lr_tensors, std::nullopt, grad_scale, std::nullopt, kLambApplyOp);
+  if (params.empty()) return;
+  check_lamb_sums(sums, static_cast<int64_t>(params.size()), params[0].device());
+  const at::Tensor in = sums.contiguous();
+  std::vector<at::Tensor> keep;
+  run_lamb_emulated(call, float_ptr_or_null(grad_scale, keep), nullptr, nullptr, SumsIO{nullptr, in.const_data_ptr<double>()});
 }
 
 at::Device emulated_sums_device(at::TensorList) { return at::Device(at::kCPU); }
@@ -248,6 +281,8 @@ TORCH_LIBRARY(lars_cuda_emulated, m) {
   m.def(kNormsSchema);
   m.def(kApplySchema);
   m.def(kLambGroupsSchema);
+  m.def(kLambNormsSchema);
+  m.def(kLambApplySchema);
   m.def("configure(int grid, bool cooperative, float wave_mb, int seed, str fault, bool host_lr=False) -> ()",
         &cuda_impl::configure);
   m.def("last_launch() -> str", &cuda_impl::last_launch);
@@ -259,6 +294,8 @@ TORCH_LIBRARY_IMPL(lars_cuda_emulated, CPU, m) {
   m.impl(kNormsOp, &cuda_impl::EmulatedOps::norms);
   m.impl(kApplyOp, &cuda_impl::EmulatedOps::apply);
   m.impl(kLambGroupsOp, &cuda_impl::fused_lamb_groups_emulated);
+  m.impl(kLambNormsOp, &cuda_impl::fused_lamb_norms_emulated);
+  m.impl(kLambApplyOp, &cuda_impl::fused_lamb_apply_emulated);
 }
 
 }  // namespace lars_cuda
