@@ -84,6 +84,7 @@ train: setup
 bench: setup
 	$(PY) benchmarks/bench_step.py
 	$(PY) benchmarks/bench_sharded.py
+	$(PY) benchmarks/bench_sharded.py --optimizer lamb
 	$(PY) benchmarks/bench_flavours.py
 	$(PY) benchmarks/bench_lamb.py --dtype float32,bfloat16
 

@@ -1,17 +1,18 @@
 #!/usr/bin/env python
-"""The sharded LARS step on 2 CPU ranks (gloo): ResNet-50's parameter list as
-DTensors sharded along dim 0 (what fully_shard makes) vs the same list
-unsharded, and our paths vs timm's Lars on the same DTensors (a per-tensor
-loop: DTensor turns each of its norms into collectives of its own, the peer
-behaviour on sharded models).
+"""The sharded LARS (or LAMB) step on 2 CPU ranks (gloo): ResNet-50's parameter
+list as DTensors sharded along dim 0 (what fully_shard makes) vs the same list
+unsharded, and our paths vs timm's Lars (Lamb) on the same DTensors (a
+per-tensor loop or foreach: DTensor turns each of its norms into collectives of
+its own, the peer behaviour on sharded models).
 
-    python benchmarks/bench_sharded.py            # launches itself under torchrun (2 ranks)
+    python benchmarks/bench_sharded.py                    # launches itself under torchrun (2 ranks)
+    python benchmarks/bench_sharded.py --optimizer lamb   # lars_cuda.Lamb vs timm's Lamb
 
 Same parameters, same gradients, one run, implementations interleaved round
 by round; per step the slower rank's time counts (a barrier before, a
 max-reduction of the times after); median and p10-p90 of --steps steps after
 --warmup. Collectives per step counted by CommDebugMode. Writes
-benchmarks/results/sharded-<cpu>-<date>.{json,md}.
+benchmarks/results/sharded-cpu-<date>.{json,md} (LAMB: sharded-lamb-cpu-...).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ IMPLS = ["unsharded_fused", "fused", "foreach", "reference", "timm"]
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--set", default="resnet50", help="a parameter list of benchmarks/param_sets.py")
+    p.add_argument("--optimizer", default="lars", choices=["lars", "lamb"])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--impls", default=",".join(IMPLS))
@@ -48,7 +50,7 @@ def launch_under_torchrun(argv) -> int:
     return subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
 
 
-def build(impl: str, shapes, mesh):
+def build(impl: str, shapes, mesh, optimizer: str = "lars"):
     from torch.distributed.tensor import Shard, distribute_tensor
 
     import lars_cuda
@@ -63,14 +65,20 @@ def build(impl: str, shapes, mesh):
         p = torch.nn.Parameter(p)
         p.grad = g
         params.append(p)
+    path = {"unsharded_fused": dict(fused=True), "fused": dict(fused=True), "foreach": dict(foreach=True),
+            "reference": dict(foreach=False, fused=False)}
+    if optimizer == "lamb":  # Lamb's defaults (max_grad_norm=1.0: the clip's all-reduce too)
+        if impl == "timm":
+            from timm.optim import Lamb as TimmLamb
+
+            return TimmLamb(params, lr=1e-3, weight_decay=0.01)
+        return lars_cuda.Lamb(params, lr=1e-3, weight_decay=0.01, **path[impl])
     kw = dict(lr=0.1, momentum=0.9, weight_decay=1e-4)
     if impl == "timm":
         from timm.optim import Lars as TimmLars
 
         return TimmLars(params, trust_coeff=1e-3, trust_clip=True, **kw)
-    path = {"unsharded_fused": dict(fused=True), "fused": dict(fused=True), "foreach": dict(foreach=True),
-            "reference": dict(foreach=False, fused=False)}[impl]
-    return lars_cuda.Lars(params, **kw, **path)
+    return lars_cuda.Lars(params, **kw, **path[impl])
 
 
 def cpu_name() -> str:
@@ -100,7 +108,7 @@ def main(argv=None) -> int:
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     shapes = SETS[args.set]()
     impls = args.impls.split(",")
-    opts = {impl: build(impl, shapes, mesh) for impl in impls}
+    opts = {impl: build(impl, shapes, mesh, args.optimizer) for impl in impls}
     collectives = {}
     for impl in impls:
         with CommDebugMode() as comm:
@@ -129,9 +137,10 @@ def main(argv=None) -> int:
         date = datetime.date.today().isoformat()
         cpu = cpu_name()
         meta = dict(date=date, cpu=cpu, ranks=dist.get_world_size(), backend="gloo", set=args.set,
+                    optimizer=args.optimizer,
                     tensors=len(shapes), numel=numel, steps=args.steps, warmup=args.warmup,
                     torch=torch.__version__, threads=torch.get_num_threads())
-        lines = [f"Sharded LARS step, {args.set} ({len(shapes)} tensors, {numel / 1e6:.1f} M params, float32), "
+        lines = [f"Sharded {args.optimizer.upper()} step, {args.set} ({len(shapes)} tensors, {numel / 1e6:.1f} M params, float32), "
                  f"2 ranks x {torch.get_num_threads()} thread(s), gloo, {cpu}, {date}; median of {args.steps} steps",
                  "", "| impl | median ms | p10–p90 ms | collectives/step | × unsharded fused | speed-up vs timm |",
                  "|---|---|---|---|---|---|"]
@@ -142,7 +151,7 @@ def main(argv=None) -> int:
         print(text, flush=True)
         out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
         os.makedirs(out, exist_ok=True)
-        stem = os.path.join(out, f"sharded-cpu-{date}")
+        stem = os.path.join(out, f"sharded-{'lamb-' if args.optimizer == 'lamb' else ''}cpu-{date}")
         with open(stem + ".json", "w") as f:
             json.dump(dict(meta=meta, rows=rows, times_ms={k: [t * 1e3 for t in v] for k, v in times.items()}), f,
                       indent=1)

@@ -69,10 +69,12 @@ class Lamb(SchemaOptimizer):
             call, one launch per dtype on CUDA; float32/float16/bfloat16; where the
             build has no kernel for the device it warns once and runs foreach).
             Neither flag set: the kernel where it
-            serves every tensor of a group, else foreach where they share a device
-            (DTensor params: foreach's halves around one all-reduce). On the kernel
+            serves every tensor of a group, else foreach where they share a device.
+            DTensor params take their path's two halves around one all-reduce (the
+            kernel's: ``fused_lamb_norms``, then ``fused_lamb_apply_``). On the kernel
             path ``torch.amp.GradScaler`` hands over its scale and inf flag instead
-            of unscaling the grads (as for ``torch.optim.AdamW(fused=True)``).
+            of unscaling the grads (as for ``torch.optim.AdamW(fused=True)``; for
+            DTensor params it unscales them itself).
 
     The state of a param holds ``step`` (a float32 tensor: on the param's device on the
     kernel path, on the CPU elsewhere, as ``torch.optim.AdamW`` places it for its fused

@@ -126,7 +126,7 @@ MUTANTS = [
     ("LAMB CUDA: the norms sum the undecayed param", "csrc/cuda/lamb_kernel.cuh",
      "    s.pp += pd * pd;", "    s.pp += p * p;", EMULATED_LAMB),
     ("LAMB CUDA: the update ignores the ratio phase", "csrc/cuda/lamb_kernel.cuh",
-     "      if (row.needs_sums) {", "      if (false) {", EMULATED_LAMB),
+     "      } else if (row.needs_sums) {", "      } else if (false) {", EMULATED_LAMB),
     ("LAMB CUDA: the tail loop starts at begin", "csrc/cuda/lamb_kernel.cuh",
      "  for (int64_t i = tail + threadIdx.x; i < end; i += kThreads) {",
      "  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {", EMULATED_LAMB),
@@ -150,7 +150,22 @@ MUTANTS = [
     # (one-pass tensors have weight_decay 0, so breaking their decoupled decay changes
     # nothing: an equivalent mutant, measured; their lr is what this one breaks)
     ("LAMB CPU: one-pass tensors step with twice the lr", "csrc/cpu/lamb_cpu_kernel.h",
-     "    const Vec one(1.f), step_v(t.lr);", "    const Vec one(1.f), step_v(2.f * t.lr);", LAMB),
+     "          lamb_step_span<P>(x, s.begin, s.end, 1.f, x.lr);",
+     "          lamb_step_span<P>(x, s.begin, s.end, 1.f, 2.f * x.lr);", LAMB),
+    # LAMB's sharded halves (fused_lamb_norms / fused_lamb_apply_).
+    ("LAMB CUDA: the norms store Σu² as Σp²", "csrc/cuda/lamb_kernel.cuh",
+     "        out[0] = sums.pp;", "        out[0] = sums.uu;", EMULATED_LAMB),
+    ("LAMB CUDA: the apply half ignores the rows", "csrc/cuda/lamb_kernel.cuh",
+     "      if (row.needs_sums && io.in != nullptr) {", "      if (false) {", EMULATED_LAMB),
+    ("LAMB: a row's caution scale ignores its numel", "csrc/lamb.h",
+     "  const float scale = lamb_caution_scale(h, row[3], row[4]);",
+     "  const float scale = lamb_caution_scale(h, row[3], 1.0);", EMULATED_LAMB),
+    ("LAMB CPU: the norms leave out the numel", "csrc/cpu/lamb_cpu_kernel.h",
+     "    row[4] = x.h->caution ? static_cast<double>(x.numel) : 0.0;", "    row[4] = 0.0;", LAMB),
+    ("LAMB CPU: the apply half steps every tensor with lr", "csrc/cpu/lamb_cpu_kernel.h",
+     "    steps.push_back(x.needs_sums() ? lamb_step_of_row(*x.h, x.lr, rows + kLambSumsPerTensor * x.index)\n"
+     "                                   : LambStepScale{x.lr, 1.f});",
+     "    steps.push_back(LambStepScale{x.lr, 1.f});", LAMB),
 ]
 
 

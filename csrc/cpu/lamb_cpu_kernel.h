@@ -338,7 +338,8 @@ void lamb_apply_typed(const std::vector<LambTensor>& tensors, const double* rows
   std::vector<LambStepScale> steps;
   steps.reserve(tensors.size());
   for (const LambTensor& x : tensors)
-    steps.push_back(x.needs_sums() ? lamb_step_of_row(*x.h, x.lr, rows + kLambSumsPerTensor * x.index) : LambStepScale{x.lr, 1.f});
+    steps.push_back(x.needs_sums() ? lamb_step_of_row(*x.h, x.lr, rows + kLambSumsPerTensor * x.index)
+                                   : LambStepScale{x.lr, 1.f});
   const std::vector<LambSpan> spans = lamb_spans(tensors, /*only_sums=*/false);
   at::parallel_for(0, static_cast<int64_t>(spans.size()), 1, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {

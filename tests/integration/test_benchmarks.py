@@ -53,6 +53,24 @@ def test_bench_sharded_runs_on_two_ranks_and_counts_one_collective_for_our_paths
     assert all(r["median_ms"] > 0 for r in rows.values())
 
 
+def test_bench_sharded_lamb_counts_one_collective_without_clipping_and_two_with_it(tmp_path):
+    import subprocess
+
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_sharded.py"), "--set", "smoke",
+                           "--optimizer", "lamb", "--steps", "2", "--warmup", "0", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (name,) = [f for f in os.listdir(tmp_path) if f.endswith(".json")]
+    assert name.startswith("sharded-lamb-cpu-")
+    data = json.load(open(tmp_path / name))
+    rows = {r["impl"]: r for r in data["rows"]}
+    assert set(rows) == {"unsharded_fused", "fused", "foreach", "reference", "timm"}
+    assert rows["unsharded_fused"]["collectives_per_step"] == 0
+    assert all(rows[i]["collectives_per_step"] == 2 for i in ("fused", "foreach", "reference"))  # clip + norms
+    assert rows["timm"]["collectives_per_step"] > data["meta"]["tensors"]  # per-tensor collectives
+    assert all(r["median_ms"] > 0 for r in rows.values())
+
+
 def test_bench_flavours_runs_every_pair_and_writes_json_and_markdown(tmp_path):
     import bench_flavours
 

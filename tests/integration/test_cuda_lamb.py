@@ -1,5 +1,6 @@
 """The CUDA LAMB kernel (csrc/cuda/lamb_kernel.cuh) on a GPU against the CPU kernel and
-the foreach path. Skipped without a GPU; benchmarks/gpu_check.sh runs them there (the
+the foreach path, its sharded halves (fused_lamb_norms / fused_lamb_apply_), and a
+step that never syncs with the host and replays in a CUDA graph. Skipped without a GPU; benchmarks/gpu_check.sh runs them there (the
 emulator runs the same device code on the CPU in every make test:
 tests/integration/test_emulated_cuda_lamb.py)."""
 
@@ -56,6 +57,27 @@ def test_gradscaler_hands_its_scale_to_the_cuda_lamb_kernel():
     want, _ = train(lambda q: Lamb(q, lr=LR, fused=True), params, grads, steps=1)
     for a, b in zip(ps, want):
         torch.testing.assert_close(a.detach().cpu(), b.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("caution", [False, True])
+def test_the_cuda_lamb_halves_give_the_cpu_kernels_rows_and_step(caution):
+    from lars_cuda.lamb_options import LambOptions
+
+    from ..unit.test_lamb_fused import apply_args, halves_args, op_lists
+
+    o = LambOptions(lr=LR, caution=caution)
+    shapes = ((70_001,), (64, 3, 7, 7), (3,), (1000, 33))
+    cpu = op_lists(shapes=shapes)
+    gpu = [[t.cuda() for t in ts] for ts in op_lists(shapes=shapes)]
+    cpu_rows = torch.ops.lars_cuda.fused_lamb_norms(*halves_args(cpu, o))
+    gpu_rows = torch.ops.lars_cuda.fused_lamb_norms(*halves_args(gpu, o))
+    assert gpu_rows.device.type == "cuda"
+    torch.testing.assert_close(gpu_rows.cpu(), cpu_rows, rtol=1e-5, atol=1e-5)
+    torch.ops.lars_cuda.fused_lamb_apply_(*apply_args(cpu, cpu_rows, o))
+    torch.ops.lars_cuda.fused_lamb_apply_(*apply_args(gpu, cpu_rows.cuda(), o))
+    for k in (0, 2, 3):
+        for a, b in zip(gpu[k], cpu[k]):
+            torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-6)
 
 
 # ---- step counts on the device, no host sync, CUDA graphs ----------------------------------
