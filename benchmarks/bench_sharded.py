@@ -140,7 +140,8 @@ def main(argv=None) -> int:
                     optimizer=args.optimizer,
                     tensors=len(shapes), numel=numel, steps=args.steps, warmup=args.warmup,
                     torch=torch.__version__, threads=torch.get_num_threads())
-        lines = [f"Sharded {args.optimizer.upper()} step, {args.set} ({len(shapes)} tensors, {numel / 1e6:.1f} M params, float32), "
+        lines = [f"Sharded {args.optimizer.upper()} step, {args.set} ({len(shapes)} tensors, "
+                 f"{numel / 1e6:.1f} M params, float32), "
                  f"2 ranks x {torch.get_num_threads()} thread(s), gloo, {cpu}, {date}; median of {args.steps} steps",
                  "", "| impl | median ms | p10–p90 ms | collectives/step | × unsharded fused | speed-up vs timm |",
                  "|---|---|---|---|---|---|"]

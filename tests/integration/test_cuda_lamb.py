@@ -1,7 +1,7 @@
 """The CUDA LAMB kernel (csrc/cuda/lamb_kernel.cuh) on a GPU against the CPU kernel and
 the foreach path, its sharded halves (fused_lamb_norms / fused_lamb_apply_), and a
-step that never syncs with the host and replays in a CUDA graph. Skipped without a GPU; benchmarks/gpu_check.sh runs them there (the
-emulator runs the same device code on the CPU in every make test:
+step that never syncs with the host and replays in a CUDA graph. Skipped without a
+GPU; benchmarks/gpu_check.sh runs them there (the emulator runs the same device code on the CPU in every make test:
 tests/integration/test_emulated_cuda_lamb.py)."""
 
 from __future__ import annotations
