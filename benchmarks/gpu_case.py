@@ -95,6 +95,23 @@ def main() -> int:
                 lamb.step()
                 torch.cuda.synchronize()
                 print(dtype, "lamb", launch, "->", lars_cuda.ops.last_cuda_launch(), flush=True)
+                # LAMB's sharded halves (fused_lamb_norms, then fused_lamb_apply_ from the rows)
+                from lars_cuda.lamb_functional import lamb_halves
+                from lars_cuda.lamb_options import LambOptions
+
+                ps = [p_.detach() for p_ in lamb_params]
+                state = [lamb.state[p_] for p_ in lamb_params]
+                halves = lamb_halves("fused", ps, [p_.grad for p_ in lamb_params], [s["exp_avg"] for s in state],
+                                     [s["exp_avg_sq"] for s in state], [s["step"] + 1 for s in state],
+                                     LambOptions(lr=0.01, caution=True), clip=torch.tensor(2.0, device="cuda"),
+                                     sharded=True)
+                rows = next(halves)
+                try:
+                    halves.send(rows)
+                except StopIteration:
+                    pass
+                torch.cuda.synchronize()
+                print(dtype, "lamb sharded halves", launch, "->", lars_cuda.ops.last_cuda_launch(), flush=True)
                 os.environ.pop("LARS_CUDA_LAUNCH", None)
                 torch.ops.lars_cuda.reload_launch_config()
     print("gpu_case done", flush=True)

@@ -121,11 +121,10 @@ class Lamb(SchemaOptimizer):
     _NAME = "Lamb"
     _STEP_IN_STATE = True  # a step count per param (AdamW's); the compat classes count per group
 
-    def _check_options(self, group: dict[str, Any], read_tensor_lr: bool = True) -> None:
+    def _check_options(self, group: dict[str, Any], read_tensor_lr: bool = True) -> LambOptions:
+        """Checks a group's options; returns those it steps with (a compat class
+        derives them from its original's)."""
         check_lamb_options(group, self._max_grad_norm(), read_tensor_lr=read_tensor_lr)
-
-    def _lamb_options(self, group: dict[str, Any]) -> LambOptions:
-        """The options a group steps with (a compat class derives them from its original's)."""
         return LambOptions.of(group)
 
     def _max_grad_norm(self) -> Optional[float]:
@@ -157,10 +156,10 @@ class Lamb(SchemaOptimizer):
         name = type(self).__name__
         planned = []
         for group in self.param_groups:
-            self._check_options(group, read_tensor_lr=False)
+            options = self._check_options(group, read_tensor_lr=False)
             params = [p for p in group["params"] if p.grad is not None]
             check_lamb_tensors(name, params, self.state)
-            planned.append((group, self._lamb_options(group), params, self._path(group, params)))
+            planned.append((group, options, params, self._path(group, params)))
         return planned
 
     def _path(self, group: dict[str, Any], params: list[Tensor]) -> str:
@@ -217,24 +216,32 @@ class Lamb(SchemaOptimizer):
         return loss
 
     def _check_graph_capture(self, planned, all_fused: bool) -> None:
-        """Refuses a CUDA graph capture of a step that would read the device on the host
-        or bake a host value into the graph: every group on the kernel path, step counts
-        in the state, on the params' device."""
+        """Refuses a CUDA graph capture of a step that cannot be captured
+        (``_why_not_capturable``) before anything is captured."""
         if not any(ps and ps[0].is_cuda for _, _, ps, _ in planned) or not torch.cuda.is_current_stream_capturing():
             return
+        why = self._why_not_capturable(planned, all_fused)
+        if why is not None:
+            raise RuntimeError(why)
+
+    def _why_not_capturable(self, planned, all_fused: bool) -> Optional[str]:
+        """Why a CUDA graph cannot capture this step (it would read the device on the
+        host or bake a host value into the graph), or None: every group on the kernel
+        path of one device, unsharded, the step counts in the state on the params' device."""
         name = type(self).__name__
         if not all_fused or not self._STEP_IN_STATE:
-            raise RuntimeError(f"{name}: a CUDA graph can capture a step only where every param group runs the "
-                               "fused kernel on one device with its step counts in the state (lars_cuda.Lamb "
-                               "with fused=True; the compat classes count steps per group on the host)")
+            return (f"{name}: a CUDA graph can capture a step only where every param group runs the fused kernel "
+                    "on one device, unsharded, with its step counts in the state (lars_cuda.Lamb with fused=True; "
+                    "the compat classes count steps per group on the host)")
         for _, _, ps, _ in planned:
             for p in ps:
                 step = self.state.get(p, {}).get("step")
                 if step is not None and step.device != p.device:
-                    raise RuntimeError(f"{name}: a CUDA graph can capture a step only with the step counts on the "
-                                       f"params' device; a count is on {step.device} (a state loaded into a group "
-                                       "without fused=True keeps them on the CPU): load it with fused=True, which "
-                                       "places them on the device, before capturing")
+                    return (f"{name}: a CUDA graph can capture a step only with the step counts on the params' "
+                            f"device; a count is on {step.device} (a state loaded into a group without fused=True "
+                            "keeps them on the CPU): load it with fused=True, which places them on the device, "
+                            "before capturing")
+        return None
 
     @property
     def _step_supports_amp_scaling(self) -> bool:

@@ -45,17 +45,14 @@ class _LambFlavour(Lamb):
     def _to_lamb(self, group: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _check_options(self, group: dict[str, Any], read_tensor_lr: bool = True) -> None:
-        try:
-            super()._check_options(self._to_lamb(group), read_tensor_lr)
+    def _check_options(self, group: dict[str, Any], read_tensor_lr: bool = True) -> LambOptions:
+        try:  # (one translation per group and step: the check and the options share it)
+            return super()._check_options(self._to_lamb(group), read_tensor_lr)
         except (TypeError, ValueError) as exc:  # name the original's option, not Lamb's
             message = str(exc)
             for ours, theirs in self._RENAMED.items():
                 message = re.sub(rf"\b{ours}\b", theirs, message)
             raise type(exc)(message) from None
-
-    def _lamb_options(self, group: dict[str, Any]) -> LambOptions:
-        return LambOptions.of(self._to_lamb(group))
 
     def _peek_steps(self, group: dict[str, Any], params: list[Tensor]) -> list[float]:
         return [float(group.get("step", 0))] * len(params)

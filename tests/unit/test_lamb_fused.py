@@ -589,3 +589,40 @@ def test_opcheck_passes_for_the_halves(caution):
     sums = torch.ops.lars_cuda.fused_lamb_norms(*halves_args(op_lists(), o))
     torch.library.opcheck(torch.ops.lars_cuda.fused_lamb_apply_.default,
                           apply_args(op_lists(), sums, o, torch.tensor(2.0)))
+
+
+# ---- what a CUDA graph capture of a step needs (checked here on CPU tensors) ------------------
+
+def _planned_after_one_step(make):
+    params, grads = tensors(dtype=torch.float32)
+    ps, opt = train(make, params, grads, steps=1)
+    for p, g in zip(ps, grads[1]):
+        p.grad = g.clone()
+    planned = opt._plan()
+    all_fused = all(path == "fused" for _, _, _, path in planned)
+    return opt, planned, all_fused
+
+
+def test_a_step_of_lamb_on_the_kernel_path_can_be_captured():
+    opt, planned, all_fused = _planned_after_one_step(lambda q: Lamb(q, lr=LR, **FUSED))
+    assert all_fused and opt._why_not_capturable(planned, all_fused) is None
+
+
+def test_a_capture_is_refused_for_a_group_off_the_kernel_path():
+    opt, planned, all_fused = _planned_after_one_step(lambda q: Lamb(q, lr=LR, foreach=True))
+    assert opt._why_not_capturable(planned, all_fused).startswith(
+        "Lamb: a CUDA graph can capture a step only where every param group runs the fused kernel")
+
+
+def test_a_capture_is_refused_for_a_compat_class_counting_per_group():
+    opt, planned, all_fused = _planned_after_one_step(lambda q: compat.FusedLAMB(q, lr=LR, **FUSED))
+    assert all_fused
+    assert "the compat classes count steps per group on the host" in opt._why_not_capturable(planned, all_fused)
+
+
+def test_a_capture_is_refused_for_a_step_count_off_the_params_device():
+    opt, planned, all_fused = _planned_after_one_step(lambda q: Lamb(q, lr=LR, **FUSED))
+    p = planned[0][2][1]
+    opt.state[p]["step"] = torch.zeros((), device="meta")  # (a count on another device than its param's)
+    assert opt._why_not_capturable(planned, all_fused).startswith(
+        "Lamb: a CUDA graph can capture a step only with the step counts on the params' device; a count is on meta")
