@@ -119,6 +119,7 @@ LambCall parse_lamb_groups(at::TensorList params, at::TensorList grads, at::Tens
     at += size;
   }
   const at::Device where = device.value_or(at::Device(at::kCPU));
+  call.device = where;
   check_scalar_tensor(op, grad_scale, "grad_scale", where, /*allow_cpu=*/where.is_cpu());
   check_scalar_tensor(op, found_inf, "found_inf", where, /*allow_cpu=*/where.is_cpu());
   return call;

@@ -44,6 +44,7 @@ struct LambGroupCall {
 struct LambCall {
   std::vector<LambGroupCall> groups;
   std::optional<double> max_grad_norm;  // the global clip over every grad of the call
+  at::Device device = at::Device(at::kCPU);  // the params' device (the CPU where there are none)
 };
 
 // Splits the flat lists into groups and checks every group, the step counts,

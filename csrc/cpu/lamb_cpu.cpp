@@ -1,8 +1,9 @@
-// The CPU implementation of fused_lamb_groups_: parse and check every group
-// (lamb_args.h), read the host scalars (lr, step counts, grad_scale,
-// found_inf), compute the global clip, and hand each dtype's tensors to the
-// kernel build this machine runs (lamb_cpu_kernel.h; the choice:
-// kernel_choice.h).
+// The CPU implementation of fused_lamb_groups_ (and of the sharded halves
+// fused_lamb_norms / fused_lamb_apply_, lamb_op_entry_points.h): parse and check
+// every group (lamb_args.h), read the host scalars (lr, step counts,
+// grad_scale, found_inf), compute the global clip, and hand each dtype's
+// tensors to the kernel build this machine runs (lamb_cpu_kernel.h; the
+// choice: kernel_choice.h).
 #include <torch/library.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 
 #include "../lamb_args.h"
 #include "../lamb_buckets.h"
+#include "../lamb_op_entry_points.h"
 #include "kernel_choice.h"
 #include "lamb_tensor.h"
 
@@ -133,47 +135,34 @@ void fused_lamb_groups_cpu(at::TensorList params, at::TensorList grads, at::Tens
   }
 }
 
-// The sharded step's halves (lamb_args.h); grad_scale divides the grads (the
+// The sharded step's halves' run (lamb_op_entry_points.h): each dtype's rows into
+// io.out, or every tensor stepped from io.in; grad_scale divides the grads (the
 // caller's global clip travels there).
-at::Tensor fused_lamb_norms_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                                at::TensorList exp_avg_sqs, at::TensorList state_steps, at::IntArrayRef group_sizes,
-                                at::ArrayRef<double> hyper, at::IntArrayRef flags,
-                                const c10::List<std::optional<at::Tensor>>& lr_tensors,
-                                const std::optional<at::Tensor>& grad_scale) {
-  LambCall call = parse_lamb_groups(params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes, hyper, flags,
-                                    lr_tensors, std::nullopt, grad_scale, std::nullopt, kLambNormsOp);
-  at::Tensor sums = at::zeros({static_cast<int64_t>(params.size()), kLambSumsPerTensor}, at::kDouble);
-  LambWork w = lamb_work(call);
-  set_grad_coefficients(w, inverse_scale(grad_scale), 1.0);
-  const LambBuild build = lamb_build();
-  for (size_t k = 0; k < w.buckets.size(); ++k) build.norms(w.lists[k], w.buckets[k].dtype, sums.data_ptr<double>());
-  return sums;  // (dense copies of strided tensors were only read: nothing to write back)
-}
-
-void fused_lamb_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                          at::TensorList exp_avg_sqs, at::TensorList state_steps, at::IntArrayRef group_sizes,
-                          at::ArrayRef<double> hyper, at::IntArrayRef flags,
-                          const c10::List<std::optional<at::Tensor>>& lr_tensors, const at::Tensor& sums,
-                          const std::optional<at::Tensor>& grad_scale) {
-  LambCall call = parse_lamb_groups(params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes, hyper, flags,
-                                    lr_tensors, std::nullopt, grad_scale, std::nullopt, kLambApplyOp);
-  check_lamb_sums(sums, static_cast<int64_t>(params.size()), at::Device(at::kCPU));
-  const at::Tensor rows = sums.contiguous();
+void run_lamb_half_cpu(const LambCall& checked, const std::optional<at::Tensor>& grad_scale, SumsIO io) {
+  LambCall call = checked;  // (lamb_work writes each group's lr into its options)
   LambWork w = lamb_work(call);
   set_grad_coefficients(w, inverse_scale(grad_scale), 1.0);
   const LambBuild build = lamb_build();
   for (size_t k = 0; k < w.buckets.size(); ++k) {
-    build.apply(w.lists[k], w.buckets[k].dtype, rows.const_data_ptr<double>());
-    finish_lamb_bucket(w.buckets[k]);
+    if (io.out != nullptr) {
+      build.norms(w.lists[k], w.buckets[k].dtype, io.out);  // (dense stand-ins only read: nothing to write back)
+    } else {
+      build.apply(w.lists[k], w.buckets[k].dtype, io.in);
+      finish_lamb_bucket(w.buckets[k]);
+    }
   }
 }
+
+at::Device cpu_lamb_sums_device(at::TensorList) { return at::Device(at::kCPU); }
+
+using CpuLambHalves = LambHalvesEntryPoints<&run_lamb_half_cpu, &cpu_lamb_sums_device>;
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lars_cuda, CPU, m) {
   m.impl(kLambGroupsOp, &fused_lamb_groups_cpu);
-  m.impl(kLambNormsOp, &fused_lamb_norms_cpu);
-  m.impl(kLambApplyOp, &fused_lamb_apply_cpu);
+  m.impl(kLambNormsOp, &CpuLambHalves::norms);
+  m.impl(kLambApplyOp, &CpuLambHalves::apply);
 }
 
 }  // namespace lars_cuda

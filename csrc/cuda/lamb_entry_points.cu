@@ -20,6 +20,7 @@
 #include "../dispatch.h"
 #include "../lamb_args.h"
 #include "../lamb_buckets.h"
+#include "../lamb_op_entry_points.h"
 #include "../launch_config.h"
 #include "../status.h"
 #include "lamb_kernel.cuh"
@@ -109,47 +110,27 @@ void fused_lamb_groups_cuda(at::TensorList params, at::TensorList grads, at::Ten
   run_lamb_launches(call, scale_ptr, inf_ptr, clip_ptr, SumsIO{}, kLambGroupsOp);
 }
 
-at::Tensor fused_lamb_norms_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                                 at::TensorList exp_avg_sqs, at::TensorList state_steps, at::IntArrayRef group_sizes,
-                                 at::ArrayRef<double> hyper, at::IntArrayRef flags,
-                                 const c10::List<std::optional<at::Tensor>>& lr_tensors,
-                                 const std::optional<at::Tensor>& grad_scale) {
-  const LambCall call = parse_lamb_groups(params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes, hyper,
-                                          flags, lr_tensors, std::nullopt, grad_scale, std::nullopt, kLambNormsOp);
-  const at::Device device = params.empty() ? at::Device(at::kCPU) : params[0].device();
-  at::Tensor sums = at::zeros({static_cast<int64_t>(params.size()), kLambSumsPerTensor},
-                              at::TensorOptions().dtype(at::kDouble).device(device));
-  if (params.empty()) return sums;
-  const c10::cuda::CUDAGuard guard(device);
+// The sharded halves' run (lamb_op_entry_points.h): the launches with sums out or in.
+void run_lamb_half_cuda(const LambCall& call, const std::optional<at::Tensor>& grad_scale, SumsIO io) {
+  const c10::cuda::CUDAGuard guard(call.device);
   std::vector<at::Tensor> keep;
-  run_lamb_launches(call, float_ptr_or_null(grad_scale, keep), nullptr, nullptr,
-                    SumsIO{sums.data_ptr<double>(), nullptr}, kLambNormsOp);
-  return sums;
+  run_lamb_launches(call, float_ptr_or_null(grad_scale, keep), nullptr, nullptr, io,
+                    io.out != nullptr ? kLambNormsOp : kLambApplyOp);
 }
 
-void fused_lamb_apply_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                           at::TensorList exp_avg_sqs, at::TensorList state_steps, at::IntArrayRef group_sizes,
-                           at::ArrayRef<double> hyper, at::IntArrayRef flags,
-                           const c10::List<std::optional<at::Tensor>>& lr_tensors, const at::Tensor& sums,
-                           const std::optional<at::Tensor>& grad_scale) {
-  const LambCall call = parse_lamb_groups(params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes, hyper,
-                                          flags, lr_tensors, std::nullopt, grad_scale, std::nullopt, kLambApplyOp);
-  if (params.empty()) return;
-  check_lamb_sums(sums, static_cast<int64_t>(params.size()), params[0].device());
-  const c10::cuda::CUDAGuard guard(params[0].device());
-  std::vector<at::Tensor> keep;
-  const at::Tensor in = sums.contiguous();
-  run_lamb_launches(call, float_ptr_or_null(grad_scale, keep), nullptr, nullptr,
-                    SumsIO{nullptr, in.const_data_ptr<double>()}, kLambApplyOp);
+at::Device lamb_sums_device(at::TensorList params) {
+  return params.empty() ? at::Device(at::kCUDA, c10::cuda::current_device()) : params[0].device();
 }
+
+using CudaLambHalves = LambHalvesEntryPoints<&run_lamb_half_cuda, &lamb_sums_device>;
 
 }  // namespace
 }  // namespace cuda_impl
 
 TORCH_LIBRARY_IMPL(lars_cuda, CUDA, m) {
   m.impl(kLambGroupsOp, &cuda_impl::fused_lamb_groups_cuda);
-  m.impl(kLambNormsOp, &cuda_impl::fused_lamb_norms_cuda);
-  m.impl(kLambApplyOp, &cuda_impl::fused_lamb_apply_cuda);
+  m.impl(kLambNormsOp, &cuda_impl::CudaLambHalves::norms);
+  m.impl(kLambApplyOp, &cuda_impl::CudaLambHalves::apply);
 }
 
 }  // namespace lars_cuda

@@ -24,6 +24,7 @@
 #include "cuda/launch_plan.h"
 #include "cuda/table_layout.h"
 #include "dispatch.h"
+#include "lamb_op_entry_points.h"
 #include "op_entry_points.h"
 #include "op_schemas.h"
 #include "emulator.h"
@@ -217,36 +218,16 @@ void fused_lamb_groups_emulated(at::TensorList params, at::TensorList grads, at:
   run_lamb_emulated(call, scale_ptr, inf_ptr, float_ptr_or_null(clip, keep), SumsIO{});
 }
 
-at::Tensor fused_lamb_norms_emulated(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                                     at::TensorList exp_avg_sqs, at::TensorList state_steps,
-                                     at::IntArrayRef group_sizes, at::ArrayRef<double> hyper, at::IntArrayRef flags,
-                                     const c10::List<std::optional<at::Tensor>>& lr_tensors,
-                                     const std::optional<at::Tensor>& grad_scale) {
-  const LambCall call = parse_lamb_groups(params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes, hyper,
-                                          flags, lr_tensors, std::nullopt, grad_scale, std::nullopt, kLambNormsOp);
-  at::Tensor sums = at::zeros({static_cast<int64_t>(params.size()), kLambSumsPerTensor}, at::kDouble);
+// The sharded halves' run (lamb_op_entry_points.h), as the CUDA backend's.
+void run_lamb_half_emulated(const LambCall& call, const std::optional<at::Tensor>& grad_scale, SumsIO io) {
   std::vector<at::Tensor> keep;
-  run_lamb_emulated(call, float_ptr_or_null(grad_scale, keep), nullptr, nullptr, SumsIO{sums.data_ptr<double>(), nullptr});
-  return sums;
-}
-
-void fused_lamb_apply_emulated(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                               at::TensorList exp_avg_sqs, at::TensorList state_steps, at::IntArrayRef group_sizes,
-                               at::ArrayRef<double> hyper, at::IntArrayRef flags,
-                               const c10::List<std::optional<at::Tensor>>& lr_tensors, const at::Tensor& sums,
-                               const std::optional<at::Tensor>& grad_scale) {
-  const LambCall call = parse_lamb_groups(params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes, hyper,
-                                          flags, lr_tensors, std::nullopt, grad_scale, std::nullopt, kLambApplyOp);
-  if (params.empty()) return;
-  check_lamb_sums(sums, static_cast<int64_t>(params.size()), params[0].device());
-  const at::Tensor in = sums.contiguous();
-  std::vector<at::Tensor> keep;
-  run_lamb_emulated(call, float_ptr_or_null(grad_scale, keep), nullptr, nullptr, SumsIO{nullptr, in.const_data_ptr<double>()});
+  run_lamb_emulated(call, float_ptr_or_null(grad_scale, keep), nullptr, nullptr, io);
 }
 
 at::Device emulated_sums_device(at::TensorList) { return at::Device(at::kCPU); }
 
 using EmulatedOps = OpEntryPoints<&run_groups_emulated, &emulated_sums_device>;
+using EmulatedLambHalves = LambHalvesEntryPoints<&run_lamb_half_emulated, &emulated_sums_device>;
 
 void configure(int64_t grid, bool cooperative, double wave_mb, int64_t seed, std::string fault, bool host_lr) {
   TORCH_CHECK_VALUE(grid >= 1, "configure: grid must be at least 1, got ", grid);
@@ -294,8 +275,8 @@ TORCH_LIBRARY_IMPL(lars_cuda_emulated, CPU, m) {
   m.impl(kNormsOp, &cuda_impl::EmulatedOps::norms);
   m.impl(kApplyOp, &cuda_impl::EmulatedOps::apply);
   m.impl(kLambGroupsOp, &cuda_impl::fused_lamb_groups_emulated);
-  m.impl(kLambNormsOp, &cuda_impl::fused_lamb_norms_emulated);
-  m.impl(kLambApplyOp, &cuda_impl::fused_lamb_apply_emulated);
+  m.impl(kLambNormsOp, &cuda_impl::EmulatedLambHalves::norms);
+  m.impl(kLambApplyOp, &cuda_impl::EmulatedLambHalves::apply);
 }
 
 }  // namespace lars_cuda
