@@ -87,12 +87,18 @@ def _cuda_params(dtype=torch.float32):
     return [torch.nn.Parameter(p.cuda()) for p in params], [[g.cuda() for g in gs] for gs in grads]
 
 
-def test_fresh_step_counts_live_on_the_params_device_on_the_kernel_path():
+def _stepped_once(make):
+    """CUDA params and an optimizer ``make(params)`` after one step."""
     ps, grads = _cuda_params()
-    opt = Lamb(ps, lr=LR, fused=True)
+    opt = make(ps)
     for p, g in zip(ps, grads[0]):
         p.grad = g.clone()
     opt.step()
+    return ps, opt
+
+
+def test_fresh_step_counts_live_on_the_params_device_on_the_kernel_path():
+    ps, opt = _stepped_once(lambda q: Lamb(q, lr=LR, fused=True))
     assert all(opt.state[p]["step"].device == p.device and float(opt.state[p]["step"]) == 1.0 for p in ps)
 
 
@@ -150,11 +156,7 @@ def test_a_captured_cuda_graph_replays_the_lamb_step():
 
 
 def test_capturing_a_step_off_the_kernel_path_is_refused():
-    ps, grads = _cuda_params()
-    opt = Lamb(ps, lr=LR, foreach=True)
-    for p, g in zip(ps, grads[0]):
-        p.grad = g.clone()
-    opt.step()
+    _, opt = _stepped_once(lambda q: Lamb(q, lr=LR, foreach=True))
     graph = torch.cuda.CUDAGraph()
     with pytest.raises(RuntimeError, match="CUDA graph can capture a step only"):
         with torch.cuda.graph(graph):
