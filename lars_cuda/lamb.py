@@ -138,7 +138,7 @@ class Lamb(SchemaOptimizer):
             torch._foreach_add_(steps, 1)  # (one call: a Python += per CPU tensor costs ~7 us each)
         return steps
 
-    def _init_state(self, params: list[Tensor], path: str = "foreach") -> list[dict[str, Any]]:
+    def _init_state(self, params: list[Tensor], path: str) -> list[dict[str, Any]]:
         """Creates the state params lack (a fresh step count on the param's device on the
         kernel path, where the kernel reads it, else on the CPU); returns their states
         (one lookup per param: ``Tensor.__hash__`` is a Python call, and this runs every step)."""

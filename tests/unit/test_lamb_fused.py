@@ -608,21 +608,46 @@ def test_a_step_of_lamb_on_the_kernel_path_can_be_captured():
     assert all_fused and opt._why_not_capturable(planned, all_fused) is None
 
 
+def test_a_first_step_of_lamb_on_the_kernel_path_can_be_captured_too():
+    # (as far as the optimizer goes: the kernel's table must be built before, by a step outside)
+    params, grads = tensors(dtype=torch.float32)
+    ps = [torch.nn.Parameter(p) for p in params]
+    for p, g in zip(ps, grads[0]):
+        p.grad = g
+    opt = Lamb(ps, lr=LR, **FUSED)
+    assert opt._why_not_capturable(opt._plan(), True) is None
+
+
+NOT_CAPTURABLE = ("{}: a CUDA graph can capture a step only where every param group runs the fused kernel on one "
+                  "device, unsharded, with its step counts in the state (lars_cuda.Lamb with fused=True; the compat "
+                  "classes count steps per group on the host)")
+
+
 def test_a_capture_is_refused_for_a_group_off_the_kernel_path():
     opt, planned, all_fused = _planned_after_one_step(lambda q: Lamb(q, lr=LR, foreach=True))
-    assert opt._why_not_capturable(planned, all_fused).startswith(
-        "Lamb: a CUDA graph can capture a step only where every param group runs the fused kernel")
+    assert opt._why_not_capturable(planned, all_fused) == NOT_CAPTURABLE.format("Lamb")
 
 
 def test_a_capture_is_refused_for_a_compat_class_counting_per_group():
     opt, planned, all_fused = _planned_after_one_step(lambda q: compat.FusedLAMB(q, lr=LR, **FUSED))
     assert all_fused
-    assert "the compat classes count steps per group on the host" in opt._why_not_capturable(planned, all_fused)
+    assert opt._why_not_capturable(planned, all_fused) == NOT_CAPTURABLE.format("FusedLAMB")
 
 
 def test_a_capture_is_refused_for_a_step_count_off_the_params_device():
     opt, planned, all_fused = _planned_after_one_step(lambda q: Lamb(q, lr=LR, **FUSED))
     p = planned[0][2][1]
     opt.state[p]["step"] = torch.zeros((), device="meta")  # (a count on another device than its param's)
-    assert opt._why_not_capturable(planned, all_fused).startswith(
-        "Lamb: a CUDA graph can capture a step only with the step counts on the params' device; a count is on meta")
+    assert opt._why_not_capturable(planned, all_fused) == (
+        "Lamb: a CUDA graph can capture a step only with the step counts on the params' device; a count is on "
+        "meta (a state loaded into a group without fused=True keeps them on the CPU): load it with fused=True, "
+        "which places them on the device, before capturing")
+
+
+@pytest.mark.parametrize("path,where", [("fused", "meta"), ("foreach", "cpu"), ("single", "cpu")])
+def test_fresh_step_counts_live_on_the_params_device_on_the_kernel_path_and_on_the_cpu_elsewhere(path, where):
+    # (a meta-device param stands in for a second device: the kernel path puts its count beside it)
+    p = torch.nn.Parameter(torch.zeros(3, device="meta"))
+    state = Lamb([p], lr=LR)._init_state([p], path)[0]
+    assert state["step"].device.type == where and state["step"].dtype == torch.float32
+    assert state["exp_avg"].device.type == "meta"
