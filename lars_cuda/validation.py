@@ -29,7 +29,7 @@ from .sharded import is_dtensor
 from .state_dict_schemas import ALL_BUFFER_KEYS, ALL_OPTIONS, HOME
 
 __all__ = ["UnsupportedTensorError", "check_amp_scaling_path", "check_dtype", "check_group_options",
-           "check_lamb_options", "check_lamb_tensors", "lamb_path",
+           "check_lamb_grads", "check_lamb_layouts", "check_lamb_options", "lamb_path",
            "check_grads", "check_path", "check_sharded", "check_sharded_buffer", "check_state_dict_schema",
            "check_grad_scale"]
 
@@ -98,19 +98,25 @@ def check_lamb_options(group: dict[str, Any], max_grad_norm: Any, *, read_tensor
                              "clipping off; 0 would divide every gradient by infinity)")
 
 
-def check_lamb_tensors(owner: str, params: list[Tensor], state: dict) -> None:
-    """A LAMB group's stepping params: grads and moments like their params (DTensors:
-    laid out as them), no sparse, complex or integer tensors. This runs every step:
-    whole lists are compared first, a param at a time only to name a mismatch."""
+def check_lamb_grads(owner: str, params: list[Tensor]) -> None:
+    """A LAMB group's stepping params' grads: no sparse, complex or integer tensors;
+    DTensor grads laid out as their params. This runs every step."""
     grads = [p.grad for p in params]
     check_grads(grads, {p.dtype for p in params}, owner)
     for i, (p, g) in enumerate(zip(params, grads)):
         if is_dtensor(p):
             check_sharded(p, g, i, owner)
+
+
+def check_lamb_layouts(owner: str, params: list[Tensor], state: dict) -> None:
+    """A LAMB group's grads and moments like their params (shape, dtype, device). This
+    runs every step off the kernel path (the kernel checks the same in C++ before it
+    writes, and ``Lamb`` calls this only to name what it refused): whole lists are
+    compared first, a param at a time only to name a mismatch."""
     layout = [(p.shape, p.dtype, p.device) for p in params]
     get, empty = state.get, {}
     entries = [get(p) or empty for p in params]
-    for what, tensors in (("the grad", grads),
+    for what, tensors in (("the grad", [p.grad for p in params]),
                           ("exp_avg", [e.get("exp_avg") for e in entries]),
                           ("exp_avg_sq", [e.get("exp_avg_sq") for e in entries])):
         seen = [(t.shape, t.dtype, t.device) if t is not None else want for t, want in zip(tensors, layout)]

@@ -147,6 +147,9 @@ MUTANTS = [
      "        sums.pp += partials[4 * i];", "        sums.pp += partials[4 * i + 1];", LAMB),
     ("LAMB CPU: the grad squares drop the tail", "csrc/cpu/lamb_cpu_kernel.h",
      "    tail += static_cast<double>(x) * x;", "    (void)x;", LAMB),
+    ("LAMB CPU: the grad squares read one of their four streams", "csrc/cpu/lamb_cpu_kernel.h",
+     "    for (auto& stream : acc)\n      for (Vec& a : stream) total = total + a;",
+     "    for (Vec& a : acc[0]) total = total + a;", LAMB),
     # (one-pass tensors have weight_decay 0, so breaking their decoupled decay changes
     # nothing: an equivalent mutant, measured; their lr is what this one breaks)
     ("LAMB CPU: one-pass tensors step with twice the lr", "csrc/cpu/lamb_cpu_kernel.h",

@@ -196,31 +196,41 @@ void lamb_step_span(const LambTensor& t, int64_t begin, int64_t end, float scale
   }
 }
 
-// Σg² of [begin, end) (four float chains, the tail in double).
+// Σg² of [begin, end): the span read as kStreams consecutive quarters walked
+// side by side, each into its own float chains, the tail in double. A single
+// sequential stream reads at ~24 GB/s on the 2-core EPYC, four side by side at
+// ~37 (the hardware prefetchers follow each; docs/performance.md, "LAMB").
+constexpr int kStreams = 4;
 template <typename P>
 double grad_squares_span(const P* g, int64_t begin, int64_t end) {
-  Vec acc[kVecsInFlight] = {Vec(0.f), Vec(0.f), Vec(0.f), Vec(0.f)};
   double tail = 0.0;
   int64_t i = begin;
+  Vec total(0.f);
   if constexpr (has_vector_path<P, P>()) {
     using L = Lanes<P>;
-    constexpr int kLoads = kVecsInFlight / L::kVecs;
-    for (; i + kLoads * L::kElems <= end; i += kLoads * L::kElems) {
+    const int64_t quarter = (end - begin) / (kStreams * L::kElems) * L::kElems;
+    Vec acc[kStreams][L::kVecs];
+    for (auto& stream : acc)
+      for (Vec& a : stream) a = Vec(0.f);
+    for (int64_t j = 0; j < quarter; j += L::kElems) {
 #pragma GCC unroll 4
-      for (int j = 0; j < kLoads; ++j) {
+      for (int s = 0; s < kStreams; ++s) {
         Vec gv[L::kVecs];
-        L::load(g + i + j * L::kElems, gv);
+        L::load(g + begin + s * quarter + j, gv);
 #pragma GCC unroll 2
-        for (int k = 0; k < L::kVecs; ++k) acc[j * L::kVecs + k] = at::vec::fmadd(gv[k], gv[k], acc[j * L::kVecs + k]);
+        for (int k = 0; k < L::kVecs; ++k) acc[s][k] = at::vec::fmadd(gv[k], gv[k], acc[s][k]);
       }
     }
+    for (auto& stream : acc)
+      for (Vec& a : stream) total = total + a;
+    i = begin + kStreams * quarter;
   }
   for (; i < end; ++i) {
     const float x = static_cast<float>(g[i]);
     tail += static_cast<double>(x) * x;
   }
   const auto add = [](Vec& a, Vec& b) { return a + b; };
-  return tail + at::vec::vec_reduce_all<float>(add, (acc[0] + acc[1]) + (acc[2] + acc[3]));
+  return tail + at::vec::vec_reduce_all<float>(add, total);
 }
 
 struct LambSpan {

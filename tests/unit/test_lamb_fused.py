@@ -651,3 +651,59 @@ def test_fresh_step_counts_live_on_the_params_device_on_the_kernel_path_and_on_t
     state = Lamb([p], lr=LR)._init_state([p], path)[0]
     assert state["step"].device.type == where and state["step"].dtype == torch.float32
     assert state["exp_avg"].device.type == "meta"
+
+
+# ---- the kernel checks the layouts: a refused step puts back what it wrote before the call ----
+
+def _stepped_and_fresh(make):
+    """An optimizer over a stepped param and a fresh one (no state), with grads."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = make([a, b])
+    a.grad = torch.ones(3)
+    opt.step()
+    a.grad, b.grad = torch.ones(3), torch.ones(2)
+    return opt, a, b
+
+
+def test_the_kernel_path_leaves_the_layout_checks_to_the_kernel(monkeypatch):
+    from lars_cuda import lamb
+    checked: list = []
+    monkeypatch.setattr(lamb, "check_lamb_layouts", lambda *a: checked.append(a))
+    opt, _, _ = _stepped_and_fresh(lambda q: Lamb(q, lr=LR, **FUSED))
+    opt.step()
+    assert checked == []
+
+
+@pytest.mark.parametrize("make", [lambda q: Lamb(q, lr=LR, foreach=True), lambda q: compat.TimmLamb(q, lr=LR)],
+                         ids=["foreach", "compat"])
+def test_off_the_kernel_path_or_with_per_group_counts_the_step_checks_the_layouts_first(monkeypatch, make):
+    from lars_cuda import lamb
+    checked: list = []
+    monkeypatch.setattr(lamb, "check_lamb_layouts", lambda *a: checked.append(a))
+    opt, _, _ = _stepped_and_fresh(make)
+    checked.clear()
+    opt.step()
+    assert len(checked) == 1
+
+
+def test_a_refused_kernel_step_puts_back_the_counts_and_drops_the_states_it_created():
+    opt, a, b = _stepped_and_fresh(lambda q: Lamb(q, lr=LR, **FUSED))
+    c = torch.nn.Parameter(torch.ones(4))
+    opt.add_param_group({"params": [c]})
+    c.grad = torch.ones(4)
+    opt.state[a]["exp_avg_sq"] = torch.zeros(3, dtype=torch.float64)  # refused by the kernel, named as elsewhere
+    before = (a.detach().clone(), opt.state[a]["exp_avg"].clone(), opt.state[a]["step"].clone())
+    with pytest.raises(ValueError, match=r"Lamb: exp_avg_sq of param 0 \(\(3,\), torch.float64, cpu\) does not "
+                                         r"match it \(\(3,\), torch.float32, cpu\)"):
+        opt.step()
+    assert torch.equal(a.detach(), before[0]) and torch.equal(opt.state[a]["exp_avg"], before[1])
+    assert torch.equal(opt.state[a]["step"], before[2]) and opt.state[a]["step"].item() == 1.0
+    assert b not in opt.state and c not in opt.state
+
+
+def test_a_kernel_refusal_that_is_no_layout_mismatch_is_raised_as_the_kernel_words_it():
+    opt, a, _ = _stepped_and_fresh(lambda q: Lamb(q, lr=LR, **FUSED))
+    opt.state[a]["step"] = torch.tensor([1.0, 1.0])  # (two counts: the kernel refuses it)
+    with pytest.raises(ValueError, match="state_steps 0 must hold one element"):
+        opt.step()
+    assert torch.equal(opt.state[a]["step"], torch.tensor([1.0, 1.0]))
