@@ -193,7 +193,7 @@ class Lamb(SchemaOptimizer):
         # over every grad (DTensor grads: one all-reduce).
         all_fused = (all(path == "fused" for _, _, ps, path in planned if ps)
                      and len({ps[0].device for _, _, ps, _ in planned if ps}) <= 1
-                     and not any(sharded.is_dtensor(p) for p in params))
+                     and not sharded.any_dtensor(params))
         # Where the kernel takes the whole step with the counts in the state, it checks
         # every tensor's layout itself, in C++ before it writes (~0.5 ms of Python saved
         # per step on ResNet-50's 161 tensors); a refusal puts back what the step wrote
@@ -286,7 +286,7 @@ class Lamb(SchemaOptimizer):
         try:
             for group in self.param_groups:
                 params = [p for p in group["params"] if p.grad is not None]
-                if params and (self._path(group, params) != "fused" or any(map(sharded.is_dtensor, params))):
+                if params and (self._path(group, params) != "fused" or sharded.any_dtensor(params)):
                     return False
             return True
         except (TypeError, ValueError):
@@ -343,7 +343,9 @@ class Lamb(SchemaOptimizer):
                 continue
             if ratios_out is not None:
                 path = "single"
-            for is_sharded, (part, _) in partition(lists, [sharded.is_dtensor(p) for p in lists[0]]).items():
+            parts = (partition(lists, [sharded.is_dtensor(p) for p in lists[0]]).items()
+                     if sharded.any_dtensor(lists[0]) else [(False, (lists, None))])
+            for is_sharded, (part, _) in parts:
                 if is_sharded:
                     waiting += self._start_sharded(part, options, path, clip, ratios_out)
                 elif path == "fused":

@@ -24,12 +24,12 @@ refused: a param is never a pending sum.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["HAS_DTENSOR", "is_dtensor", "local_sums", "reduce_sums", "sharded_trust_ratio_sums"]
+__all__ = ["HAS_DTENSOR", "any_dtensor", "is_dtensor", "local_sums", "reduce_sums", "sharded_trust_ratio_sums"]
 
 
 def _dtensor_type():
@@ -46,6 +46,12 @@ HAS_DTENSOR = _DTENSOR is not None
 
 def is_dtensor(t: Any) -> bool:
     return _DTENSOR is not None and isinstance(t, _DTENSOR)
+
+
+def any_dtensor(tensors: Iterable[Any]) -> bool:
+    """Whether any of ``tensors`` is a DTensor, one subclass test per distinct type
+    (a step asks it of every param: ~5 us for 161 tensors, ~35 with is_dtensor each)."""
+    return _DTENSOR is not None and any(issubclass(t, _DTENSOR) for t in set(map(type, tensors)))
 
 
 def _reduce_dims_and_masks(params: list[Tensor]) -> tuple[list[int], list[bool]]:

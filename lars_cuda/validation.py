@@ -25,7 +25,7 @@ from torch import Tensor
 
 from . import ops
 from .options import KERNEL_DTYPES, LARS_OPTIONS
-from .sharded import is_dtensor
+from .sharded import any_dtensor, is_dtensor
 from .state_dict_schemas import ALL_BUFFER_KEYS, ALL_OPTIONS, HOME
 
 __all__ = ["UnsupportedTensorError", "check_amp_scaling_path", "check_dtype", "check_group_options",
@@ -103,9 +103,10 @@ def check_lamb_grads(owner: str, params: list[Tensor]) -> None:
     DTensor grads laid out as their params. This runs every step."""
     grads = [p.grad for p in params]
     check_grads(grads, {p.dtype for p in params}, owner)
-    for i, (p, g) in enumerate(zip(params, grads)):
-        if is_dtensor(p):
-            check_sharded(p, g, i, owner)
+    if any_dtensor(params):
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if is_dtensor(p):
+                check_sharded(p, g, i, owner)
 
 
 def check_lamb_layouts(owner: str, params: list[Tensor], state: dict) -> None:
