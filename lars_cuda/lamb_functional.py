@@ -26,7 +26,7 @@ from torch import Tensor
 
 from . import ops
 from .functional import partition
-from .lamb_options import LambOptions
+from .lamb_options import LAMB_SUM_FIELDS, LambOptions
 from .options import LR, compute_dtype
 from .sharded import local_sums
 
@@ -154,7 +154,7 @@ def _fused_lamb_halves(params, grads, exp_avgs, exp_avg_sqs, steps, o: LambOptio
     if o.adapts or o.caution:
         rows = yield ops.fused_lamb_norms(*args, clip)
     else:
-        rows = torch.zeros((len(params), 5), dtype=torch.float64, device=params[0].device)
+        rows = torch.zeros((len(params), len(LAMB_SUM_FIELDS)), dtype=torch.float64, device=params[0].device)
     ops.fused_lamb_apply_(*args, rows, clip)
 
 
@@ -175,9 +175,9 @@ def _on(x: LR, device: torch.device, dtype: torch.dtype) -> LR:
 
 # A step of one set of tensors runs as a generator in two halves around the norms of
 # the adapting tensors: plain tensors take them from themselves (the generator never
-# yields); DTensor shards (``sharded=True``) yield their local sums, float64 ``[n, 5]``
-# rows (sum p², sum u², sum u·p, caution mask count, numel: ``_local_rows``, the layout
-# of the kernel's ``fused_lamb_norms`` too) as ``lars_cuda.sharded`` reduces them, and
+# yields); DTensor shards (``sharded=True``) yield their local sums, float64 rows
+# (``LAMB_SUM_FIELDS``: ``_local_rows``, the layout of the kernel's
+# ``fused_lamb_norms`` too) as ``lars_cuda.sharded`` reduces them, and
 # receive the global rows, so that one all-reduce serves every group of a step.
 Halves = Generator[Tensor, Tensor, None]
 
@@ -265,9 +265,10 @@ def _moments_and_update(p: Tensor, g: Tensor, m_state: Tensor, v_state: Tensor, 
 
 
 def _local_rows(ps: list[Tensor], us: list[Tensor], masks: list[Optional[Tensor]]) -> Tensor:
-    """A shard's float64 ``[n, 5]`` rows: (sum p², sum u², sum u·p, mask count, numel),
-    the last three only where caution deferred its scale (``masks[i]`` given)."""
-    rows = torch.zeros((len(ps), 5), dtype=torch.float64, device=ps[0].device)
+    """A shard's float64 rows, one per tensor (``LAMB_SUM_FIELDS``: sum p², sum u², sum
+    u·p, mask count, numel), the last three only where caution deferred its scale
+    (``masks[i]`` given)."""
+    rows = torch.zeros((len(ps), len(LAMB_SUM_FIELDS)), dtype=torch.float64, device=ps[0].device)
     rows[:, :3] = local_sums(ps, us, foreach=True, dot=any(m is not None for m in masks))
     for i, mask in enumerate(masks):
         if mask is not None:

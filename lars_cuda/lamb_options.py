@@ -13,6 +13,7 @@ from torch import Tensor
 from .options import LR
 
 __all__ = ["DECAY_MODES", "LAMB_FLAG_BITS", "LAMB_GLOBAL_OPTIONS", "LAMB_HYPER_FIELDS", "LAMB_OPTIONS",
+           "LAMB_SUM_FIELDS",
            "LAMB_PATH_OPTIONS", "LAMB_STEP_OPTIONS", "LambOptions"]
 
 # Where weight decay enters: added to the Adam update (timm's default, apex
@@ -27,6 +28,10 @@ LAMB_HYPER_FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay", "max_lr")
 # ... and its flag bits (neither decay bit: decay enters the update).
 LAMB_FLAG_BITS = {"bias_correction": 1, "grad_averaging": 2, "trust_clip": 4, "adapt": 8, "caution": 16,
                   "maximize": 32, "decay_grad": 64, "decay_decoupled": 128}
+# The sharded step's float64 row of sums per tensor, in order (fused_lamb_norms'
+# output and the foreach/loop halves' rows, all-reduced as one tensor; csrc/lamb.h's
+# kLambSumsPerTensor is its width): the caution fields are zero without caution.
+LAMB_SUM_FIELDS = ("sum_p2", "sum_u2", "sum_up", "mask_count", "numel")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from . import build_facts
+from .lamb_options import LAMB_SUM_FIELDS
 
 try:
     from . import _C  # noqa: F401  (loading the library registers torch.ops.lars_cuda.*)
@@ -297,12 +298,12 @@ if _C is not None:
                                lr_tensors, grad_scale=None):
         _check_lamb_lists("fused_lamb_norms", params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes)
         device = params[0].device if params else torch.device("cpu")
-        return torch.empty((len(params), 5), dtype=torch.float64, device=device)
+        return torch.empty((len(params), len(LAMB_SUM_FIELDS)), dtype=torch.float64, device=device)
 
     @torch.library.register_fake("lars_cuda::fused_lamb_apply_")
     def _fused_lamb_apply_fake(params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes, hyper, flags,
                                lr_tensors, sums, grad_scale=None):
         _check_lamb_lists("fused_lamb_apply_", params, grads, exp_avgs, exp_avg_sqs, state_steps, group_sizes)
-        if tuple(sums.shape) != (len(params), 5):
+        if tuple(sums.shape) != (len(params), len(LAMB_SUM_FIELDS)):
             raise ValueError(f"fused_lamb_apply_: sums of shape {tuple(sums.shape)} for {len(params)} params")
         return None

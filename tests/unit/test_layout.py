@@ -140,3 +140,11 @@ def test_lamb_options_pack_each_switch_into_its_bit_and_a_tensor_lr_as_zero():
                               ("grad_averaging", False, "grad_averaging")):
         assert LambOptions(lr=0.1).replace(**{field: value}).flags == base ^ LAMB_FLAG_BITS[bit], field
     assert LambOptions(lr=0.1, weight_decay=0.0, always_adapt=True).flags & LAMB_FLAG_BITS["adapt"]
+
+
+@needs_source
+def test_the_lamb_row_of_sums_is_as_wide_as_the_cpp_row():
+    from lars_cuda.lamb_options import LAMB_SUM_FIELDS
+
+    width = re.search(r"kLambSumsPerTensor = (\d+);", (Path(ROOT) / "csrc" / "lamb.h").read_text())
+    assert width is not None and int(width.group(1)) == len(LAMB_SUM_FIELDS)
