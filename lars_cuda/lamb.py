@@ -12,8 +12,8 @@ from torch import Tensor
 
 from . import sharded
 from .functional import partition
-from .lamb_functional import (clip_from_sum_of_squares, finish, fused_lamb, global_clip_factor, lamb_halves,
-                              multi_tensor_lamb, single_tensor_lamb)
+from .lamb_functional import (clip_from_sum_of_squares, finish, fused_lamb, fused_lamb_halves, global_clip_factor,
+                              lamb_halves, multi_tensor_lamb, single_tensor_lamb)
 from .lamb_options import LAMB_OPTIONS, LambOptions
 from .options import compute_dtype
 from .schema_optimizer import SchemaOptimizer
@@ -336,7 +336,7 @@ class Lamb(SchemaOptimizer):
         halves around ONE all-reduce of the norms of every sharded group. With
         ``ratios_out`` (trust_ratios) the reference loop runs and appends each trust ratio."""
         waiting = []  # the sharded halves waiting for their global norms: (DTensors, halves, local rows)
-        fused_groups = []
+        fused_groups, sharded_fused = [], []
         for group, options, params, path in planned:
             lists = tensors(group, options, params, path)
             if lists is None or not params:
@@ -346,7 +346,9 @@ class Lamb(SchemaOptimizer):
             parts = (partition(lists, [sharded.is_dtensor(p) for p in lists[0]]).items()
                      if sharded.any_dtensor(lists[0]) else [(False, (lists, None))])
             for is_sharded, (part, _) in parts:
-                if is_sharded:
+                if is_sharded and path == "fused":
+                    sharded_fused.append((part, options))
+                elif is_sharded:
                     waiting += self._start_sharded(part, options, path, clip, ratios_out)
                 elif path == "fused":
                     fused_groups.append((part, options))
@@ -362,6 +364,7 @@ class Lamb(SchemaOptimizer):
                 fused_lamb(groups, clip=clip.to(device))
             else:
                 fused_lamb(groups, **(fused_args or {}))
+        waiting += self._start_sharded_fused(sharded_fused, clip)
         if waiting:
             global_rows, _ = sharded.reduce_sums([(dtensors, rows) for dtensors, _, rows in waiting], None)
             for (_, halves, _), rows in zip(waiting, global_rows):
@@ -370,8 +373,8 @@ class Lamb(SchemaOptimizer):
     @staticmethod
     def _start_sharded(part: list[list], options: LambOptions, path: str, clip: Optional[Tensor],
                        ratios_out: Optional[list]) -> list:
-        """The first halves of DTensor params (on their local shards): those that wait
-        for global norms, with their local rows."""
+        """The first halves of one group's DTensor params on the loop or foreach path (on
+        their local shards): those that wait for global norms, with their local rows."""
         dtensors, grads, exp_avgs, exp_avg_sqs, steps = part
         local = [[t.to_local() for t in ts] for ts in (dtensors, grads, exp_avgs, exp_avg_sqs)]
         waiting = []
@@ -381,6 +384,23 @@ class Lamb(SchemaOptimizer):
             rows = finish(halves)
             if rows is not None:
                 waiting.append((ps, halves, rows))
+        return waiting
+
+    @staticmethod
+    def _start_sharded_fused(parts: list, clip: Optional[Tensor]) -> list:
+        """The kernel's first halves of the DTensor params of every fused group: ONE
+        ``fused_lamb_norms`` per device for all of them (and later one
+        ``fused_lamb_apply_``); those that wait for global norms, with their local rows."""
+        by_device: dict = {}
+        for (dtensors, grads, exp_avgs, exp_avg_sqs, steps), options in parts:
+            local = [[t.to_local() for t in ts] for ts in (dtensors, grads, exp_avgs, exp_avg_sqs)] + [steps]
+            by_device.setdefault(local[0][0].device, []).append((dtensors, local, options))
+        waiting = []
+        for entries in by_device.values():
+            halves = fused_lamb_halves([(local, options) for _, local, options in entries], clip)
+            rows = finish(halves)
+            if rows is not None:
+                waiting.append(([d for dtensors, _, _ in entries for d in dtensors], halves, rows))
         return waiting
 
     def _clip_factor(self, params: list[Tensor], grads: list[Tensor]) -> Optional[Tensor]:

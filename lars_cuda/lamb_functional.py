@@ -30,7 +30,8 @@ from .lamb_options import LAMB_SUM_FIELDS, LambOptions
 from .options import LR, compute_dtype
 from .sharded import local_sums
 
-__all__ = ["bias_corrections", "clip_from_sum_of_squares", "finish", "fused_lamb", "global_clip_factor", "lamb",
+__all__ = ["bias_corrections", "clip_from_sum_of_squares", "finish", "fused_lamb", "fused_lamb_halves",
+           "global_clip_factor", "lamb",
            "lamb_halves", "multi_tensor_lamb", "single_tensor_lamb"]
 
 Step = Union[int, float, Tensor]
@@ -123,6 +124,12 @@ def fused_lamb(groups: Sequence[tuple[list, LambOptions]], *, max_grad_norm: Opt
     cannot come with ``grad_scale``. ``grad_scale``/``found_inf``: a ``GradScaler``'s."""
     if clip is not None and (grad_scale is not None or max_grad_norm is not None):
         raise ValueError("fused_lamb: a precomputed clip comes without grad_scale and max_grad_norm")
+    ops.fused_lamb_groups_(*_packed(groups), max_grad_norm, clip if clip is not None else grad_scale, found_inf)
+
+
+def _packed(groups: Sequence[tuple[list, LambOptions]]) -> tuple:
+    """The LAMB ops' arguments for several groups: the five lists of every group in
+    one, then group_sizes, hyper, flags and lr_tensors (steps as the ops take them)."""
     flat: list[list] = [[], [], [], [], []]
     sizes, hyper, flags, lrs = [], [], [], []
     for lists, o in groups:
@@ -133,8 +140,7 @@ def fused_lamb(groups: Sequence[tuple[list, LambOptions]], *, max_grad_norm: Opt
         flags.append(o.flags)
         lrs.append(o.lr_tensor)
     flat[4] = _step_tensors(flat[4])
-    ops.fused_lamb_groups_(*flat, sizes, hyper, flags, lrs, max_grad_norm,
-                           clip if clip is not None else grad_scale, found_inf)
+    return (*flat, sizes, hyper, flags, lrs)
 
 
 def _step_tensors(steps: list[Step]) -> list[Tensor]:
@@ -142,16 +148,17 @@ def _step_tensors(steps: list[Step]) -> list[Tensor]:
     return [s if isinstance(s, Tensor) else torch.tensor(float(s), dtype=torch.float32) for s in steps]
 
 
-def _fused_lamb_halves(params, grads, exp_avgs, exp_avg_sqs, steps, o: LambOptions, clip: Optional[Tensor]) -> Halves:
-    """The kernel's step of one group's shards as its two halves: the local rows of
-    ``fused_lamb_norms`` (one op call, nothing written), then ``fused_lamb_apply_``
-    with the global rows (one op call). ``clip``, the global clip, divides the grads
-    as a scale does. Where no tensor needs a sum, one call and no yield."""
+def fused_lamb_halves(groups: Sequence[tuple[list, LambOptions]], clip: Optional[Tensor]) -> Halves:
+    """The kernel's step of several groups' shards (local tensors of one device, lists
+    as ``fused_lamb``'s) as two halves: the local rows of ``fused_lamb_norms`` (ONE op
+    call for every group, nothing written), then ``fused_lamb_apply_`` with the global
+    rows (one op call). ``clip``, the global clip, divides the grads as a scale does.
+    Where no tensor needs a sum, one call and no yield."""
+    args = _packed(groups)
+    params = args[0]
     if not params:
         return
-    args = (params, grads, exp_avgs, exp_avg_sqs, _step_tensors(steps), [len(params)], o.hyper_row(), [o.flags],
-            [o.lr_tensor])
-    if o.adapts or o.caution:
+    if any(o.adapts or o.caution for _, o in groups):
         rows = yield ops.fused_lamb_norms(*args, clip)
     else:
         rows = torch.zeros((len(params), len(LAMB_SUM_FIELDS)), dtype=torch.float64, device=params[0].device)
@@ -206,7 +213,7 @@ def lamb_halves(path: str, params, grads, exp_avgs, exp_avg_sqs, steps: list[Ste
     halves (see ``Halves``): ``path`` is "fused" (the kernel's halves, for shards
     only), "foreach" or "single" (which alone takes ``ratios_out``)."""
     if path == "fused" and sharded:
-        return _fused_lamb_halves(params, grads, exp_avgs, exp_avg_sqs, steps, o, clip)
+        return fused_lamb_halves([([params, grads, exp_avgs, exp_avg_sqs, steps], o)], clip)
     if path == "foreach":
         return _multi_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps, o, clip, sharded=sharded)
     return _single_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps, o, clip, ratios_out, sharded=sharded)

@@ -136,7 +136,8 @@ def test_trust_ratios_of_sharded_params_are_the_unsharded_ones(caution):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
 
 
-def test_the_fused_path_steps_shards_with_the_kernels_two_halves(monkeypatch):
+@pytest.mark.parametrize("groups", [1, 2], ids=["one group", "decay and no-decay groups"])
+def test_the_fused_path_steps_every_groups_shards_with_one_call_of_each_kernel_half(monkeypatch, groups):
     from lars_cuda import ops
 
     calls = []
@@ -146,7 +147,8 @@ def test_the_fused_path_steps_shards_with_the_kernels_two_halves(monkeypatch):
 
     def rank_main(rank):
         ref, mine = _pair(_mesh(), _shard0)
-        opt = lars_cuda.Lamb(mine, lr=0.02, fused=True)
+        split = [{"params": mine[:2]}, {"params": mine[2:], "weight_decay": 0.0}] if groups == 2 else mine
+        opt = lars_cuda.Lamb(split, lr=0.02, fused=True)
         _set_grads(ref, mine, 0)
         opt.step()
         return opt._path(opt.param_groups[0], mine)
