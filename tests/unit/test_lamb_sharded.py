@@ -162,3 +162,33 @@ def test_gradscaler_unscales_the_grads_of_sharded_params_itself():
         _set_grads(ref, mine, 0)
         return lars_cuda.Lamb(mine, fused=True)._step_supports_amp_scaling
     assert threaded_ranks.run_on_ranks(rank_main) == [False, False]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_under_gradscaler_an_inf_in_one_ranks_shard_skips_the_step_on_every_rank(path):
+    # GradScaler's inf check of DTensor grads is all-reduced by DTensor itself (its
+    # found_inf handler), so every rank skips or steps: none is left in Lamb's all-reduce.
+    def rank_main(rank):
+        ref, mine = _pair(_mesh(), _shard0)
+        opt_ref, opt = (lars_cuda.Lamb(ps, lr=0.02, **PATHS[path]) for ps in (ref, mine))
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        for step in range(2):
+            _set_grads(ref, mine, step, scale=1024.0)
+            opt_ref.step()
+            scaler.scale(torch.ones(()))  # (a scaled loss: what starts the scaler)
+            scaler.step(opt)
+            scaler.update()
+        err = _lamb_err(ref, mine, opt_ref, opt)
+        _set_grads(ref, mine, 2, scale=1024.0)
+        if rank == 1:
+            mine[0].grad.to_local().view(-1)[0] = float("inf")
+        before = [_full(p.detach()).clone() for p in mine]
+        scaler.scale(torch.ones(()))
+        scaler.step(opt)
+        scaler.update()
+        return err, all(torch.equal(b, _full(p.detach())) for b, p in zip(before, mine)), scaler.get_scale()
+    results = threaded_ranks.run_on_ranks(rank_main)
+    assert _worst(err for err, _, _ in results) < TOL
+    assert [(skipped, scale) for _, skipped, scale in results] == [(True, 512.0), (True, 512.0)]
+
+
