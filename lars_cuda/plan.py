@@ -12,8 +12,6 @@ SGD takes float64).
 
 from __future__ import annotations
 
-import os
-import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -24,6 +22,7 @@ from torch import Tensor
 from . import ops, sharded
 from .functional import create_buffers, partition, take
 from .options import KERNEL_DTYPES, StepOptions
+from .user_frame import user_stacklevel
 from .validation import (check_amp_scaling_path, check_grads, check_group_options, check_path, check_sharded,
                          check_sharded_buffer)
 
@@ -170,17 +169,6 @@ def _warn_fused_unavailable(device: torch.device, asked: bool) -> None:
     _WARNED_UNAVAILABLE.add((device, asked))
     wanted = "fused=True was asked for, but " if asked else ""
     warnings.warn(f"lars_cuda: {wanted}{ops.fused_unavailable(device)}; Lars runs the foreach path on {device} "
-                  f"instead (same math, slower)", RuntimeWarning, stacklevel=_user_stacklevel())
+                  f"instead (same math, slower)", RuntimeWarning, stacklevel=user_stacklevel())
 
 
-_OUR_FOLDERS = tuple(os.path.dirname(os.path.abspath(f)) + os.sep for f in (__file__, torch.__file__))
-
-
-def _user_stacklevel() -> int:
-    """The ``stacklevel`` that makes a warning of our caller point at the user's line:
-    the first frame outside lars_cuda and torch (whose hooks, ``no_grad`` and
-    GradScaler wrap ``step``), however deep the step's call chain is."""
-    level, frame = 2, sys._getframe(2)
-    while frame is not None and frame.f_code.co_filename.startswith(_OUR_FOLDERS):
-        level, frame = level + 1, frame.f_back
-    return level

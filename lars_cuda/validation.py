@@ -27,6 +27,7 @@ from . import ops
 from .options import KERNEL_DTYPES, LARS_OPTIONS
 from .sharded import any_dtensor, is_dtensor
 from .state_dict_schemas import ALL_BUFFER_KEYS, ALL_OPTIONS, HOME
+from .user_frame import user_stacklevel
 
 __all__ = ["UnsupportedTensorError", "check_amp_scaling_path", "check_dtype", "check_group_options",
            "check_lamb_grads", "check_lamb_layouts", "check_lamb_options", "lamb_path",
@@ -166,7 +167,7 @@ def _warn_lamb_fused_unavailable(owner: str, device: torch.device, why_not: str)
         return
     _WARNED_LAMB.add(device)
     warnings.warn(f"lars_cuda: fused=True was asked for, but {why_not}; {owner} runs the foreach path on "
-                  f"{device} (the same math)", RuntimeWarning, stacklevel=4)
+                  f"{device} (the same math)", RuntimeWarning, stacklevel=user_stacklevel())
 
 
 def _check_lr(lr: Any, read_tensor_lr: bool, owner: str) -> None:

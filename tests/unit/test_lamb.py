@@ -677,3 +677,43 @@ def test_a_compiled_step_of_an_optimizer_with_state_has_no_graph_break(path):
     for _ in range(3):
         step()
     assert not counters["graph_break"]
+
+
+# ---- fused=True where the kernel cannot run: a warning once per device, then foreach ----
+
+@pytest.fixture
+def lamb_kernel_cannot_run(monkeypatch):
+    from lars_cuda import ops, validation
+
+    monkeypatch.setattr(validation, "_WARNED_LAMB", set())
+    monkeypatch.setattr(ops, "fused_lamb_unavailable", lambda device: f"WHY({device})")
+
+
+def _lamb_step_warnings(**path):
+    import warnings
+
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    opt = Lamb([p], lr=LR, **path)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        opt.step()  # the line a warning must point at
+        line = __import__("inspect").currentframe().f_lineno - 1
+    return [w for w in record if issubclass(w.category, RuntimeWarning)], line, p
+
+
+def test_a_fused_request_the_kernel_cannot_serve_warns_once_per_device_and_steps_foreach(lamb_kernel_cannot_run,
+                                                                                        monkeypatch):
+    called = record_paths(monkeypatch)
+    record, line, _ = _lamb_step_warnings(fused=True)
+    assert [str(w.message) for w in record] == [
+        "lars_cuda: fused=True was asked for, but WHY(cpu); Lamb runs the foreach path on cpu (the same math)"]
+    assert (record[0].filename, record[0].lineno) == (__file__, line)  # the user's step line
+    assert called == ["foreach"]
+    assert _lamb_step_warnings(fused=True)[0] == []  # once per device and process
+
+
+def test_the_default_path_falls_back_to_foreach_without_a_warning(lamb_kernel_cannot_run, monkeypatch):
+    called = record_paths(monkeypatch)
+    assert _lamb_step_warnings()[0] == []
+    assert called == ["foreach"]
