@@ -22,6 +22,11 @@ from .validation import check_grad_scale, check_lamb_grads, check_lamb_layouts, 
 __all__ = ["Lamb"]
 
 
+def _local_shards(part: list[list]) -> list[list[Tensor]]:
+    """The local shards of a sharded part's params, grads, exp_avgs and exp_avg_sqs."""
+    return [[t.to_local() for t in ts] for ts in part[:4]]
+
+
 class Lamb(SchemaOptimizer):
     r"""LAMB, "Large Batch Optimization for Deep Learning: Training BERT in 76
     minutes" (You et al., 2019): LARS's per-tensor trust ratio on an Adam step. The
@@ -375,8 +380,8 @@ class Lamb(SchemaOptimizer):
                        ratios_out: Optional[list]) -> list:
         """The first halves of one group's DTensor params on the loop or foreach path (on
         their local shards): those that wait for global norms, with their local rows."""
-        dtensors, grads, exp_avgs, exp_avg_sqs, steps = part
-        local = [[t.to_local() for t in ts] for ts in (dtensors, grads, exp_avgs, exp_avg_sqs)]
+        dtensors, *_, steps = part
+        local = _local_shards(part)
         waiting = []
         keys = [compute_dtype(p.dtype) for p in local[0]] if path == "foreach" else [None] * len(steps)
         for (ps, lp, lg, lm, lv, ls), _ in partition([dtensors, *local, steps], keys).values():
@@ -392,9 +397,9 @@ class Lamb(SchemaOptimizer):
         ``fused_lamb_norms`` per device for all of them (and later one
         ``fused_lamb_apply_``); those that wait for global norms, with their local rows."""
         by_device: dict = {}
-        for (dtensors, grads, exp_avgs, exp_avg_sqs, steps), options in parts:
-            local = [[t.to_local() for t in ts] for ts in (dtensors, grads, exp_avgs, exp_avg_sqs)] + [steps]
-            by_device.setdefault(local[0][0].device, []).append((dtensors, local, options))
+        for part, options in parts:
+            local = _local_shards(part) + [part[4]]
+            by_device.setdefault(local[0][0].device, []).append((part[0], local, options))
         waiting = []
         for entries in by_device.values():
             halves = fused_lamb_halves([(local, options) for _, local, options in entries], clip)

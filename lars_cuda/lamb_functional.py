@@ -31,8 +31,7 @@ from .options import LR, compute_dtype
 from .sharded import local_sums
 
 __all__ = ["bias_corrections", "clip_from_sum_of_squares", "finish", "fused_lamb", "fused_lamb_halves",
-           "global_clip_factor", "lamb",
-           "lamb_halves", "multi_tensor_lamb", "single_tensor_lamb"]
+           "global_clip_factor", "lamb", "lamb_halves", "multi_tensor_lamb", "single_tensor_lamb"]
 
 Step = Union[int, float, Tensor]
 
@@ -210,10 +209,9 @@ def multi_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps: list[Step], o
 def lamb_halves(path: str, params, grads, exp_avgs, exp_avg_sqs, steps: list[Step], o: LambOptions, *,
                 clip: Optional[Tensor], sharded: bool, ratios_out: Optional[list] = None) -> Halves:
     """The step of one set of tensors (one compute dtype for ``foreach``) as its two
-    halves (see ``Halves``): ``path`` is "fused" (the kernel's halves, for shards
-    only), "foreach" or "single" (which alone takes ``ratios_out``)."""
-    if path == "fused" and sharded:
-        return fused_lamb_halves([([params, grads, exp_avgs, exp_avg_sqs, steps], o)], clip)
+    halves (see ``Halves``): ``path`` is "foreach" or "single" (which alone takes
+    ``ratios_out``); the kernel's halves take every fused group at once
+    (``fused_lamb_halves``)."""
     if path == "foreach":
         return _multi_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps, o, clip, sharded=sharded)
     return _single_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, steps, o, clip, ratios_out, sharded=sharded)
