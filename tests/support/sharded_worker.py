@@ -414,4 +414,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # As examples/fsdp2_torchrun.py: DTensor's caches keep the gloo group's worker
+    # threads alive past destroy_process_group, and one that lets go of a finished
+    # collective while Python finalizes aborts the rank (pytorch/pytorch#190489).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
