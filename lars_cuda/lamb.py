@@ -398,8 +398,9 @@ class Lamb(SchemaOptimizer):
         ``fused_lamb_apply_``); those that wait for global norms, with their local rows."""
         by_device: dict = {}
         for part, options in parts:
-            local = _local_shards(part) + [part[4]]
-            by_device.setdefault(local[0][0].device, []).append((part[0], local, options))
+            dtensors, *_, steps = part
+            local = _local_shards(part) + [steps]
+            by_device.setdefault(local[0][0].device, []).append((dtensors, local, options))
         waiting = []
         for entries in by_device.values():
             halves = fused_lamb_halves([(local, options) for _, local, options in entries], clip)
